@@ -1,0 +1,31 @@
+//! Connecting with a bounded wait.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+use crate::{AmqpUrl, BrokerError};
+
+/// How long broker operations may take before the connection is presumed lost.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect plus AMQP handshake.
+    pub connect: Duration,
+    /// Declares, publishes, confirms, acks, cancels.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            operation: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Opens a connection named `name` (shown in the management UI).
+pub async fn connect(url: &AmqpUrl, name: &str, timeouts: &Timeouts) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    crate::timed("connect", timeouts.connect, Connection::connect(url.expose(), props)).await
+}

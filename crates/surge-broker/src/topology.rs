@@ -1,0 +1,103 @@
+//! Declaring the v1 topology. Declares are idempotent: every process declares what it
+//! uses, so it does not matter whether workers or producers start first.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use surge_protocol::topology::ArgValue;
+use surge_protocol::Topology;
+
+use crate::{timed, BrokerError, Timeouts};
+
+/// Converts protocol-level queue arguments to an AMQP field table.
+pub fn field_table(args: &[(&'static str, ArgValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in args {
+        let value = match v {
+            ArgValue::Str(s) => AMQPValue::LongString(LongString::from(s.to_string())),
+            ArgValue::String(s) => AMQPValue::LongString(LongString::from(s.clone())),
+            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+        };
+        t.insert((*k).into(), value);
+    }
+    t
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+async fn declare_queue(
+    ch: &Channel,
+    name: &str,
+    args: FieldTable,
+    t: &Timeouts,
+) -> Result<(), BrokerError> {
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match timed("queue.declare", t.operation, ch.queue_declare(name.into(), opts, args)).await {
+        Ok(_) => Ok(()),
+        Err(BrokerError::Amqp { source, .. }) if source.to_string().contains("PRECONDITION_FAILED") => {
+            Err(BrokerError::Mismatch {
+                queue: name.to_string(),
+                source,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Declares the shared part: the jobs exchange, the dead-letter exchange and queue,
+/// and the default results queue.
+pub async fn declare_base(ch: &Channel, topo: &Topology, t: &Timeouts) -> Result<(), BrokerError> {
+    timed(
+        "exchange.declare",
+        t.operation,
+        ch.exchange_declare(topo.jobs_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default()),
+    )
+    .await?;
+    timed(
+        "exchange.declare",
+        t.operation,
+        ch.exchange_declare(topo.dead_exchange().as_str().into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default()),
+    )
+    .await?;
+    let durable = field_table(&topo.durable_queue_arguments());
+    declare_queue(ch, &topo.dead_queue(), durable.clone(), t).await?;
+    timed(
+        "queue.bind",
+        t.operation,
+        ch.queue_bind(
+            topo.dead_queue().as_str().into(),
+            topo.dead_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    declare_queue(ch, &topo.results_queue(), durable, t).await
+}
+
+/// Declares one model's job queue and binds it to the jobs exchange.
+pub async fn declare_model(ch: &Channel, topo: &Topology, model: &str, t: &Timeouts) -> Result<(), BrokerError> {
+    let queue = topo.job_queue(model);
+    declare_queue(ch, &queue, field_table(&topo.job_queue_arguments()), t).await?;
+    timed(
+        "queue.bind",
+        t.operation,
+        ch.queue_bind(
+            queue.as_str().into(),
+            topo.jobs_exchange().as_str().into(),
+            model.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}

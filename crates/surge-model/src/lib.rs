@@ -1,0 +1,258 @@
+//! Surge's model runtime: model folders in, scores out, with Candle.
+//!
+//! A tour:
+//!
+//! * A model is a folder `models/<name>/` holding [`spec::SPEC_FILE`] (`model.toml`)
+//!   and a `.safetensors` file. [`load_model`] validates all of it and says what is
+//!   wrong, and where, when it is not right.
+//! * Architectures register in one place, [`ARCHITECTURES`]; each is one module
+//!   ([`mlp`], ...) with a `load` function that parses its own `model.toml` section.
+//! * A loaded model is a [`Model`]: a synchronous `score(batch)`. The caller runs it on
+//!   a thread of its own; nothing here is async, and nothing here knows about AMQP.
+//! * [`device`] picks `cpu`, `cuda[:N]` (with the `cuda` cargo feature) or `auto`.
+
+pub mod device;
+mod error;
+pub mod mlp;
+pub mod spec;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::de::DeserializeOwned;
+
+pub use device::{select_device, DeviceSpec};
+pub use error::ModelError;
+pub use spec::{InputSpec, ModelInfo, SpecFile};
+
+/// A batch of inputs for one forward pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Batch<'a> {
+    /// `values.len() / dim` rows of `dim` numbers, row-major.
+    Rows {
+        /// Row-major values.
+        values: &'a [f32],
+        /// Values per row.
+        dim: usize,
+    },
+    /// Texts.
+    Texts(&'a [String]),
+}
+
+impl Batch<'_> {
+    /// Number of rows or texts.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Rows { values, dim } => values.len().checked_div(*dim).unwrap_or(0),
+            Batch::Texts(t) => t.len(),
+        }
+    }
+
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The outputs of a forward pass: `width` values per input, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// Values per input.
+    pub width: usize,
+    /// `n * width` values.
+    pub values: Vec<f32>,
+}
+
+impl Scores {
+    /// The outputs of input `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    /// Number of inputs scored.
+    pub fn len(&self) -> usize {
+        self.values.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    /// True when nothing was scored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A loaded model, ready to score. `score` is synchronous and may be slow: run it off
+/// the async runtime.
+pub trait Model: Send {
+    /// What the model is and what it accepts.
+    fn info(&self) -> &ModelInfo;
+    /// Scores a batch: N inputs in, N outputs out, in order. A row gives the same
+    /// output alone or inside a batch.
+    fn score(&self, batch: &Batch<'_>) -> Result<Scores, ModelError>;
+}
+
+/// Everything an architecture's `load` function gets.
+pub struct LoadContext {
+    /// The common, already validated part of `model.toml`.
+    pub info: ModelInfo,
+    /// The whole parsed `model.toml`.
+    pub spec: SpecFile,
+    /// The weights file, already checked to lie inside the model folder.
+    pub weights_path: PathBuf,
+    /// Where tensors go.
+    pub device: Device,
+}
+
+impl LoadContext {
+    /// Path of the model's `model.toml`, for error messages.
+    pub fn toml_path(&self) -> PathBuf {
+        self.info.dir.join(spec::SPEC_FILE)
+    }
+
+    /// Parses the architecture's own section, `[name]`.
+    pub fn section<T: DeserializeOwned>(&self, name: &str) -> Result<T, ModelError> {
+        let value = self.spec.sections.get(name).cloned().ok_or_else(|| {
+            ModelError::spec(self.toml_path(), name, format!("section [{name}] is missing"))
+        })?;
+        value.try_into().map_err(|e: toml::de::Error| ModelError::BadToml {
+            path: self.toml_path(),
+            message: format!("in section [{name}]: {e}"),
+        })
+    }
+}
+
+/// One registered architecture.
+pub struct Architecture {
+    /// The value of `architecture` in `model.toml`.
+    pub name: &'static str,
+    /// Loads and validates a model folder of this architecture.
+    pub load: fn(&LoadContext) -> Result<Box<dyn Model>, ModelError>,
+}
+
+/// Every architecture Surge can run. A new architecture is a module and a line here.
+pub const ARCHITECTURES: &[Architecture] = &[Architecture {
+    name: "mlp",
+    load: mlp::load,
+}];
+
+fn known_architectures() -> String {
+    ARCHITECTURES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Resolves `models_dir/name` and makes sure it does not leave `models_dir`, even
+/// through a symlink.
+fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
+    surge_protocol::validate_model_name(name)?;
+    let root = models_dir
+        .canonicalize()
+        .map_err(|e| ModelError::io(models_dir, e))?;
+    let dir = root.join(name);
+    if !dir.join(spec::SPEC_FILE).is_file() {
+        return Err(ModelError::NotFound {
+            name: name.to_string(),
+            models_dir: models_dir.to_path_buf(),
+        });
+    }
+    let real = dir.canonicalize().map_err(|e| ModelError::io(&dir, e))?;
+    if !real.starts_with(&root) {
+        return Err(ModelError::OutsideModelsDir {
+            path: dir,
+            models_dir: root,
+        });
+    }
+    Ok(real)
+}
+
+/// Loads and validates model `name` from `models_dir` onto `device`.
+pub fn load_model(models_dir: &Path, name: &str, device: &Device) -> Result<Box<dyn Model>, ModelError> {
+    let dir = model_dir(models_dir, name)?;
+    let spec = spec::read_spec(&dir)?;
+    let toml_path = dir.join(spec::SPEC_FILE);
+    if let Some(declared) = &spec.name {
+        if declared != name {
+            return Err(ModelError::spec(
+                &toml_path,
+                "name",
+                format!("says {declared:?} but the folder is named {name:?}; they must match"),
+            ));
+        }
+    }
+    surge_protocol::validate_model_name(&spec.version)
+        .map_err(|e| ModelError::spec(&toml_path, "version", e.to_string()))?;
+    // The weights file must be a plain name inside the folder: no path tricks.
+    if spec.weights.contains('/') || spec.weights.contains('\\') || spec.weights.starts_with('.') {
+        return Err(ModelError::spec(
+            &toml_path,
+            "weights",
+            format!("{:?} must be a file name inside the model folder", spec.weights),
+        ));
+    }
+    let weights_path = dir.join(&spec.weights);
+    let real_weights = weights_path
+        .canonicalize()
+        .map_err(|e| ModelError::io(&weights_path, e))?;
+    if !real_weights.starts_with(&dir) {
+        return Err(ModelError::OutsideModelsDir {
+            path: weights_path,
+            models_dir: dir,
+        });
+    }
+    let input = match &spec.input {
+        spec::InputSection::Tabular { features } => InputSpec::Tabular {
+            features: features.clone(),
+        },
+        spec::InputSection::Text { max_length } => InputSpec::Text {
+            max_length: max_length.unwrap_or(512),
+        },
+    };
+    let arch = ARCHITECTURES
+        .iter()
+        .find(|a| a.name == spec.architecture)
+        .ok_or_else(|| ModelError::UnknownArchitecture {
+            path: toml_path.clone(),
+            name: spec.architecture.clone(),
+            known: known_architectures(),
+        })?;
+    // Sections other than the architecture's own are typos or leftovers.
+    if let Some(other) = spec.sections.keys().find(|k| k.as_str() != arch.name) {
+        return Err(ModelError::spec(
+            &toml_path,
+            other,
+            format!("unknown field or section for architecture {:?}", arch.name),
+        ));
+    }
+    let info = ModelInfo {
+        name: name.to_string(),
+        version: spec.version.clone(),
+        architecture: spec.architecture.clone(),
+        description: spec.description.clone(),
+        input,
+        output_names: spec.output.names.clone(),
+        dir,
+    };
+    let ctx = LoadContext {
+        info,
+        spec,
+        weights_path: real_weights,
+        device: device.clone(),
+    };
+    (arch.load)(&ctx)
+}
+
+/// Names of the model folders in `models_dir` (sub-folders holding a `model.toml`),
+/// sorted.
+pub fn discover(models_dir: &Path) -> Result<Vec<String>, ModelError> {
+    let entries = std::fs::read_dir(models_dir).map_err(|e| ModelError::io(models_dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ModelError::io(models_dir, e))?;
+        let path = entry.path();
+        if path.join(spec::SPEC_FILE).is_file() {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,223 @@
+//! The Surge worker: pulls jobs from RabbitMQ, batches them across jobs, scores them on
+//! a model thread, publishes confirmed results and only then acks.
+//!
+//! A tour:
+//!
+//! * [`WorkerConfig`] and [`start`]/[`run`]: what the `surge worker` binary calls, and
+//!   what tests start in-process.
+//! * [`prepare`]: per delivery, score / answer with an error / dead-letter (pure).
+//! * [`batcher`]: when a batch closes (pure).
+//! * [`engine`]: the model thread.
+//! * `session`: one connected session (consume → batch → score → publish → ack); the
+//!   reconnect loop in [`run`] starts a new one after any broker error.
+//! * [`http`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! * [`shutdown`]: the signal every task watches.
+
+pub mod batcher;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod prepare;
+mod session;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use surge_broker::{AmqpUrl, Timeouts};
+use surge_model::{DeviceSpec, ModelError};
+use surge_protocol::{Limits, Topology};
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+pub use batcher::BatchPolicy;
+pub use shutdown::{Shutdown, ShutdownTrigger};
+
+/// Everything a worker needs to know.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Broker URL (password redacted in `Debug`).
+    pub url: AmqpUrl,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// Folder holding one sub-folder per model.
+    pub models_dir: PathBuf,
+    /// Models to serve; empty means every valid model in `models_dir`.
+    pub models: Vec<String>,
+    /// Where models run.
+    pub device: DeviceSpec,
+    /// When batches close.
+    pub policy: BatchPolicy,
+    /// Unacked deliveries per model queue; defaults to [`BatchPolicy::default_prefetch`].
+    pub prefetch: Option<u16>,
+    /// Limits on incoming messages.
+    pub limits: Limits,
+    /// Bounds on every broker await.
+    pub timeouts: Timeouts,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz`; `None` to not serve them.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Identity reported in results; defaults to `hostname-pid`.
+    pub worker_id: Option<String>,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults for everything but the URL and models folder.
+    pub fn new(url: AmqpUrl, models_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            url,
+            topology: Topology::default(),
+            models_dir: models_dir.into(),
+            models: Vec::new(),
+            device: DeviceSpec::Cpu,
+            policy: BatchPolicy::default(),
+            prefetch: None,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            metrics_addr: None,
+            worker_id: None,
+        }
+    }
+}
+
+/// Why a worker could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    /// A model failed to load.
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    /// No model to serve.
+    #[error("no valid model found in {0}; add a model folder (see `surge models check`) or pass --models-dir")]
+    NoModels(PathBuf),
+    /// The metrics address could not be bound, or the model thread not started.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every task of a worker.
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) engine: engine::Engine,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) worker_id: String,
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    /// Where `/metrics` is served, when it is.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Identity reported in results.
+    pub worker_id: String,
+    /// Resolves when the worker has stopped (after shutdown).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, WorkerError> {
+    let device = surge_model::select_device(cfg.device)?;
+    let mut models = Vec::new();
+    if cfg.models.is_empty() {
+        for name in surge_model::discover(&cfg.models_dir)? {
+            match surge_model::load_model(&cfg.models_dir, &name, &device) {
+                Ok(m) => models.push(m),
+                // One broken folder must not stop the others from being served.
+                Err(e) => error!(model = %name, error = %e, "model failed validation; not serving it"),
+            }
+        }
+    } else {
+        for name in &cfg.models {
+            models.push(surge_model::load_model(&cfg.models_dir, name, &device)?);
+        }
+    }
+    if models.is_empty() {
+        return Err(WorkerError::NoModels(cfg.models_dir.clone()));
+    }
+    for m in &models {
+        let i = m.info();
+        info!(model = %i.name, version = %i.version, architecture = %i.architecture, device = %cfg.device, "model loaded");
+    }
+    Ok(models)
+}
+
+/// Loads the models, starts the model thread and the metrics server, and spawns the
+/// consume/reconnect loop. Returns once the worker is started; it stops after
+/// `shutdown` fires, having drained its in-flight batches.
+pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWorker, WorkerError> {
+    let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let models = load_models(&config)?;
+    let engine = engine::Engine::start(models).map_err(|source| WorkerError::Io {
+        what: "starting the model thread".into(),
+        source,
+    })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_addr = match config.metrics_addr {
+        None => None,
+        Some(addr) => Some(
+            http::serve(addr, metrics::install(), ready.clone(), shutdown.clone())
+                .await
+                .map_err(|source| WorkerError::Io { what: format!("serving metrics on {addr}"), source })?,
+        ),
+    };
+    if let Some(a) = metrics_addr {
+        info!(addr = %a, "serving /metrics, /healthz, /readyz");
+    }
+    let shared = Arc::new(Shared { config, engine, ready, worker_id: worker_id.clone() });
+    let task = tokio::spawn(reconnect_loop(shared, shutdown));
+    Ok(RunningWorker { metrics_addr, worker_id, task })
+}
+
+/// [`start`], then wait until the worker has stopped.
+pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerError> {
+    let running = start(config, shutdown).await?;
+    let _ = running.task.await;
+    Ok(())
+}
+
+/// Runs sessions until shutdown; after a broker error, waits (exponential backoff,
+/// 100 ms to 5 s) and starts a new one.
+async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(100);
+    info!(url = %shared.config.url, worker = %shared.worker_id, "worker starting");
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        let started = std::time::Instant::now();
+        match session::run_session(shared.clone(), shutdown.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                if shutdown.is_triggered() {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100);
+                }
+                warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                ::metrics::counter!(metrics::RECONNECTS).increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    info!("worker stopped");
+}

@@ -1,0 +1,48 @@
+//! Metric names and the Prometheus recorder, installed once per process.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Jobs answered, by `model` and `status` (`ok`, `error`, `expired`).
+pub const JOBS: &str = "surge_jobs_total";
+/// Rows scored, by `model`.
+pub const ROWS: &str = "surge_rows_total";
+/// Jobs answered with an error, by `kind`.
+pub const ERRORS: &str = "surge_errors_total";
+/// Messages sent to the dead-letter exchange, by `reason`.
+pub const DEAD_LETTERED: &str = "surge_dead_lettered_total";
+/// Rows per forward pass.
+pub const BATCH_ROWS: &str = "surge_batch_rows";
+/// Seconds per forward pass, by `model`.
+pub const INFERENCE_SECONDS: &str = "surge_inference_seconds";
+/// Seconds jobs waited in the queue (from `sent_ms` or the AMQP timestamp).
+pub const QUEUE_WAIT_SECONDS: &str = "surge_queue_wait_seconds";
+/// Jobs delivered to this worker and not yet acknowledged.
+pub const IN_FLIGHT: &str = "surge_jobs_in_flight";
+/// 1 while connected to the broker and consuming.
+pub const CONNECTED: &str = "surge_connected";
+/// Reconnections after a lost connection.
+pub const RECONNECTS: &str = "surge_reconnects_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle, or
+/// `None` when another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let rows = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &rows)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}

@@ -1,0 +1,216 @@
+//! What to do with one delivery, decided without a broker: score it, answer it at once
+//! with an error result, or dead-letter it. One bad job is answered on its own and
+//! never reaches a batch, so it cannot fail its batch mates.
+
+use std::collections::HashMap;
+
+use surge_model::ModelInfo;
+use surge_protocol::codec::decode_job;
+use surge_protocol::{Encoding, ErrorKind, Inputs, Job, JobResult, Limits};
+
+/// The AMQP properties Surge reads, already taken out of the delivery.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Envelope {
+    /// `message_id`: the job id (required).
+    pub message_id: Option<String>,
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// AMQP `timestamp` (seconds), used for queue wait when the body has no `sent_ms`.
+    pub timestamp_s: Option<u64>,
+}
+
+/// What to do with a delivery.
+#[derive(Debug, PartialEq)]
+pub enum Disposition {
+    /// A valid job for a served model: score it.
+    Score {
+        /// The job id.
+        job_id: String,
+        /// The encoding to answer in.
+        encoding: Encoding,
+        /// The decoded job.
+        job: Job,
+        /// Milliseconds the job waited in the queue, when known.
+        queue_ms: Option<f64>,
+    },
+    /// Answer at once with this (error or expired) result.
+    Answer {
+        /// The encoding to answer in.
+        encoding: Encoding,
+        /// The result.
+        result: Box<JobResult>,
+    },
+    /// The message cannot be answered: send it to the dead-letter exchange.
+    DeadLetter {
+        /// Machine-readable reason, for the header and the metric.
+        kind: &'static str,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Decides what to do with a delivery of `body` with properties `env`, arriving at
+/// `now_ms`, on a worker serving `models`.
+pub fn prepare(
+    env: &Envelope,
+    body: &[u8],
+    models: &HashMap<String, ModelInfo>,
+    limits: &Limits,
+    worker: &str,
+    now_ms: u64,
+) -> Disposition {
+    let Some(job_id) = env.message_id.clone().filter(|id| !id.is_empty()) else {
+        return Disposition::DeadLetter {
+            kind: "missing_message_id",
+            reason: "the message has no message_id property; set it to a unique job id so the result can be matched".into(),
+        };
+    };
+    let encoding = match Encoding::from_content_type(env.content_type.as_deref(), body) {
+        Ok(e) => e,
+        Err(e) => return Disposition::DeadLetter { kind: e.kind_name(), reason: e.to_string() },
+    };
+    let answer = |model: &str, kind: ErrorKind, message: String| Disposition::Answer {
+        encoding,
+        result: Box::new(JobResult::failure(&job_id, model, kind, message, worker)),
+    };
+    let job = match decode_job(body, encoding, limits) {
+        Ok(job) => job,
+        Err(e) => {
+            return match e.answerable_kind() {
+                Some(kind) => answer("", kind, e.to_string()),
+                None => Disposition::DeadLetter { kind: e.kind_name(), reason: e.to_string() },
+            }
+        }
+    };
+    let Some(info) = models.get(&job.model) else {
+        let mut served: Vec<&str> = models.keys().map(String::as_str).collect();
+        served.sort_unstable();
+        return answer(
+            &job.model.clone(),
+            ErrorKind::UnknownModel,
+            format!("no model named {:?} is served here (served: {})", job.model, served.join(", ")),
+        );
+    };
+    if let Some(v) = &job.version {
+        if *v != info.version {
+            return answer(
+                &job.model.clone(),
+                ErrorKind::UnknownVersion,
+                format!("model {} has no version {v:?} here (served: {:?})", job.model, info.version),
+            );
+        }
+    }
+    if let Some(deadline) = job.deadline_ms {
+        if now_ms > deadline {
+            return answer(
+                &job.model.clone(),
+                ErrorKind::Expired,
+                format!("deadline {deadline} passed {} ms before the job was taken", now_ms - deadline),
+            );
+        }
+    }
+    if let Err(msg) = info.check_inputs(&job.inputs) {
+        return answer(&job.model.clone(), ErrorKind::InvalidInput, msg);
+    }
+    let sent = job.sent_ms.or(env.timestamp_s.map(|s| s.saturating_mul(1000)));
+    let queue_ms = sent.map(|s| now_ms.saturating_sub(s) as f64);
+    Disposition::Score { job_id, encoding, job, queue_ms }
+}
+
+/// Row count of a job's inputs, for batch accounting.
+pub fn rows(inputs: &Inputs) -> usize {
+    inputs.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use surge_model::InputSpec;
+    use surge_protocol::codec::encode;
+    use surge_protocol::{Inputs, Job};
+
+    use super::*;
+
+    fn models() -> HashMap<String, ModelInfo> {
+        let info = ModelInfo {
+            name: "m".into(),
+            version: "1.0.0".into(),
+            architecture: "mlp".into(),
+            description: String::new(),
+            input: InputSpec::Tabular { features: vec!["a".into(), "b".into()] },
+            output_names: vec!["p".into()],
+            dir: PathBuf::new(),
+        };
+        HashMap::from([("m".to_string(), info)])
+    }
+
+    fn env() -> Envelope {
+        Envelope { message_id: Some("j1".into()), content_type: Some("application/json".into()), timestamp_s: None }
+    }
+
+    fn run(job: &Job) -> Disposition {
+        let body = encode(job, Encoding::Json).unwrap();
+        prepare(&env(), &body, &models(), &Limits::default(), "w", 1_000)
+    }
+
+    fn kind_of(d: &Disposition) -> Option<ErrorKind> {
+        match d {
+            Disposition::Answer { result, .. } => result.error.as_ref().map(|e| e.kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_valid_job_is_scored() {
+        let mut job = Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]));
+        job.sent_ms = Some(900);
+        match run(&job) {
+            Disposition::Score { job_id, queue_ms, .. } => {
+                assert_eq!(job_id, "j1");
+                assert_eq!(queue_ms, Some(100.0));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_input_gets_its_kind() {
+        let cases = [
+            (Job::new("m", Inputs::Rows(vec![vec![1.0]])), ErrorKind::InvalidInput),
+            (Job::new("m", Inputs::Rows(vec![vec![1.0, f32::NAN]])), ErrorKind::InvalidInput),
+            (Job::new("m", Inputs::Rows(vec![])), ErrorKind::InvalidInput),
+            (Job::new("m", Inputs::Texts(vec!["x".into()])), ErrorKind::InvalidInput),
+            (Job::new("nope", Inputs::Rows(vec![vec![1.0, 2.0]])), ErrorKind::UnknownModel),
+            (Job { version: Some("9".into()), ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::UnknownVersion),
+            (Job { deadline_ms: Some(999), ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::Expired),
+            (Job { v: 7, ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::UnsupportedVersion),
+        ];
+        for (job, kind) in cases {
+            assert_eq!(kind_of(&run(&job)), Some(kind), "{job:?}");
+        }
+    }
+
+    #[test]
+    fn undecodable_messages_are_dead_lettered() {
+        let m = models();
+        let l = Limits::default();
+        let d = prepare(&env(), b"{not json", &m, &l, "w", 0);
+        assert!(matches!(d, Disposition::DeadLetter { kind: "malformed", .. }), "{d:?}");
+        let no_id = Envelope { message_id: None, ..env() };
+        let d = prepare(&no_id, b"{}", &m, &l, "w", 0);
+        assert!(matches!(d, Disposition::DeadLetter { kind: "missing_message_id", .. }));
+        let xml = Envelope { content_type: Some("text/xml".into()), ..env() };
+        let d = prepare(&xml, b"<a/>", &m, &l, "w", 0);
+        assert!(matches!(d, Disposition::DeadLetter { kind: "unsupported_content_type", .. }));
+    }
+
+    #[test]
+    fn schema_errors_are_answered() {
+        let d = prepare(&env(), br#"{"v":1,"model":"m","inputs":[[1,"x"]]}"#, &models(), &Limits::default(), "w", 0);
+        assert_eq!(kind_of(&d), Some(ErrorKind::InvalidJob));
+        let limits = Limits { max_rows: 1, ..Limits::default() };
+        let body = br#"{"v":1,"model":"m","inputs":[[1,2],[3,4]]}"#;
+        assert_eq!(kind_of(&prepare(&env(), body, &models(), &limits, "w", 0)), Some(ErrorKind::TooManyRows));
+    }
+}

@@ -1,0 +1,484 @@
+//! One connected session: consume, batch, score, publish confirmed results, ack.
+//!
+//! The life of a job inside a session:
+//! delivery → [`prepare`](crate::prepare) → gathered into a batch (per model queue) →
+//! forward pass on the model thread → results published with `mandatory` and
+//! confirms → the job acked only after its result is confirmed.
+//!
+//! Any broker error ends the session; the caller reconnects. Unacked jobs are then
+//! redelivered by the broker, so nothing is lost, and a job may be answered twice:
+//! results carry the job id and consumers deduplicate.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Consumer};
+use surge_broker::publish::{confirmed, start_publish};
+use surge_broker::{timed, topology, BrokerError};
+use surge_model::Scores;
+use surge_protocol::codec::encode;
+use surge_protocol::topology::{HEADER_ERROR_KIND, HEADER_REASON, HEADER_SOURCE_QUEUE, HEADER_WORKER};
+use surge_protocol::{now_ms, Encoding, ErrorKind, Inputs, Job, JobResult, Status, Timings, PROTOCOL_VERSION};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::engine::BatchInputs;
+use crate::metrics as m;
+use crate::prepare::{prepare, Disposition, Envelope};
+use crate::shutdown::Shutdown;
+use crate::Shared;
+
+/// How many batches per model may be past gathering (on the model thread or
+/// publishing) at once: one scoring while the previous one publishes.
+const PIPELINE_DEPTH: usize = 2;
+
+/// One delivery on its way through a batch.
+struct Item {
+    acker: Acker,
+    reply_to: String,
+    correlation_id: Option<ShortString>,
+    disposition: Disposition,
+    /// Kept only for messages that may be dead-lettered.
+    original: Option<(Vec<u8>, BasicProperties)>,
+    rows: usize,
+}
+
+/// What goes back to the broker for one item.
+enum Outcome {
+    Result { encoding: Encoding, result: JobResult },
+    DeadLetter { kind: &'static str, reason: String },
+}
+
+/// Runs one connected session until shutdown (`Ok`) or a broker error (`Err`).
+pub(crate) async fn run_session(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), BrokerError> {
+    let cfg = &shared.config;
+    let t = &cfg.timeouts;
+    let conn = surge_broker::connect(&cfg.url, &format!("surge-worker {}", shared.worker_id), t).await?;
+    let result = async {
+        let publisher = timed("channel.open", t.operation, conn.create_channel()).await?;
+        timed("confirm.select", t.operation, publisher.confirm_select(ConfirmSelectOptions::default())).await?;
+        topology::declare_base(&publisher, &cfg.topology, t).await?;
+        let mut names: Vec<String> = shared.engine.models().keys().cloned().collect();
+        names.sort();
+        let prefetch = cfg.prefetch.unwrap_or_else(|| cfg.policy.default_prefetch());
+        let mut tasks = JoinSet::new();
+        for model in names {
+            topology::declare_model(&publisher, &cfg.topology, &model, t).await?;
+            let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+            timed("basic.qos", t.operation, ch.basic_qos(prefetch, BasicQosOptions::default())).await?;
+            let queue = cfg.topology.job_queue(&model);
+            let tag = format!("{}/{model}", shared.worker_id);
+            let consumer = timed(
+                "basic.consume",
+                t.operation,
+                ch.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()),
+            )
+            .await?;
+            info!(%queue, prefetch, "consuming");
+            tasks.spawn(serve_queue(shared.clone(), queue, ch, consumer, publisher.clone(), shutdown.clone()));
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+        metrics::gauge!(m::CONNECTED).set(1.0);
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tasks.abort_all();
+                    return Err(e);
+                }
+                Err(join_error) => {
+                    tasks.abort_all();
+                    warn!(error = %join_error, "a queue task panicked; restarting the session");
+                    return Err(BrokerError::Url(format!("queue task failed: {join_error}")));
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    shared.ready.store(false, Ordering::Relaxed);
+    metrics::gauge!(m::CONNECTED).set(0.0);
+    // Closing returns every unacked delivery to its queue. Best effort: after a broker
+    // error the connection may already be gone.
+    let _ = tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
+    result
+}
+
+fn envelope(props: &BasicProperties) -> Envelope {
+    Envelope {
+        message_id: props.message_id().as_ref().map(|s| s.to_string()),
+        content_type: props.content_type().as_ref().map(|s| s.to_string()),
+        timestamp_s: *props.timestamp(),
+    }
+}
+
+/// Consumes one job queue: gathers deliveries into batches and hands each closed
+/// batch to a pipeline task.
+async fn serve_queue(
+    shared: Arc<Shared>,
+    queue: String,
+    channel: Channel,
+    mut consumer: Consumer,
+    publisher: Channel,
+    mut shutdown: Shutdown,
+) -> Result<(), BrokerError> {
+    let cfg = &shared.config;
+    let policy = cfg.policy;
+    let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));
+    let mut running: JoinSet<Result<(), BrokerError>> = JoinSet::new();
+    let mut gathered: Vec<Item> = Vec::new();
+    let mut rows = 0usize;
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let deadline = oldest.map(|o| tokio::time::Instant::from_std(policy.deadline(o)));
+        let mut close = false;
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() => close = true,
+            next = consumer.next() => {
+                let delivery = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(source)) => return Err(BrokerError::Amqp { what: "consume", source }),
+                    None => return Err(BrokerError::Url(format!("consumer of {queue} was cancelled by the broker"))),
+                };
+                metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+                let item = make_item(&shared, delivery);
+                if !policy.fits(rows, item.rows) {
+                    dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
+                    rows = 0;
+                    oldest = None;
+                }
+                rows += item.rows;
+                oldest.get_or_insert_with(Instant::now);
+                gathered.push(item);
+                close = policy.should_close(rows, oldest, Instant::now());
+            }
+        }
+        if close && !gathered.is_empty() {
+            dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
+            rows = 0;
+            oldest = None;
+        }
+    }
+
+    // Graceful drain: stop deliveries, return what has not started, finish the rest.
+    info!(%queue, "draining: cancelling the consumer");
+    let tag = consumer.tag();
+    let _ = timed("basic.cancel", cfg.timeouts.operation, channel.basic_cancel(tag, BasicCancelOptions::default())).await;
+    for item in gathered {
+        let _ = timed(
+            "basic.nack",
+            cfg.timeouts.operation,
+            item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }),
+        )
+        .await;
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+    while let Some(done) = running.join_next().await {
+        done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
+    }
+    info!(%queue, "drained");
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn make_item(shared: &Shared, delivery: Delivery) -> Item {
+    let cfg = &shared.config;
+    let env = envelope(&delivery.properties);
+    let disposition = prepare(&env, &delivery.data, shared.engine.models(), &cfg.limits, &shared.worker_id, now_ms());
+    let rows = match &disposition {
+        Disposition::Score { job, .. } => job.inputs.len(),
+        _ => 0,
+    };
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| cfg.topology.results_queue());
+    let correlation_id = delivery.properties.correlation_id().clone();
+    // Kept (moved, not copied) in case the job must be dead-lettered after all.
+    let original = Some((delivery.data, delivery.properties));
+    Item { acker: delivery.acker, reply_to, correlation_id, disposition, original, rows }
+}
+
+/// Waits for a pipeline slot (back-pressure on consumption), then runs the batch.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    queue: &str,
+    publisher: &Channel,
+    pipeline: &Arc<Semaphore>,
+    running: &mut JoinSet<Result<(), BrokerError>>,
+    batch: Vec<Item>,
+) {
+    let Ok(permit) = pipeline.clone().acquire_owned().await else {
+        return;
+    };
+    let shared = shared.clone();
+    let publisher = publisher.clone();
+    let queue = queue.to_string();
+    let ids: Vec<String> = batch
+        .iter()
+        .filter_map(|i| match &i.disposition {
+            Disposition::Score { job_id, .. } => Some(job_id.clone()),
+            Disposition::Answer { result, .. } => Some(result.job_id.clone()),
+            Disposition::DeadLetter { .. } => None,
+        })
+        .collect();
+    let span = tracing::info_span!("batch", queue = %queue, jobs = %ids.join(","), size = batch.len());
+    running.spawn(
+        async move {
+            let r = process_batch(&shared, &queue, &publisher, batch).await;
+            drop(permit);
+            r
+        }
+        .instrument(span),
+    );
+}
+
+/// Scores the jobs of a batch that need it (one forward pass per model), then publishes
+/// every outcome and acks each job whose outcome the broker confirmed.
+async fn process_batch(shared: &Shared, queue: &str, publisher: &Channel, batch: Vec<Item>) -> Result<(), BrokerError> {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let now = now_ms();
+    let mut jobs: Vec<Option<(String, Encoding, Job, Option<f64>)>> = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
+    for (i, mut item) in batch.into_iter().enumerate() {
+        let disposition = std::mem::replace(&mut item.disposition, Disposition::DeadLetter { kind: "", reason: String::new() });
+        match disposition {
+            Disposition::Score { job_id, encoding, job, queue_ms } => {
+                // Deadlines are checked again: the job may have expired while gathered.
+                if job.deadline_ms.is_some_and(|d| now > d) {
+                    let r = JobResult::failure(&job_id, &job.model, ErrorKind::Expired, "deadline passed before scoring", &shared.worker_id);
+                    outcomes.push(Some(Outcome::Result { encoding, result: r }));
+                    jobs.push(None);
+                } else {
+                    groups.entry(job.model.clone()).or_default().push(i);
+                    outcomes.push(None);
+                    jobs.push(Some((job_id, encoding, job, queue_ms)));
+                }
+            }
+            Disposition::Answer { encoding, result } => {
+                outcomes.push(Some(Outcome::Result { encoding, result: *result }));
+                jobs.push(None);
+            }
+            Disposition::DeadLetter { kind, reason } => {
+                outcomes.push(Some(Outcome::DeadLetter { kind, reason }));
+                jobs.push(None);
+            }
+        }
+        items.push(item);
+    }
+
+    for (model, idx) in groups {
+        let info = shared.engine.models().get(&model).cloned();
+        let inputs = gather_inputs(idx.iter().filter_map(|&i| jobs[i].as_ref().map(|j| &j.2.inputs)));
+        let total_rows = inputs_len(&inputs);
+        let scored = shared.engine.score(&model, inputs).await;
+        metrics::histogram!(m::BATCH_ROWS).record(total_rows as f64);
+        let mut offset = 0usize;
+        for &i in &idx {
+            let Some((job_id, encoding, job, queue_ms)) = jobs[i].take() else { continue };
+            let n = job.inputs.len();
+            let result = match (&scored, &info) {
+                (Ok((scores, ms)), Some(info)) => {
+                    metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone()).record(ms / 1e3);
+                    ok_result(&shared.worker_id, job_id, &job, info, scores, offset, n, *ms, total_rows, queue_ms)
+                }
+                (Err(e), _) => {
+                    warn!(error = %e, job = %job_id, "forward pass failed");
+                    JobResult::failure(job_id, &model, ErrorKind::Internal, format!("the worker failed to score this job: {e}"), &shared.worker_id)
+                }
+                (Ok(_), None) => JobResult::failure(job_id, &model, ErrorKind::UnknownModel, "model vanished", &shared.worker_id),
+            };
+            if let Some(q) = queue_ms {
+                metrics::histogram!(m::QUEUE_WAIT_SECONDS).record(q / 1e3);
+            }
+            offset += n;
+            outcomes[i] = Some(Outcome::Result { encoding, result });
+        }
+    }
+
+    publish_and_ack(shared, queue, publisher, items, outcomes).await
+}
+
+fn gather_inputs<'a>(inputs: impl Iterator<Item = &'a Inputs>) -> BatchInputs {
+    let mut values = Vec::new();
+    let mut texts = Vec::new();
+    let mut dim = 0;
+    for inp in inputs {
+        match inp {
+            Inputs::Rows(rows) => {
+                for r in rows {
+                    dim = r.len();
+                    values.extend_from_slice(r);
+                }
+            }
+            Inputs::Texts(t) => texts.extend(t.iter().cloned()),
+        }
+    }
+    if texts.is_empty() {
+        BatchInputs::Rows { values, dim }
+    } else {
+        BatchInputs::Texts(texts)
+    }
+}
+
+fn inputs_len(inputs: &BatchInputs) -> usize {
+    match inputs {
+        BatchInputs::Rows { values, dim } => values.len().checked_div(*dim).unwrap_or(0),
+        BatchInputs::Texts(t) => t.len(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ok_result(
+    worker: &str,
+    job_id: String,
+    job: &Job,
+    info: &surge_model::ModelInfo,
+    scores: &Scores,
+    offset: usize,
+    n: usize,
+    inference_ms: f64,
+    batch_rows: usize,
+    queue_ms: Option<f64>,
+) -> JobResult {
+    let outputs: Vec<Vec<f32>> = (offset..offset + n).map(|r| scores.row(r).to_vec()).collect();
+    JobResult {
+        v: PROTOCOL_VERSION,
+        job_id,
+        model: job.model.clone(),
+        version: Some(info.version.clone()),
+        status: Status::Ok,
+        output_names: info.output_names.clone(),
+        outputs,
+        error: None,
+        worker: worker.to_string(),
+        timings: Timings { queue_ms, inference_ms, batch_rows: batch_rows as u32 },
+    }
+}
+
+fn dead_letter_props(props: BasicProperties, kind: &str, reason: &str, worker: &str, queue: &str) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(HEADER_REASON.into(), AMQPValue::LongString(LongString::from(reason.to_string())));
+    headers.insert(HEADER_ERROR_KIND.into(), AMQPValue::LongString(LongString::from(kind.to_string())));
+    headers.insert(HEADER_WORKER.into(), AMQPValue::LongString(LongString::from(worker.to_string())));
+    headers.insert(HEADER_SOURCE_QUEUE.into(), AMQPValue::LongString(LongString::from(queue.to_string())));
+    props.with_headers(headers).with_delivery_mode(2)
+}
+
+/// Publishes every outcome (all in flight at once), then acks each job whose outcome
+/// was confirmed. A broker error returns early: the unacked jobs are redelivered.
+async fn publish_and_ack(
+    shared: &Shared,
+    queue: &str,
+    publisher: &Channel,
+    items: Vec<Item>,
+    outcomes: Vec<Option<Outcome>>,
+) -> Result<(), BrokerError> {
+    let t = &shared.config.timeouts;
+    let dead_exchange = shared.config.topology.dead_exchange();
+    let mut pending = Vec::with_capacity(items.len());
+    for (index, (item, outcome)) in items.iter().zip(outcomes).enumerate() {
+        let Some(outcome) = outcome else {
+            // Cannot happen: every item gets an outcome. Return it rather than lose it.
+            warn!("a job had no outcome (a bug); returning it to its queue");
+            timed("basic.nack", t.operation, item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })).await?;
+            continue;
+        };
+        match outcome {
+            Outcome::Result { encoding, result } => {
+                let body = encode(&result, encoding).map_err(|e| BrokerError::Url(e.to_string()))?;
+                let corr = item.correlation_id.clone().unwrap_or_else(|| result.job_id.as_str().into());
+                let props = BasicProperties::default()
+                    .with_content_type(encoding.content_type().into())
+                    .with_message_id(result.job_id.as_str().into())
+                    .with_correlation_id(corr)
+                    .with_delivery_mode(2)
+                    .with_timestamp(now_ms() / 1000);
+                let confirm = start_publish(publisher, "", &item.reply_to, &body, props, t).await?;
+                pending.push((index, confirm, Some(result), None));
+            }
+            Outcome::DeadLetter { kind, reason } => {
+                let (body, props) = item.original.clone().unwrap_or_default();
+                warn!(kind, %reason, "dead-lettering an undecodable message");
+                let props = dead_letter_props(props, kind, &reason, &shared.worker_id, queue);
+                let confirm = start_publish(publisher, &dead_exchange, queue, &body, props, t).await?;
+                pending.push((index, confirm, None, Some(kind)));
+            }
+        }
+    }
+    let items = &items;
+    let confirms = futures_util::future::join_all(pending.into_iter().map(|(index, confirm, result, dead)| async move {
+        let exchange = if dead.is_some() { "dead" } else { "" };
+        let res = confirmed(confirm, exchange, &items[index].reply_to, t).await;
+        (index, res, result, dead)
+    }))
+    .await;
+    for (index, res, result, dead) in confirms {
+        let item = &items[index];
+        match res {
+            Ok(()) => {
+                if let Some(r) = &result {
+                    record_result(r);
+                }
+                if let Some(kind) = dead {
+                    metrics::counter!(m::DEAD_LETTERED, "reason" => kind).increment(1);
+                }
+                timed("basic.ack", t.operation, item.acker.ack(BasicAckOptions::default())).await?;
+            }
+            Err(BrokerError::Returned { routing_key, .. }) => {
+                // Nobody listens at reply_to any more: keep the job, with the reason,
+                // in the dead-letter queue rather than drop the answer silently.
+                let (body, props) = item.original.clone().unwrap_or_default();
+                let reason = format!("the reply_to queue {routing_key:?} does not exist; the result could not be delivered");
+                warn!(%reason, "dead-lettering a job");
+                let props = dead_letter_props(props, "unroutable_result", &reason, &shared.worker_id, queue);
+                surge_broker::publish::publish_confirmed(publisher, &dead_exchange, queue, &body, props, t).await?;
+                metrics::counter!(m::DEAD_LETTERED, "reason" => "unroutable_result").increment(1);
+                timed("basic.ack", t.operation, item.acker.ack(BasicAckOptions::default())).await?;
+            }
+            Err(BrokerError::Nacked { .. }) => {
+                warn!("the broker refused a result; returning the job to its queue");
+                timed("basic.nack", t.operation, item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+    debug!("batch answered and acked");
+    Ok(())
+}
+
+fn record_result(r: &JobResult) {
+    let status = match r.status {
+        Status::Ok => "ok",
+        Status::Error => "error",
+        Status::Expired => "expired",
+    };
+    metrics::counter!(m::JOBS, "model" => r.model.clone(), "status" => status).increment(1);
+    match &r.error {
+        None => metrics::counter!(m::ROWS, "model" => r.model.clone()).increment(r.outputs.len() as u64),
+        Some(e) => metrics::counter!(m::ERRORS, "kind" => e.kind.as_str()).increment(1),
+    }
+}
