@@ -1,1 +1,393 @@
-//! surge-client
+//! `score-batch` as a library: a file of rows in, scores out, through RabbitMQ, with
+//! every row answered exactly once.
+//!
+//! A tour:
+//!
+//! * [`table`]: reading CSV / JSON Lines into rows and writing rows plus scores back,
+//!   in input order (pure).
+//! * [`tracker`]: the plan (rows → jobs with idempotent ids) and the bookkeeping of
+//!   which jobs are answered, deduplicating results that arrive twice (pure).
+//! * [`score_table`]: the broker side: publish jobs with confirms, collect results on a
+//!   reply queue of the run's own, republish jobs whose results are overdue, and
+//!   reconnect after a lost connection.
+
+pub mod table;
+pub mod tracker;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use surge_broker::publish::{confirmed, start_publish};
+use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
+use surge_protocol::codec::{decode_result, encode};
+use surge_protocol::{now_ms, Encoding, Inputs, Job, JobResult, Limits, Status, Topology, PROTOCOL_VERSION};
+use table::{RowOutcome, Selection, Table};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use tracker::{plan, Recorded, Tracker};
+
+/// Why a run failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The input file cannot be used.
+    #[error("input: {0}")]
+    Input(String),
+    /// The output file cannot be written.
+    #[error("output: {0}")]
+    Output(String),
+    /// The broker refused something that retrying will not fix.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+    /// The run did not finish within `--timeout`.
+    #[error("timed out after {after:?}: {answered} of {total} jobs answered (are workers running for this model? `surge worker --model ...`)")]
+    Timeout {
+        /// Jobs answered.
+        answered: usize,
+        /// Jobs in the run.
+        total: usize,
+        /// The limit.
+        after: Duration,
+    },
+}
+
+/// How to run a scoring run.
+#[derive(Debug, Clone)]
+pub struct ScoreConfig {
+    /// Broker URL.
+    pub url: AmqpUrl,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// Model to score with.
+    pub model: String,
+    /// Model version; the newest served when `None`.
+    pub version: Option<String>,
+    /// Rows per job.
+    pub rows_per_job: usize,
+    /// Republish a job whose result has not arrived this long after its confirm.
+    pub job_timeout: Duration,
+    /// Give up after this long (`None`: wait for workers indefinitely).
+    pub timeout: Option<Duration>,
+    /// Encoding of the jobs.
+    pub encoding: Encoding,
+    /// Jobs published before their confirms are awaited.
+    pub publish_window: usize,
+    /// Bounds on broker awaits.
+    pub timeouts: Timeouts,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Limits applied to incoming results.
+    pub limits: Limits,
+}
+
+impl ScoreConfig {
+    /// Defaults for everything but the URL and model.
+    pub fn new(url: AmqpUrl, model: impl Into<String>) -> Self {
+        Self {
+            url,
+            topology: Topology::default(),
+            model: model.into(),
+            version: None,
+            rows_per_job: 256,
+            job_timeout: Duration::from_secs(60),
+            timeout: None,
+            encoding: Encoding::Msgpack,
+            publish_window: 1000,
+            timeouts: Timeouts::default(),
+            progress: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Input rows.
+    pub rows: usize,
+    /// Jobs in the run.
+    pub jobs: usize,
+    /// Rows scored.
+    pub rows_ok: usize,
+    /// Rows whose job failed.
+    pub rows_failed: usize,
+    /// Failed rows by error kind.
+    pub failures: BTreeMap<String, usize>,
+    /// Results dropped because their job was already answered.
+    pub duplicates: u64,
+    /// Results that belonged to no job of this run.
+    pub strays: u64,
+    /// Jobs published again after their result was overdue.
+    pub republished: u64,
+    /// Connections lost and re-made.
+    pub reconnects: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Rows scored per second of wall time.
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The outcome of a run: one outcome per input row, in input order.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Names of the output columns (empty for embeddings).
+    pub output_names: Vec<String>,
+    /// One per input row.
+    pub outcomes: Vec<RowOutcome>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+/// Scores the selected cells of `table` with `cfg.model` through the broker.
+pub async fn score_table(cfg: &ScoreConfig, table: &Table, selection: &Selection) -> Result<Scored, ClientError> {
+    let started = Instant::now();
+    let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let jobs = plan(&run_id, table.records.len(), cfg.rows_per_job);
+    let inputs: Vec<Inputs> = jobs.iter().map(|j| table.inputs(selection, j.start, j.end)).collect::<Result<_, _>>()?;
+    let mut tracker = Tracker::new(jobs);
+    let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
+    let bar = if cfg.progress { ProgressBar::new(table.records.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    info!(run = %run_id, rows = table.records.len(), jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
+    let mut reconnects = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let ctx = RunCtx { cfg, inputs: &inputs, reply_queue: &reply_queue, bar: &bar, started };
+    loop {
+        match ctx.session(&mut tracker).await {
+            Ok(()) => break,
+            Err(ClientError::Broker(e)) if e.is_connection_loss() => {
+                reconnects += 1;
+                warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                ctx.check_timeout(&tracker)?;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut summary = Summary {
+        rows: table.records.len(),
+        jobs: tracker.jobs().len(),
+        duplicates: tracker.duplicates,
+        strays: tracker.strays,
+        republished: tracker.republished,
+        reconnects,
+        ..Summary::default()
+    };
+    let mut output_names = Vec::new();
+    let mut outcomes = Vec::with_capacity(table.records.len());
+    for (job, result) in tracker.into_results() {
+        let n = job.end - job.start;
+        let Some(r) = result else {
+            // Unreachable: the session ends only when every job is answered.
+            outcomes.extend((0..n).map(|_| RowOutcome::Failed("internal: no result".into())));
+            continue;
+        };
+        match (r.status, r.outputs.len() == n) {
+            (Status::Ok, true) => {
+                if output_names.is_empty() {
+                    output_names = r.output_names.clone();
+                }
+                summary.rows_ok += n;
+                outcomes.extend(r.outputs.into_iter().map(RowOutcome::Scored));
+            }
+            _ => {
+                let (kind, msg) = match &r.error {
+                    Some(e) => (e.kind.as_str().to_string(), format!("{}: {}", e.kind, e.message)),
+                    None => ("internal".to_string(), format!("internal: the worker returned {} outputs for {n} rows", r.outputs.len())),
+                };
+                summary.rows_failed += n;
+                *summary.failures.entry(kind).or_default() += n;
+                outcomes.extend((0..n).map(|_| RowOutcome::Failed(msg.clone())));
+            }
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Ok(Scored { output_names, outcomes, summary })
+}
+
+struct RunCtx<'a> {
+    cfg: &'a ScoreConfig,
+    inputs: &'a [Inputs],
+    reply_queue: &'a str,
+    bar: &'a ProgressBar,
+    started: Instant,
+}
+
+enum Incoming {
+    Result(Box<JobResult>),
+    Lost(BrokerError),
+}
+
+impl RunCtx<'_> {
+    fn check_timeout(&self, tracker: &Tracker) -> Result<(), ClientError> {
+        match self.cfg.timeout {
+            Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout { answered: tracker.done(), total: tracker.jobs().len(), after }),
+            _ => Ok(()),
+        }
+    }
+
+    /// One connected session: declare, consume results, publish what is unpublished,
+    /// wait until every job is answered. Returns `Err` on a lost connection.
+    async fn session(&self, tracker: &mut Tracker) -> Result<(), ClientError> {
+        let cfg = self.cfg;
+        let t = &cfg.timeouts;
+        let conn = surge_broker::connect(&cfg.url, "score-batch", t).await?;
+        let res = self.connected(&conn, tracker).await;
+        let _ = tokio::time::timeout(t.operation, conn.close(200, "score-batch done".into())).await;
+        res
+    }
+
+    async fn connected(&self, conn: &lapin::Connection, tracker: &mut Tracker) -> Result<(), ClientError> {
+        let cfg = self.cfg;
+        let t = &cfg.timeouts;
+        let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+        timed("confirm.select", t.operation, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        // Declaring the model's queue here means jobs wait safely even when no worker
+        // has started yet.
+        topology::declare_base(&ch, &cfg.topology, t).await?;
+        topology::declare_model(&ch, &cfg.topology, &cfg.model, t).await?;
+        // The run's own reply queue: durable (results survive a broker restart), and
+        // deleted by the broker an hour after the run stops using it.
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
+        let opts = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        timed("queue.declare", t.operation, ch.queue_declare(self.reply_queue.into(), opts, args)).await?;
+
+        let cch = timed("channel.open", t.operation, conn.create_channel()).await?;
+        timed("basic.qos", t.operation, cch.basic_qos(2000, BasicQosOptions::default())).await?;
+        let mut consumer = timed(
+            "basic.consume",
+            t.operation,
+            cch.basic_consume(self.reply_queue.into(), "score-batch".into(), BasicConsumeOptions::default(), FieldTable::default()),
+        )
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4096);
+        let limits = cfg.limits;
+        let op_timeout = t.operation;
+        let reader = tokio::spawn(async move {
+            loop {
+                let d = match consumer.next().await {
+                    Some(Ok(d)) => d,
+                    Some(Err(source)) => {
+                        let _ = tx.send(Incoming::Lost(BrokerError::Amqp { what: "consume results", source })).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Incoming::Lost(BrokerError::Timeout { what: "results consumer (cancelled)", after: Duration::ZERO })).await;
+                        return;
+                    }
+                };
+                let ct = d.properties.content_type().as_ref().map(|s| s.to_string());
+                let decoded = Encoding::from_content_type(ct.as_deref(), &d.data).and_then(|enc| decode_result(&d.data, enc, &limits));
+                match decoded {
+                    Ok(r) => {
+                        if tx.send(Incoming::Result(Box::new(r))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "dropping a message on the reply queue that is not a v1 result"),
+                }
+                // Acked once handed over: the run holds results in memory from here on.
+                if let Err(e) = timed("basic.ack", op_timeout, d.acker.ack(BasicAckOptions::default())).await {
+                    let _ = tx.send(Incoming::Lost(e)).await;
+                    return;
+                }
+            }
+        });
+
+        let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
+        reader.abort();
+        if outcome.is_ok() {
+            let _ = timed("queue.delete", t.operation, ch.queue_delete(self.reply_queue.into(), QueueDeleteOptions::default())).await;
+        }
+        outcome
+    }
+
+    async fn publish_and_wait(&self, ch: &lapin::Channel, tracker: &mut Tracker, rx: &mut mpsc::Receiver<Incoming>) -> Result<(), ClientError> {
+        self.publish(ch, tracker, tracker.unpublished()).await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        while !tracker.is_complete() {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Incoming::Result(r)) => {
+                        if tracker.record(*r) == Recorded::New {
+                            self.bar.set_position(tracker.rows_done() as u64);
+                        }
+                    }
+                    Some(Incoming::Lost(e)) => return Err(e.into()),
+                    None => return Err(BrokerError::Timeout { what: "results consumer", after: Duration::ZERO }.into()),
+                },
+                _ = tick.tick() => {
+                    self.check_timeout(tracker)?;
+                    let overdue = tracker.overdue(Instant::now(), self.cfg.job_timeout);
+                    if !overdue.is_empty() {
+                        info!(jobs = overdue.len(), "results overdue; publishing those jobs again");
+                        tracker.republished += overdue.len() as u64;
+                        self.publish(ch, tracker, overdue).await?;
+                    }
+                    let unpublished = tracker.unpublished();
+                    if !unpublished.is_empty() {
+                        self.publish(ch, tracker, unpublished).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes jobs `indices` in windows, marking each confirmed one. A nacked job
+    /// stays unpublished and goes again on the next tick.
+    async fn publish(&self, ch: &lapin::Channel, tracker: &mut Tracker, indices: Vec<usize>) -> Result<(), ClientError> {
+        let cfg = self.cfg;
+        let t = &cfg.timeouts;
+        let exchange = cfg.topology.jobs_exchange();
+        for window in indices.chunks(cfg.publish_window.max(1)) {
+            let mut pending = Vec::with_capacity(window.len());
+            for &i in window {
+                let id = tracker.jobs()[i].id.clone();
+                let job = Job {
+                    v: PROTOCOL_VERSION,
+                    model: cfg.model.clone(),
+                    version: cfg.version.clone(),
+                    inputs: self.inputs[i].clone(),
+                    deadline_ms: None,
+                    sent_ms: Some(now_ms()),
+                };
+                let body = encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
+                let props = BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_correlation_id(id.as_str().into())
+                    .with_reply_to(self.reply_queue.into())
+                    .with_content_type(cfg.encoding.content_type().into())
+                    .with_delivery_mode(2)
+                    .with_timestamp(now_ms() / 1000);
+                pending.push((i, start_publish(ch, &exchange, &cfg.model, &body, props, t).await?));
+            }
+            for (i, confirm) in pending {
+                match confirmed(confirm, &exchange, &cfg.model, t).await {
+                    Ok(()) => tracker.published(i, Instant::now()),
+                    Err(BrokerError::Nacked { .. }) => warn!(job = %tracker.jobs()[i].id, "the broker refused a job (queue full?); will retry"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        debug!(unpublished = tracker.unpublished().len(), "publish window done");
+        Ok(())
+    }
+}

@@ -34,6 +34,8 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 pub use batcher::BatchPolicy;
+/// The crates below the worker, re-exported so the binaries depend on one crate.
+pub use {surge_broker as broker, surge_model as model, surge_protocol as protocol};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Everything a worker needs to know.

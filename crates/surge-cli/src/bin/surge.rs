@@ -1,1 +1,111 @@
-fn main(){}
+//! `surge`: the Surge worker (and, later, the autoscaler and model tools).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use surge_cli::{init_logging, spawn_signal_handler, LogFormat};
+use surge_worker::broker::{AmqpUrl, Timeouts};
+use surge_worker::{BatchPolicy, WorkerConfig};
+
+/// Surge: elastic batch inference on RabbitMQ.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve models: consume jobs, score them in batches, publish results.
+    ///
+    /// The broker URL comes from AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
+    /// or from the file named by AMQP_URL_FILE; its password is never logged.
+    /// SIGTERM/SIGINT drains gracefully; a second signal exits at once.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Folder holding one sub-folder per model (each with model.toml and weights).
+    #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// Serve only this model (repeatable). Default: every valid model in --models-dir.
+    #[arg(long = "model", env = "SURGE_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Device: cpu, cuda, cuda:N (builds with the `cuda` feature) or auto.
+    #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
+    device: surge_worker::model::DeviceSpec,
+    /// Close a batch once it holds this many rows (jobs are never split).
+    #[arg(long, env = "SURGE_MAX_BATCH_ROWS", default_value_t = 512)]
+    max_batch_rows: usize,
+    /// Close a batch once its oldest job has waited this long, in milliseconds.
+    #[arg(long, env = "SURGE_MAX_WAIT_MS", default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Unacked jobs held per model queue. Default: 2 x --max-batch-rows, within 8..1024.
+    /// Lower it when jobs are large (each held job costs its body in memory).
+    #[arg(long, env = "SURGE_PREFETCH")]
+    prefetch: Option<u16>,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
+    prefix: String,
+    /// Serve /metrics, /healthz and /readyz here ("off" to disable).
+    #[arg(long, env = "SURGE_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    metrics_addr: String,
+    /// Largest accepted message body, in bytes.
+    #[arg(long, env = "SURGE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Most rows accepted in one job.
+    #[arg(long, env = "SURGE_MAX_ROWS_PER_JOB", default_value_t = 65_536)]
+    max_rows_per_job: usize,
+    /// Seconds any broker operation may take before the connection is presumed lost.
+    #[arg(long, env = "SURGE_BROKER_TIMEOUT_S", default_value_t = 15)]
+    broker_timeout_s: u64,
+    /// Identity reported in results (default: hostname-pid).
+    #[arg(long, env = "SURGE_WORKER_ID")]
+    worker_id: Option<String>,
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let url = AmqpUrl::from_env()?;
+    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
+        "off" | "" => None,
+        a => Some(a.parse().with_context(|| format!("--metrics-addr {a:?} is not host:port"))?),
+    };
+    let mut cfg = WorkerConfig::new(url, args.models_dir);
+    cfg.models = args.models;
+    cfg.device = args.device;
+    cfg.policy = BatchPolicy { max_rows: args.max_batch_rows.max(1), max_wait: Duration::from_millis(args.max_wait_ms) };
+    cfg.prefetch = args.prefetch;
+    cfg.topology = surge_worker::protocol::Topology::new(args.prefix);
+    cfg.limits.max_message_bytes = args.max_message_bytes;
+    cfg.limits.max_rows = args.max_rows_per_job;
+    let op = Duration::from_secs(args.broker_timeout_s.max(1));
+    cfg.timeouts = Timeouts { connect: op, operation: op };
+    cfg.metrics_addr = metrics_addr;
+    cfg.worker_id = args.worker_id;
+    let (trigger, shutdown) = surge_worker::shutdown::channel();
+    spawn_signal_handler(trigger)?;
+    surge_worker::run(cfg, shutdown).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Worker(args) => worker(args).await,
+    };
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}

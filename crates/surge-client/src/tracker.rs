@@ -1,0 +1,205 @@
+//! Which jobs of a run are answered: the bookkeeping behind "every row exactly once",
+//! as plain data with no broker. Results arrive at least once; the first result for
+//! a job id is kept and later ones are counted as duplicates and dropped.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use surge_protocol::JobResult;
+
+/// One job of a run: rows `start..end` of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedJob {
+    /// Job id (the AMQP `message_id`): `<run id>-<index>`.
+    pub id: String,
+    /// First input row.
+    pub start: usize,
+    /// One past the last input row.
+    pub end: usize,
+}
+
+/// Splits `rows` rows into jobs of at most `rows_per_job` rows.
+pub fn plan(run_id: &str, rows: usize, rows_per_job: usize) -> Vec<PlannedJob> {
+    let per = rows_per_job.max(1);
+    (0..rows.div_ceil(per))
+        .map(|i| PlannedJob { id: format!("{run_id}-{i}"), start: i * per, end: ((i + 1) * per).min(rows) })
+        .collect()
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// Not yet confirmed by the broker (never published, or published on a connection
+    /// that was lost before the confirm).
+    Unpublished,
+    /// Confirmed by the broker at this instant; awaiting its result.
+    Published(Instant),
+    /// Answered.
+    Done(Box<JobResult>),
+}
+
+/// What happened to a result handed to [`Tracker::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First result for this job: kept.
+    New,
+    /// The job was already answered: dropped.
+    Duplicate,
+    /// No job of this run has that id (a stray message): dropped.
+    Unknown,
+}
+
+/// The state of every job of a run.
+#[derive(Debug)]
+pub struct Tracker {
+    jobs: Vec<PlannedJob>,
+    states: Vec<JobState>,
+    by_id: HashMap<String, usize>,
+    done: usize,
+    rows_done: usize,
+    /// Results dropped because their job was already answered.
+    pub duplicates: u64,
+    /// Results dropped because they belong to no job of this run.
+    pub strays: u64,
+    /// Jobs published again after their result did not come in time.
+    pub republished: u64,
+}
+
+impl Tracker {
+    /// A tracker with every job unpublished.
+    pub fn new(jobs: Vec<PlannedJob>) -> Self {
+        let by_id = jobs.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
+        let states = vec![JobState::Unpublished; jobs.len()];
+        Self { jobs, states, by_id, done: 0, rows_done: 0, duplicates: 0, strays: 0, republished: 0 }
+    }
+
+    /// The planned jobs.
+    pub fn jobs(&self) -> &[PlannedJob] {
+        &self.jobs
+    }
+
+    /// The state of job `i`.
+    pub fn state(&self, i: usize) -> &JobState {
+        &self.states[i]
+    }
+
+    /// Marks job `i` as confirmed by the broker at `at` (unless already answered).
+    pub fn published(&mut self, i: usize, at: Instant) {
+        if !matches!(self.states[i], JobState::Done(_)) {
+            self.states[i] = JobState::Published(at);
+        }
+    }
+
+    /// Marks every job that is not answered as unpublished (after a lost connection,
+    /// jobs whose publish was not confirmed must go again; confirmed ones are safe in
+    /// their queue, and republishing them is harmless because results deduplicate).
+    pub fn unconfirmed_to_unpublished(&mut self, confirmed: &[bool]) {
+        for (i, ok) in confirmed.iter().enumerate() {
+            if !ok && matches!(self.states[i], JobState::Published(_)) {
+                self.states[i] = JobState::Unpublished;
+            }
+        }
+    }
+
+    /// Indices of jobs never confirmed.
+    pub fn unpublished(&self) -> Vec<usize> {
+        (0..self.jobs.len()).filter(|&i| matches!(self.states[i], JobState::Unpublished)).collect()
+    }
+
+    /// Indices of jobs confirmed longer than `timeout` ago without a result: they are
+    /// due to be published again (job ids are idempotent, so this is safe).
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> Vec<usize> {
+        (0..self.jobs.len())
+            .filter(|&i| matches!(self.states[i], JobState::Published(at) if now.saturating_duration_since(at) >= timeout))
+            .collect()
+    }
+
+    /// Records a result.
+    pub fn record(&mut self, result: JobResult) -> Recorded {
+        let Some(&i) = self.by_id.get(&result.job_id) else {
+            self.strays += 1;
+            return Recorded::Unknown;
+        };
+        if matches!(self.states[i], JobState::Done(_)) {
+            self.duplicates += 1;
+            return Recorded::Duplicate;
+        }
+        self.done += 1;
+        self.rows_done += self.jobs[i].end - self.jobs[i].start;
+        self.states[i] = JobState::Done(Box::new(result));
+        Recorded::New
+    }
+
+    /// Jobs answered.
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    /// Rows whose job is answered.
+    pub fn rows_done(&self) -> usize {
+        self.rows_done
+    }
+
+    /// True when every job is answered.
+    pub fn is_complete(&self) -> bool {
+        self.done == self.jobs.len()
+    }
+
+    /// Takes the results out, in job order (`None` for unanswered jobs).
+    pub fn into_results(self) -> Vec<(PlannedJob, Option<JobResult>)> {
+        self.jobs
+            .into_iter()
+            .zip(self.states)
+            .map(|(j, s)| match s {
+                JobState::Done(r) => (j, Some(*r)),
+                _ => (j, None),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use surge_protocol::ErrorKind;
+
+    use super::*;
+
+    fn result(id: &str) -> JobResult {
+        JobResult::failure(id, "m", ErrorKind::Internal, "x", "w")
+    }
+
+    #[test]
+    fn plan_covers_every_row_once() {
+        let p = plan("r", 10, 4);
+        assert_eq!(p.iter().map(|j| (j.start, j.end)).collect::<Vec<_>>(), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(p[2].id, "r-2");
+        assert!(plan("r", 0, 4).is_empty());
+        assert_eq!(plan("r", 3, 0).len(), 3);
+    }
+
+    #[test]
+    fn duplicates_and_strays_are_dropped() {
+        let mut t = Tracker::new(plan("r", 4, 2));
+        assert_eq!(t.record(result("r-0")), Recorded::New);
+        assert_eq!(t.record(result("r-0")), Recorded::Duplicate);
+        assert_eq!(t.record(result("other-0")), Recorded::Unknown);
+        assert!(!t.is_complete());
+        assert_eq!(t.record(result("r-1")), Recorded::New);
+        assert!(t.is_complete());
+        assert_eq!((t.duplicates, t.strays, t.rows_done()), (1, 1, 4));
+    }
+
+    #[test]
+    fn overdue_jobs_are_found_and_answered_ones_never_are() {
+        let mut t = Tracker::new(plan("r", 3, 1));
+        let t0 = Instant::now();
+        t.published(0, t0);
+        t.published(1, t0);
+        t.record(result("r-1"));
+        t.published(1, t0); // a late confirm must not reopen an answered job
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(t.overdue(later, Duration::from_secs(5)), vec![0]);
+        assert_eq!(t.overdue(t0, Duration::from_secs(5)), Vec::<usize>::new());
+        assert_eq!(t.unpublished(), vec![2]);
+    }
+}
