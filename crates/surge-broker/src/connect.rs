@@ -25,7 +25,16 @@ impl Default for Timeouts {
 }
 
 /// Opens a connection named `name` (shown in the management UI).
-pub async fn connect(url: &AmqpUrl, name: &str, timeouts: &Timeouts) -> Result<Connection, BrokerError> {
+pub async fn connect(
+    url: &AmqpUrl,
+    name: &str,
+    timeouts: &Timeouts,
+) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    crate::timed("connect", timeouts.connect, Connection::connect(url.expose(), props)).await
+    crate::timed(
+        "connect",
+        timeouts.connect,
+        Connection::connect(url.expose(), props),
+    )
+    .await
 }

@@ -1,8 +1,8 @@
 //! Publishing where success means "the broker has it, in a queue".
 
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::{BasicProperties, Channel};
+use lapin::{Confirmation, PublisherConfirm};
 
 use crate::{timed, BrokerError, Timeouts};
 

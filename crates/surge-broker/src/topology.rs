@@ -40,9 +40,17 @@ async fn declare_queue(
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    match timed("queue.declare", t.operation, ch.queue_declare(name.into(), opts, args)).await {
+    match timed(
+        "queue.declare",
+        t.operation,
+        ch.queue_declare(name.into(), opts, args),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
-        Err(BrokerError::Amqp { source, .. }) if source.to_string().contains("PRECONDITION_FAILED") => {
+        Err(BrokerError::Amqp { source, .. })
+            if source.to_string().contains("PRECONDITION_FAILED") =>
+        {
             Err(BrokerError::Mismatch {
                 queue: name.to_string(),
                 source,
@@ -58,13 +66,23 @@ pub async fn declare_base(ch: &Channel, topo: &Topology, t: &Timeouts) -> Result
     timed(
         "exchange.declare",
         t.operation,
-        ch.exchange_declare(topo.jobs_exchange().as_str().into(), ExchangeKind::Direct, durable_exchange(), FieldTable::default()),
+        ch.exchange_declare(
+            topo.jobs_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        ),
     )
     .await?;
     timed(
         "exchange.declare",
         t.operation,
-        ch.exchange_declare(topo.dead_exchange().as_str().into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default()),
+        ch.exchange_declare(
+            topo.dead_exchange().as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        ),
     )
     .await?;
     let durable = field_table(&topo.durable_queue_arguments());
@@ -85,7 +103,12 @@ pub async fn declare_base(ch: &Channel, topo: &Topology, t: &Timeouts) -> Result
 }
 
 /// Declares one model's job queue and binds it to the jobs exchange.
-pub async fn declare_model(ch: &Channel, topo: &Topology, model: &str, t: &Timeouts) -> Result<(), BrokerError> {
+pub async fn declare_model(
+    ch: &Channel,
+    topo: &Topology,
+    model: &str,
+    t: &Timeouts,
+) -> Result<(), BrokerError> {
     let queue = topo.job_queue(model);
     declare_queue(ch, &queue, field_table(&topo.job_queue_arguments()), t).await?;
     timed(

@@ -50,7 +50,11 @@ impl AmqpUrl {
     pub fn from_file(path: &Path) -> Result<Self, BrokerError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| BrokerError::Url(format!("cannot read {}: {e}", path.display())))?;
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
         Self::new(line)
     }
 

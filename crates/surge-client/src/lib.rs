@@ -19,13 +19,18 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
 use surge_protocol::codec::{decode_result, encode};
-use surge_protocol::{now_ms, Encoding, Inputs, Job, JobResult, Limits, Status, Topology, PROTOCOL_VERSION};
+use surge_protocol::{
+    now_ms, Encoding, Inputs, Job, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
+};
 use table::{RowOutcome, Selection, Table};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -149,22 +154,41 @@ pub struct Scored {
 }
 
 /// Scores the selected cells of `table` with `cfg.model` through the broker.
-pub async fn score_table(cfg: &ScoreConfig, table: &Table, selection: &Selection) -> Result<Scored, ClientError> {
+pub async fn score_table(
+    cfg: &ScoreConfig,
+    table: &Table,
+    selection: &Selection,
+) -> Result<Scored, ClientError> {
     let started = Instant::now();
     let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let jobs = plan(&run_id, table.records.len(), cfg.rows_per_job);
-    let inputs: Vec<Inputs> = jobs.iter().map(|j| table.inputs(selection, j.start, j.end)).collect::<Result<_, _>>()?;
+    let inputs: Vec<Inputs> = jobs
+        .iter()
+        .map(|j| table.inputs(selection, j.start, j.end))
+        .collect::<Result<_, _>>()?;
     let mut tracker = Tracker::new(jobs);
     let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
-    let bar = if cfg.progress { ProgressBar::new(table.records.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if cfg.progress {
+        ProgressBar::new(table.records.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     info!(run = %run_id, rows = table.records.len(), jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
-    let ctx = RunCtx { cfg, inputs: &inputs, reply_queue: &reply_queue, bar: &bar, started };
+    let ctx = RunCtx {
+        cfg,
+        inputs: &inputs,
+        reply_queue: &reply_queue,
+        bar: &bar,
+        started,
+    };
     loop {
         match ctx.session(&mut tracker).await {
             Ok(()) => break,
@@ -208,8 +232,17 @@ pub async fn score_table(cfg: &ScoreConfig, table: &Table, selection: &Selection
             }
             _ => {
                 let (kind, msg) = match &r.error {
-                    Some(e) => (e.kind.as_str().to_string(), format!("{}: {}", e.kind, e.message)),
-                    None => ("internal".to_string(), format!("internal: the worker returned {} outputs for {n} rows", r.outputs.len())),
+                    Some(e) => (
+                        e.kind.as_str().to_string(),
+                        format!("{}: {}", e.kind, e.message),
+                    ),
+                    None => (
+                        "internal".to_string(),
+                        format!(
+                            "internal: the worker returned {} outputs for {n} rows",
+                            r.outputs.len()
+                        ),
+                    ),
                 };
                 summary.rows_failed += n;
                 *summary.failures.entry(kind).or_default() += n;
@@ -218,7 +251,11 @@ pub async fn score_table(cfg: &ScoreConfig, table: &Table, selection: &Selection
         }
     }
     summary.elapsed = started.elapsed();
-    Ok(Scored { output_names, outcomes, summary })
+    Ok(Scored {
+        output_names,
+        outcomes,
+        summary,
+    })
 }
 
 struct RunCtx<'a> {
@@ -237,7 +274,11 @@ enum Incoming {
 impl RunCtx<'_> {
     fn check_timeout(&self, tracker: &Tracker) -> Result<(), ClientError> {
         match self.cfg.timeout {
-            Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout { answered: tracker.done(), total: tracker.jobs().len(), after }),
+            Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout {
+                answered: tracker.done(),
+                total: tracker.jobs().len(),
+                after,
+            }),
             _ => Ok(()),
         }
     }
@@ -253,11 +294,20 @@ impl RunCtx<'_> {
         res
     }
 
-    async fn connected(&self, conn: &lapin::Connection, tracker: &mut Tracker) -> Result<(), ClientError> {
+    async fn connected(
+        &self,
+        conn: &lapin::Connection,
+        tracker: &mut Tracker,
+    ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
         let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-        timed("confirm.select", t.operation, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        timed(
+            "confirm.select",
+            t.operation,
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         // Declaring the model's queue here means jobs wait safely even when no worker
         // has started yet.
         topology::declare_base(&ch, &cfg.topology, t).await?;
@@ -266,15 +316,33 @@ impl RunCtx<'_> {
         // deleted by the broker an hour after the run stops using it.
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
-        let opts = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        timed("queue.declare", t.operation, ch.queue_declare(self.reply_queue.into(), opts, args)).await?;
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        timed(
+            "queue.declare",
+            t.operation,
+            ch.queue_declare(self.reply_queue.into(), opts, args),
+        )
+        .await?;
 
         let cch = timed("channel.open", t.operation, conn.create_channel()).await?;
-        timed("basic.qos", t.operation, cch.basic_qos(2000, BasicQosOptions::default())).await?;
+        timed(
+            "basic.qos",
+            t.operation,
+            cch.basic_qos(2000, BasicQosOptions::default()),
+        )
+        .await?;
         let mut consumer = timed(
             "basic.consume",
             t.operation,
-            cch.basic_consume(self.reply_queue.into(), "score-batch".into(), BasicConsumeOptions::default(), FieldTable::default()),
+            cch.basic_consume(
+                self.reply_queue.into(),
+                "score-batch".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
         )
         .await?;
         let (tx, mut rx) = mpsc::channel::<Incoming>(4096);
@@ -285,26 +353,45 @@ impl RunCtx<'_> {
                 let d = match consumer.next().await {
                     Some(Ok(d)) => d,
                     Some(Err(source)) => {
-                        let _ = tx.send(Incoming::Lost(BrokerError::Amqp { what: "consume results", source })).await;
+                        let _ = tx
+                            .send(Incoming::Lost(BrokerError::Amqp {
+                                what: "consume results",
+                                source,
+                            }))
+                            .await;
                         return;
                     }
                     None => {
-                        let _ = tx.send(Incoming::Lost(BrokerError::Timeout { what: "results consumer (cancelled)", after: Duration::ZERO })).await;
+                        let _ = tx
+                            .send(Incoming::Lost(BrokerError::Timeout {
+                                what: "results consumer (cancelled)",
+                                after: Duration::ZERO,
+                            }))
+                            .await;
                         return;
                     }
                 };
                 let ct = d.properties.content_type().as_ref().map(|s| s.to_string());
-                let decoded = Encoding::from_content_type(ct.as_deref(), &d.data).and_then(|enc| decode_result(&d.data, enc, &limits));
+                let decoded = Encoding::from_content_type(ct.as_deref(), &d.data)
+                    .and_then(|enc| decode_result(&d.data, enc, &limits));
                 match decoded {
                     Ok(r) => {
                         if tx.send(Incoming::Result(Box::new(r))).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => warn!(error = %e, "dropping a message on the reply queue that is not a v1 result"),
+                    Err(e) => {
+                        warn!(error = %e, "dropping a message on the reply queue that is not a v1 result")
+                    }
                 }
                 // Acked once handed over: the run holds results in memory from here on.
-                if let Err(e) = timed("basic.ack", op_timeout, d.acker.ack(BasicAckOptions::default())).await {
+                if let Err(e) = timed(
+                    "basic.ack",
+                    op_timeout,
+                    d.acker.ack(BasicAckOptions::default()),
+                )
+                .await
+                {
                     let _ = tx.send(Incoming::Lost(e)).await;
                     return;
                 }
@@ -314,12 +401,22 @@ impl RunCtx<'_> {
         let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
         reader.abort();
         if outcome.is_ok() {
-            let _ = timed("queue.delete", t.operation, ch.queue_delete(self.reply_queue.into(), QueueDeleteOptions::default())).await;
+            let _ = timed(
+                "queue.delete",
+                t.operation,
+                ch.queue_delete(self.reply_queue.into(), QueueDeleteOptions::default()),
+            )
+            .await;
         }
         outcome
     }
 
-    async fn publish_and_wait(&self, ch: &lapin::Channel, tracker: &mut Tracker, rx: &mut mpsc::Receiver<Incoming>) -> Result<(), ClientError> {
+    async fn publish_and_wait(
+        &self,
+        ch: &lapin::Channel,
+        tracker: &mut Tracker,
+        rx: &mut mpsc::Receiver<Incoming>,
+    ) -> Result<(), ClientError> {
         self.publish(ch, tracker, tracker.unpublished()).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         while !tracker.is_complete() {
@@ -353,7 +450,12 @@ impl RunCtx<'_> {
 
     /// Publishes jobs `indices` in windows, marking each confirmed one. A nacked job
     /// stays unpublished and goes again on the next tick.
-    async fn publish(&self, ch: &lapin::Channel, tracker: &mut Tracker, indices: Vec<usize>) -> Result<(), ClientError> {
+    async fn publish(
+        &self,
+        ch: &lapin::Channel,
+        tracker: &mut Tracker,
+        indices: Vec<usize>,
+    ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
         let exchange = cfg.topology.jobs_exchange();
@@ -369,7 +471,8 @@ impl RunCtx<'_> {
                     deadline_ms: None,
                     sent_ms: Some(now_ms()),
                 };
-                let body = encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
+                let body =
+                    encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
                 let props = BasicProperties::default()
                     .with_message_id(id.as_str().into())
                     .with_correlation_id(id.as_str().into())
@@ -377,17 +480,25 @@ impl RunCtx<'_> {
                     .with_content_type(cfg.encoding.content_type().into())
                     .with_delivery_mode(2)
                     .with_timestamp(now_ms() / 1000);
-                pending.push((i, start_publish(ch, &exchange, &cfg.model, &body, props, t).await?));
+                pending.push((
+                    i,
+                    start_publish(ch, &exchange, &cfg.model, &body, props, t).await?,
+                ));
             }
             for (i, confirm) in pending {
                 match confirmed(confirm, &exchange, &cfg.model, t).await {
                     Ok(()) => tracker.published(i, Instant::now()),
-                    Err(BrokerError::Nacked { .. }) => warn!(job = %tracker.jobs()[i].id, "the broker refused a job (queue full?); will retry"),
+                    Err(BrokerError::Nacked { .. }) => {
+                        warn!(job = %tracker.jobs()[i].id, "the broker refused a job (queue full?); will retry")
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
         }
-        debug!(unpublished = tracker.unpublished().len(), "publish window done");
+        debug!(
+            unpublished = tracker.unpublished().len(),
+            "publish window done"
+        );
         Ok(())
     }
 }

@@ -27,10 +27,16 @@ impl Format {
             return match f.to_ascii_lowercase().as_str() {
                 "csv" => Ok(Format::Csv),
                 "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
-                other => Err(ClientError::Input(format!("unknown format {other:?}; use csv or jsonl"))),
+                other => Err(ClientError::Input(format!(
+                    "unknown format {other:?}; use csv or jsonl"
+                ))),
             };
         }
-        let ext = Path::new(path).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         Ok(match ext.as_str() {
             "jsonl" | "ndjson" | "json" => Format::JsonLines,
             _ => Format::Csv,
@@ -58,7 +64,9 @@ pub enum Selection {
 
 fn cell_from_csv(s: &str) -> Value {
     match s.parse::<f64>() {
-        Ok(f) if s.trim() == s && !s.is_empty() => serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::String(s.into())),
+        Ok(f) if s.trim() == s && !s.is_empty() => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::String(s.into())),
         _ => Value::String(s.to_string()),
     }
 }
@@ -76,7 +84,8 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                 .collect();
             let mut records = Vec::new();
             for (i, rec) in rdr.records().enumerate() {
-                let rec = rec.map_err(|e| ClientError::Input(format!("CSV record {}: {e}", i + 1)))?;
+                let rec =
+                    rec.map_err(|e| ClientError::Input(format!("CSV record {}: {e}", i + 1)))?;
                 records.push(rec.iter().map(cell_from_csv).collect());
             }
             Ok(Table { columns, records })
@@ -89,13 +98,17 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(&line).map_err(|e| ClientError::Input(format!("line {}: not JSON: {e}", i + 1)))?;
+                let v: Value = serde_json::from_str(&line)
+                    .map_err(|e| ClientError::Input(format!("line {}: not JSON: {e}", i + 1)))?;
                 let cells = match v {
                     Value::Object(map) => {
                         if columns.is_empty() {
                             columns = map.keys().cloned().collect();
                         }
-                        columns.iter().map(|c| map.get(c).cloned().unwrap_or(Value::Null)).collect()
+                        columns
+                            .iter()
+                            .map(|c| map.get(c).cloned().unwrap_or(Value::Null))
+                            .collect()
                     }
                     Value::Array(items) => {
                         if columns.is_empty() {
@@ -109,10 +122,20 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                         }
                         vec![Value::String(s)]
                     }
-                    other => return Err(ClientError::Input(format!("line {}: expected an object, an array or a string, got {other}", i + 1))),
+                    other => {
+                        return Err(ClientError::Input(format!(
+                            "line {}: expected an object, an array or a string, got {other}",
+                            i + 1
+                        )))
+                    }
                 };
                 if cells.len() != columns.len() {
-                    return Err(ClientError::Input(format!("line {}: {} values, but the first line had {}", i + 1, cells.len(), columns.len())));
+                    return Err(ClientError::Input(format!(
+                        "line {}: {} values, but the first line had {}",
+                        i + 1,
+                        cells.len(),
+                        columns.len()
+                    )));
                 }
                 records.push(cells);
             }
@@ -124,10 +147,17 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
 impl Table {
     /// Picks the cells to score: the `text_column` when given (or when the table has a
     /// non-numeric column named `text`), else the named `columns`, else every column.
-    pub fn select(&self, columns: &[String], text_column: Option<&str>) -> Result<Selection, ClientError> {
+    pub fn select(
+        &self,
+        columns: &[String],
+        text_column: Option<&str>,
+    ) -> Result<Selection, ClientError> {
         let index = |name: &str| {
             self.columns.iter().position(|c| c == name).ok_or_else(|| {
-                ClientError::Input(format!("no column {name:?} in the input (columns: {})", self.columns.join(", ")))
+                ClientError::Input(format!(
+                    "no column {name:?} in the input (columns: {})",
+                    self.columns.join(", ")
+                ))
             })
         };
         if let Some(t) = text_column {
@@ -135,13 +165,19 @@ impl Table {
         }
         if columns.is_empty() {
             if let Some(t) = self.columns.iter().position(|c| c == "text") {
-                if self.records.iter().any(|r| matches!(r[t], Value::String(_))) {
+                if self
+                    .records
+                    .iter()
+                    .any(|r| matches!(r[t], Value::String(_)))
+                {
                     return Ok(Selection::Text(t));
                 }
             }
             return Ok(Selection::Features((0..self.columns.len()).collect()));
         }
-        Ok(Selection::Features(columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?))
+        Ok(Selection::Features(
+            columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?,
+        ))
     }
 
     /// The inputs of records `start..end`, as a job would carry them.
@@ -198,7 +234,11 @@ pub fn write_table(
     outcomes: &[RowOutcome],
 ) -> Result<(), ClientError> {
     let io = |e: std::io::Error| ClientError::Output(e.to_string());
-    let names: Vec<String> = if output_names.is_empty() { vec!["embedding".into()] } else { output_names.to_vec() };
+    let names: Vec<String> = if output_names.is_empty() {
+        vec!["embedding".into()]
+    } else {
+        output_names.to_vec()
+    };
     let embedding = output_names.is_empty();
     match format {
         Format::Csv => {
@@ -206,7 +246,8 @@ pub fn write_table(
             let mut header = table.columns.clone();
             header.extend(names.iter().cloned());
             header.push("error".into());
-            w.write_record(&header).map_err(|e| ClientError::Output(e.to_string()))?;
+            w.write_record(&header)
+                .map_err(|e| ClientError::Output(e.to_string()))?;
             for (rec, outcome) in table.records.iter().zip(outcomes) {
                 let mut row: Vec<String> = rec
                     .iter()
@@ -218,7 +259,10 @@ pub fn write_table(
                     .collect();
                 match outcome {
                     RowOutcome::Scored(values) if embedding => {
-                        row.push(serde_json::to_string(values).map_err(|e| ClientError::Output(e.to_string()))?);
+                        row.push(
+                            serde_json::to_string(values)
+                                .map_err(|e| ClientError::Output(e.to_string()))?,
+                        );
                         row.push(String::new());
                     }
                     RowOutcome::Scored(values) => {
@@ -230,7 +274,8 @@ pub fn write_table(
                         row.push(msg.clone());
                     }
                 }
-                w.write_record(&row).map_err(|e| ClientError::Output(e.to_string()))?;
+                w.write_record(&row)
+                    .map_err(|e| ClientError::Output(e.to_string()))?;
             }
             w.flush().map_err(io)?;
         }
@@ -253,7 +298,8 @@ pub fn write_table(
                         obj.insert("error".into(), Value::String(msg.clone()));
                     }
                 }
-                serde_json::to_writer(&mut out, &Value::Object(obj)).map_err(|e| ClientError::Output(e.to_string()))?;
+                serde_json::to_writer(&mut out, &Value::Object(obj))
+                    .map_err(|e| ClientError::Output(e.to_string()))?;
                 out.write_all(b"\n").map_err(io)?;
             }
             out.flush().map_err(io)?;
@@ -270,11 +316,20 @@ mod tests {
     fn csv_round_trip_keeps_order_and_adds_columns() {
         let t = read_table("a,b,name\n1,2,x\n3,4.5,y\n".as_bytes(), Format::Csv).unwrap();
         let sel = t.select(&["a".into(), "b".into()], None).unwrap();
-        assert_eq!(t.inputs(&sel, 0, 2).unwrap(), Inputs::Rows(vec![vec![1.0, 2.0], vec![3.0, 4.5]]));
+        assert_eq!(
+            t.inputs(&sel, 0, 2).unwrap(),
+            Inputs::Rows(vec![vec![1.0, 2.0], vec![3.0, 4.5]])
+        );
         let mut out = Vec::new();
-        let outcomes = [RowOutcome::Scored(vec![0.25]), RowOutcome::Failed("invalid_input: bad".into())];
+        let outcomes = [
+            RowOutcome::Scored(vec![0.25]),
+            RowOutcome::Failed("invalid_input: bad".into()),
+        ];
         write_table(&mut out, Format::Csv, &t, &["p".into()], &outcomes).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "a,b,name,p,error\n1,2,x,0.25,\n3,4.5,y,,invalid_input: bad\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a,b,name,p,error\n1,2,x,0.25,\n3,4.5,y,,invalid_input: bad\n"
+        );
     }
 
     #[test]
@@ -287,12 +342,29 @@ mod tests {
 
     #[test]
     fn jsonl_texts_are_detected() {
-        let t = read_table("{\"id\":1,\"text\":\"hello\"}\n\"bare string\"\n".as_bytes(), Format::JsonLines);
+        let t = read_table(
+            "{\"id\":1,\"text\":\"hello\"}\n\"bare string\"\n".as_bytes(),
+            Format::JsonLines,
+        );
         assert!(t.is_err(), "mixed line shapes must be refused");
-        let t = read_table("{\"id\":1,\"text\":\"hello\"}\n{\"id\":2,\"text\":\"world\"}\n".as_bytes(), Format::JsonLines).unwrap();
+        let t = read_table(
+            "{\"id\":1,\"text\":\"hello\"}\n{\"id\":2,\"text\":\"world\"}\n".as_bytes(),
+            Format::JsonLines,
+        )
+        .unwrap();
         assert_eq!(t.select(&[], None).unwrap(), Selection::Text(1));
         let mut out = Vec::new();
-        write_table(&mut out, Format::JsonLines, &t, &[], &[RowOutcome::Scored(vec![0.5, 0.5]), RowOutcome::Failed("x".into())]).unwrap();
+        write_table(
+            &mut out,
+            Format::JsonLines,
+            &t,
+            &[],
+            &[
+                RowOutcome::Scored(vec![0.5, 0.5]),
+                RowOutcome::Failed("x".into()),
+            ],
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"id\":1,\"text\":\"hello\",\"embedding\":[0.5,0.5]}\n{\"id\":2,\"text\":\"world\",\"error\":\"x\"}\n"
@@ -303,7 +375,10 @@ mod tests {
     fn format_follows_extension() {
         assert_eq!(Format::resolve("a.jsonl", None).unwrap(), Format::JsonLines);
         assert_eq!(Format::resolve("a.csv", None).unwrap(), Format::Csv);
-        assert_eq!(Format::resolve("-", Some("jsonl")).unwrap(), Format::JsonLines);
+        assert_eq!(
+            Format::resolve("-", Some("jsonl")).unwrap(),
+            Format::JsonLines
+        );
         assert!(Format::resolve("-", Some("xml")).is_err());
     }
 }

@@ -22,7 +22,11 @@ pub struct PlannedJob {
 pub fn plan(run_id: &str, rows: usize, rows_per_job: usize) -> Vec<PlannedJob> {
     let per = rows_per_job.max(1);
     (0..rows.div_ceil(per))
-        .map(|i| PlannedJob { id: format!("{run_id}-{i}"), start: i * per, end: ((i + 1) * per).min(rows) })
+        .map(|i| PlannedJob {
+            id: format!("{run_id}-{i}"),
+            start: i * per,
+            end: ((i + 1) * per).min(rows),
+        })
         .collect()
 }
 
@@ -68,9 +72,22 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with every job unpublished.
     pub fn new(jobs: Vec<PlannedJob>) -> Self {
-        let by_id = jobs.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
+        let by_id = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.clone(), i))
+            .collect();
         let states = vec![JobState::Unpublished; jobs.len()];
-        Self { jobs, states, by_id, done: 0, rows_done: 0, duplicates: 0, strays: 0, republished: 0 }
+        Self {
+            jobs,
+            states,
+            by_id,
+            done: 0,
+            rows_done: 0,
+            duplicates: 0,
+            strays: 0,
+            republished: 0,
+        }
     }
 
     /// The planned jobs.
@@ -103,7 +120,9 @@ impl Tracker {
 
     /// Indices of jobs never confirmed.
     pub fn unpublished(&self) -> Vec<usize> {
-        (0..self.jobs.len()).filter(|&i| matches!(self.states[i], JobState::Unpublished)).collect()
+        (0..self.jobs.len())
+            .filter(|&i| matches!(self.states[i], JobState::Unpublished))
+            .collect()
     }
 
     /// Indices of jobs confirmed longer than `timeout` ago without a result: they are
@@ -171,7 +190,10 @@ mod tests {
     #[test]
     fn plan_covers_every_row_once() {
         let p = plan("r", 10, 4);
-        assert_eq!(p.iter().map(|j| (j.start, j.end)).collect::<Vec<_>>(), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(
+            p.iter().map(|j| (j.start, j.end)).collect::<Vec<_>>(),
+            vec![(0, 4), (4, 8), (8, 10)]
+        );
         assert_eq!(p[2].id, "r-2");
         assert!(plan("r", 0, 4).is_empty());
         assert_eq!(plan("r", 3, 0).len(), 3);

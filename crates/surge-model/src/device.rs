@@ -33,7 +33,9 @@ impl FromStr for DeviceSpec {
                     .parse()
                     .map(DeviceSpec::Cuda)
                     .map_err(|_| format!("bad CUDA ordinal in {s:?}; expected cuda:N")),
-                None => Err(format!("unknown device {s:?}; expected cpu, cuda, cuda:N or auto")),
+                None => Err(format!(
+                    "unknown device {s:?}; expected cpu, cuda, cuda:N or auto"
+                )),
             },
         }
     }
@@ -61,7 +63,9 @@ pub fn select_device(spec: DeviceSpec) -> Result<Device, ModelError> {
             if CUDA_BUILD && candle_core::utils::cuda_is_available() {
                 match open_cuda(0) {
                     Ok(d) => return Ok(d),
-                    Err(e) => tracing::warn!("device auto: CUDA present but unusable ({e}); using CPU"),
+                    Err(e) => {
+                        tracing::warn!("device auto: CUDA present but unusable ({e}); using CPU")
+                    }
                 }
             } else if !CUDA_BUILD {
                 tracing::info!("device auto: this build has no CUDA support; using CPU");

@@ -112,12 +112,18 @@ impl LoadContext {
     /// Parses the architecture's own section, `[name]`.
     pub fn section<T: DeserializeOwned>(&self, name: &str) -> Result<T, ModelError> {
         let value = self.spec.sections.get(name).cloned().ok_or_else(|| {
-            ModelError::spec(self.toml_path(), name, format!("section [{name}] is missing"))
+            ModelError::spec(
+                self.toml_path(),
+                name,
+                format!("section [{name}] is missing"),
+            )
         })?;
-        value.try_into().map_err(|e: toml::de::Error| ModelError::BadToml {
-            path: self.toml_path(),
-            message: format!("in section [{name}]: {e}"),
-        })
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| ModelError::BadToml {
+                path: self.toml_path(),
+                message: format!("in section [{name}]: {e}"),
+            })
     }
 }
 
@@ -136,7 +142,11 @@ pub const ARCHITECTURES: &[Architecture] = &[Architecture {
 }];
 
 fn known_architectures() -> String {
-    ARCHITECTURES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+    ARCHITECTURES
+        .iter()
+        .map(|a| a.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Resolves `models_dir/name` and makes sure it does not leave `models_dir`, even
@@ -164,7 +174,11 @@ fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
 }
 
 /// Loads and validates model `name` from `models_dir` onto `device`.
-pub fn load_model(models_dir: &Path, name: &str, device: &Device) -> Result<Box<dyn Model>, ModelError> {
+pub fn load_model(
+    models_dir: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<Box<dyn Model>, ModelError> {
     let dir = model_dir(models_dir, name)?;
     let spec = spec::read_spec(&dir)?;
     let toml_path = dir.join(spec::SPEC_FILE);
@@ -184,7 +198,10 @@ pub fn load_model(models_dir: &Path, name: &str, device: &Device) -> Result<Box<
         return Err(ModelError::spec(
             &toml_path,
             "weights",
-            format!("{:?} must be a file name inside the model folder", spec.weights),
+            format!(
+                "{:?} must be a file name inside the model folder",
+                spec.weights
+            ),
         ));
     }
     let weights_path = dir.join(&spec.weights);

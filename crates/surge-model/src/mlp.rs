@@ -139,23 +139,42 @@ pub struct Mlp {
 pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
     let section: MlpSection = ctx.section("mlp")?;
     let InputSpec::Tabular { features } = &ctx.info.input else {
-        return Err(ModelError::spec(ctx.toml_path(), "input.kind", "the mlp architecture takes kind = \"tabular\""));
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "input.kind",
+            "the mlp architecture takes kind = \"tabular\"",
+        ));
     };
     let dim = features.len();
     if dim == 0 {
-        return Err(ModelError::spec(ctx.toml_path(), "input.features", "list at least one feature"));
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "input.features",
+            "list at least one feature",
+        ));
     }
     let outputs = ctx.info.output_names.len();
     if outputs == 0 {
-        return Err(ModelError::spec(ctx.toml_path(), "output.names", "name at least one output"));
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "output.names",
+            "name at least one output",
+        ));
     }
     if let Some(w) = section.hidden.iter().position(|w| *w == 0) {
-        return Err(ModelError::spec(ctx.toml_path(), "mlp.hidden", format!("layer {w} has width 0")));
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "mlp.hidden",
+            format!("layer {w} has width 0"),
+        ));
     }
     let standardise = match &ctx.spec.preprocessing {
         None => None,
         Some(p) => {
-            for (field, values) in [("preprocessing.mean", &p.mean), ("preprocessing.std", &p.std)] {
+            for (field, values) in [
+                ("preprocessing.mean", &p.mean),
+                ("preprocessing.std", &p.std),
+            ] {
                 if values.len() != dim {
                     return Err(ModelError::spec(
                         ctx.toml_path(),
@@ -164,7 +183,11 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
                     ));
                 }
                 if values.iter().any(|x| !x.is_finite()) {
-                    return Err(ModelError::spec(ctx.toml_path(), field, "values must be finite"));
+                    return Err(ModelError::spec(
+                        ctx.toml_path(),
+                        field,
+                        "values must be finite",
+                    ));
                 }
             }
             if let Some(i) = p.std.iter().position(|s| *s <= 0.0) {
@@ -187,14 +210,23 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
     let mut layers = Vec::with_capacity(widths.len() - 1);
     for i in 0..widths.len() - 1 {
         let (fan_in, fan_out) = (widths[i], widths[i + 1]);
-        let w = weights.take(&format!("layers.{i}.weight"), &[fan_out, fan_in], &ctx.device)?;
+        let w = weights.take(
+            &format!("layers.{i}.weight"),
+            &[fan_out, fan_in],
+            &ctx.device,
+        )?;
         let b = weights.take(&format!("layers.{i}.bias"), &[fan_out], &ctx.device)?;
         layers.push((w, b));
     }
     weights.finish()?;
     Ok(Box::new(Mlp {
         info: ctx.info.clone(),
-        net: MlpNet::new(layers, standardise, section.activation, section.output_activation),
+        net: MlpNet::new(
+            layers,
+            standardise,
+            section.activation,
+            section.output_activation,
+        ),
         dim,
         device: ctx.device.clone(),
     }))
@@ -207,7 +239,10 @@ impl Model for Mlp {
 
     fn score(&self, batch: &Batch<'_>) -> Result<Scores, ModelError> {
         let Batch::Rows { values, dim } = batch else {
-            return Err(ModelError::BadBatch(format!("model {} takes rows, not texts", self.info.name)));
+            return Err(ModelError::BadBatch(format!(
+                "model {} takes rows, not texts",
+                self.info.name
+            )));
         };
         if *dim != self.dim || values.len() % self.dim != 0 {
             return Err(ModelError::BadBatch(format!(
@@ -219,11 +254,17 @@ impl Model for Mlp {
         }
         let n = values.len() / self.dim;
         if n == 0 {
-            return Ok(Scores { width: self.info.output_names.len(), values: Vec::new() });
+            return Ok(Scores {
+                width: self.info.output_names.len(),
+                values: Vec::new(),
+            });
         }
         let x = Tensor::from_slice(values, (n, self.dim), &self.device)?;
         let y = self.net.forward(&x)?;
         let width = y.dim(1)?;
-        Ok(Scores { width, values: y.flatten_all()?.to_vec1::<f32>()? })
+        Ok(Scores {
+            width,
+            values: y.flatten_all()?.to_vec1::<f32>()?,
+        })
     }
 }

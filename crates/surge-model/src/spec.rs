@@ -134,7 +134,12 @@ impl ModelInfo {
                             "row {i} has {} values; model {} expects {dim} ({}, ...)",
                             row.len(),
                             self.name,
-                            features.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                            features
+                                .iter()
+                                .take(3)
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     }
                     if let Some(j) = row.iter().position(|x| !x.is_finite()) {

@@ -34,7 +34,12 @@ impl Weights {
 
     /// Takes tensor `name`, which must be f32, of shape `shape`, and finite; returns it
     /// on `device`.
-    pub fn take(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor, ModelError> {
+    pub fn take(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, ModelError> {
         let Some(t) = self.tensors.get(name) else {
             return Err(ModelError::MissingTensor {
                 path: self.path.clone(),

@@ -60,7 +60,12 @@ impl Encoding {
                 Encoding::Msgpack
             });
         };
-        let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let base = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match base.as_str() {
             "application/json" | "text/json" => Ok(Encoding::Json),
             "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
@@ -108,7 +113,9 @@ pub enum DecodeError {
         max: usize,
     },
     /// The body's `v` is not [`PROTOCOL_VERSION`].
-    #[error("protocol version {got} is not supported; this worker speaks version {PROTOCOL_VERSION}")]
+    #[error(
+        "protocol version {got} is not supported; this worker speaks version {PROTOCOL_VERSION}"
+    )]
     UnsupportedVersion {
         /// The version the body claimed.
         got: u64,
@@ -236,7 +243,12 @@ fn check_version(got: u64) -> Result<(), DecodeError> {
 
 /// On a schema error, a body with another `v` is reported as a version problem: its
 /// shape is not ours to judge.
-fn explain_invalid(err: DecodeError, body: &[u8], encoding: Encoding, limits: &Limits) -> DecodeError {
+fn explain_invalid(
+    err: DecodeError,
+    body: &[u8],
+    encoding: Encoding,
+    limits: &Limits,
+) -> DecodeError {
     if let DecodeError::Invalid(_) = &err {
         if let Ok(Probe { v: Some(v) }) = decode_guarded::<Probe>(body, encoding, limits) {
             if let Err(version_err) = check_version(v) {

@@ -67,7 +67,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["breast-cancer", "all-minilm-l6-v2", "m1", "a.b_c-d", "1.0.0"] {
+        for n in [
+            "breast-cancer",
+            "all-minilm-l6-v2",
+            "m1",
+            "a.b_c-d",
+            "1.0.0",
+        ] {
             assert_eq!(validate_model_name(n), Ok(()), "{n}");
         }
     }
@@ -75,11 +81,29 @@ mod tests {
     #[test]
     fn refuses_names_that_could_escape_or_confuse() {
         assert_eq!(validate_model_name(""), Err(NameError::Empty));
-        assert!(matches!(validate_model_name("../etc"), Err(NameError::BadCharacter { .. })));
-        assert!(matches!(validate_model_name("a..b"), Err(NameError::DotDot { .. })));
-        assert!(matches!(validate_model_name("a/b"), Err(NameError::BadCharacter { .. })));
-        assert!(matches!(validate_model_name("Upper"), Err(NameError::BadCharacter { .. })));
-        assert!(matches!(validate_model_name(".hidden"), Err(NameError::BadCharacter { .. })));
-        assert!(matches!(validate_model_name(&"a".repeat(65)), Err(NameError::TooLong { len: 65 })));
+        assert!(matches!(
+            validate_model_name("../etc"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_model_name("a..b"),
+            Err(NameError::DotDot { .. })
+        ));
+        assert!(matches!(
+            validate_model_name("a/b"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_model_name("Upper"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_model_name(".hidden"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_model_name(&"a".repeat(65)),
+            Err(NameError::TooLong { len: 65 })
+        ));
     }
 }

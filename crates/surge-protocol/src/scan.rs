@@ -202,8 +202,9 @@ mod tests {
 
     #[test]
     fn accepts_well_formed_values() {
-        let v = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, 2.5, "x", null, {"b": true}]}))
-            .unwrap();
+        let v =
+            rmp_serde::to_vec_named(&serde_json::json!({"a": [1, 2.5, "x", null, {"b": true}]}))
+                .unwrap();
         assert_eq!(check_msgpack(&v, 8), Ok(()));
         assert_eq!(check_msgpack(&[0x90], 8), Ok(())); // empty array
         assert_eq!(check_msgpack(&[0x01], 8), Ok(()));
@@ -213,27 +214,51 @@ mod tests {
     fn refuses_depth_bombs_without_recursing() {
         let mut bomb = vec![0x91u8; 1_000_000];
         bomb.push(0x01);
-        assert_eq!(check_msgpack(&bomb, 16), Err(ScanError::TooDeep { max: 16 }));
+        assert_eq!(
+            check_msgpack(&bomb, 16),
+            Err(ScanError::TooDeep { max: 16 })
+        );
         let json = "[".repeat(100_000);
-        assert_eq!(check_json_depth(json.as_bytes(), 16), Err(ScanError::TooDeep { max: 16 }));
+        assert_eq!(
+            check_json_depth(json.as_bytes(), 16),
+            Err(ScanError::TooDeep { max: 16 })
+        );
     }
 
     #[test]
     fn refuses_length_bombs() {
         // array32 claiming 2^32-1 elements in a 5-byte body.
         let bomb = [0xdd, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(check_msgpack(&bomb, 16), Err(ScanError::LengthBomb { .. })));
+        assert!(matches!(
+            check_msgpack(&bomb, 16),
+            Err(ScanError::LengthBomb { .. })
+        ));
         // str32 claiming 4 GiB.
         let bomb = [0xdb, 0xff, 0xff, 0xff, 0xff, b'a'];
-        assert!(matches!(check_msgpack(&bomb, 16), Err(ScanError::LengthBomb { .. })));
+        assert!(matches!(
+            check_msgpack(&bomb, 16),
+            Err(ScanError::LengthBomb { .. })
+        ));
     }
 
     #[test]
     fn refuses_truncation_trailing_bytes_and_bad_markers() {
-        assert!(matches!(check_msgpack(&[0x92, 0x01, 0xcd], 8), Err(ScanError::Truncated { .. })));
-        assert!(matches!(check_msgpack(&[0x01, 0x02], 8), Err(ScanError::TrailingBytes { extra: 1 })));
-        assert!(matches!(check_msgpack(&[0xc1], 8), Err(ScanError::BadMarker { .. })));
-        assert!(matches!(check_msgpack(&[], 8), Err(ScanError::Truncated { .. })));
+        assert!(matches!(
+            check_msgpack(&[0x92, 0x01, 0xcd], 8),
+            Err(ScanError::Truncated { .. })
+        ));
+        assert!(matches!(
+            check_msgpack(&[0x01, 0x02], 8),
+            Err(ScanError::TrailingBytes { extra: 1 })
+        ));
+        assert!(matches!(
+            check_msgpack(&[0xc1], 8),
+            Err(ScanError::BadMarker { .. })
+        ));
+        assert!(matches!(
+            check_msgpack(&[], 8),
+            Err(ScanError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl Topology {
         vec![
             ("x-queue-type", ArgValue::Str("quorum")),
             ("x-delivery-limit", ArgValue::Int(DELIVERY_LIMIT)),
-            ("x-dead-letter-exchange", ArgValue::String(self.dead_exchange())),
+            (
+                "x-dead-letter-exchange",
+                ArgValue::String(self.dead_exchange()),
+            ),
         ]
     }
 
@@ -113,8 +116,9 @@ mod tests {
         assert_eq!(t.results_queue(), "surge.results");
         let t = Topology::new("t-1234");
         assert_eq!(t.job_queue("m"), "t-1234.jobs.m");
-        assert!(t
-            .job_queue_arguments()
-            .contains(&("x-dead-letter-exchange", ArgValue::String("t-1234.dead".into()))));
+        assert!(t.job_queue_arguments().contains(&(
+            "x-dead-letter-exchange",
+            ArgValue::String("t-1234.dead".into())
+        )));
     }
 }

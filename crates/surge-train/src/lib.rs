@@ -28,7 +28,8 @@ pub struct Dataset {
 
 /// Reads a CSV with a header whose last column is a 0/1 label.
 pub fn load_csv(path: &Path) -> Result<Dataset> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     let header: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
     let Some((label, features)) = header.split_last() else {
         bail!("{}: empty header", path.display());
@@ -38,18 +39,40 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
         let rec = rec.with_context(|| format!("{}: record {}", path.display(), i + 1))?;
         let cells: Vec<&str> = rec.iter().collect();
         if cells.len() != header.len() {
-            bail!("{}: record {} has {} cells, header has {}", path.display(), i + 1, cells.len(), header.len());
+            bail!(
+                "{}: record {} has {} cells, header has {}",
+                path.display(),
+                i + 1,
+                cells.len(),
+                header.len()
+            );
         }
         let mut row = Vec::with_capacity(features.len());
         for (j, c) in cells[..features.len()].iter().enumerate() {
-            row.push(c.parse::<f32>().with_context(|| format!("record {}, column {}", i + 1, header[j]))?);
+            row.push(
+                c.parse::<f32>()
+                    .with_context(|| format!("record {}, column {}", i + 1, header[j]))?,
+            );
         }
-        let label_value: f32 = cells[features.len()].parse().with_context(|| format!("record {} label", i + 1))?;
+        let label_value: f32 = cells[features.len()]
+            .parse()
+            .with_context(|| format!("record {} label", i + 1))?;
         x.push(row);
         y.push(label_value);
-        raw.push(cells[..features.len()].iter().map(|s| s.to_string()).collect());
+        raw.push(
+            cells[..features.len()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
     }
-    Ok(Dataset { features: features.to_vec(), label: label.clone(), x, y, raw })
+    Ok(Dataset {
+        features: features.to_vec(),
+        label: label.clone(),
+        x,
+        y,
+        raw,
+    })
 }
 
 /// A tiny, well-known PRNG (Steele et al., 2014): enough for shuffling and initial
@@ -79,7 +102,11 @@ impl SplitMix64 {
 
 /// A stratified split: each class is shuffled and `test_fraction` of it held out, so
 /// both halves keep the class balance. Returns `(train, test)` indices, each sorted.
-pub fn stratified_split(y: &[f32], test_fraction: f64, rng: &mut SplitMix64) -> (Vec<usize>, Vec<usize>) {
+pub fn stratified_split(
+    y: &[f32],
+    test_fraction: f64,
+    rng: &mut SplitMix64,
+) -> (Vec<usize>, Vec<usize>) {
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for class in [0.0f32, 1.0] {
         let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
@@ -120,13 +147,20 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> f64 {
     if n_pos == 0.0 || n_neg == 0.0 {
         return f64::NAN;
     }
-    let rank_sum: f64 = (0..labels.len()).filter(|&i| labels[i] == 1.0).map(|i| ranks[i]).sum();
+    let rank_sum: f64 = (0..labels.len())
+        .filter(|&i| labels[i] == 1.0)
+        .map(|i| ranks[i])
+        .sum();
     (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
 }
 
 /// Share of examples whose score is on the right side of 0.5.
 pub fn accuracy(scores: &[f32], labels: &[f32]) -> f64 {
-    let right = scores.iter().zip(labels).filter(|(s, l)| (**s >= 0.5) == (**l == 1.0)).count();
+    let right = scores
+        .iter()
+        .zip(labels)
+        .filter(|(s, l)| (**s >= 0.5) == (**l == 1.0))
+        .count();
     right as f64 / labels.len() as f64
 }
 
@@ -149,7 +183,14 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { hidden: vec![64, 32], epochs: 300, learning_rate: 3e-3, weight_decay: 1e-4, seed: 20_261_127, test_fraction: 0.2 }
+        Self {
+            hidden: vec![64, 32],
+            epochs: 300,
+            learning_rate: 3e-3,
+            weight_decay: 1e-4,
+            seed: 20_261_127,
+            test_fraction: 0.2,
+        }
     }
 }
 
@@ -192,8 +233,16 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig) -> Result<Trained> {
     let mut mean = vec![0f32; dim];
     let mut std = vec![0f32; dim];
     for j in 0..dim {
-        let m = train_idx.iter().map(|&i| f64::from(ds.x[i][j])).sum::<f64>() / train_idx.len() as f64;
-        let v = train_idx.iter().map(|&i| (f64::from(ds.x[i][j]) - m).powi(2)).sum::<f64>() / train_idx.len() as f64;
+        let m = train_idx
+            .iter()
+            .map(|&i| f64::from(ds.x[i][j]))
+            .sum::<f64>()
+            / train_idx.len() as f64;
+        let v = train_idx
+            .iter()
+            .map(|&i| (f64::from(ds.x[i][j]) - m).powi(2))
+            .sum::<f64>()
+            / train_idx.len() as f64;
         mean[j] = m as f32;
         std[j] = (v.sqrt() as f32).max(1e-6);
     }
@@ -207,19 +256,46 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig) -> Result<Trained> {
     for i in 0..widths.len() - 1 {
         let (fan_in, fan_out) = (widths[i], widths[i + 1]);
         let bound = 1.0 / (fan_in as f32).sqrt();
-        let mut init = |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect() };
-        let w = Var::from_tensor(&Tensor::from_vec(init(fan_out * fan_in), (fan_out, fan_in), &Device::Cpu)?)?;
+        let mut init = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+                .collect()
+        };
+        let w = Var::from_tensor(&Tensor::from_vec(
+            init(fan_out * fan_in),
+            (fan_out, fan_in),
+            &Device::Cpu,
+        )?)?;
         let b = Var::from_tensor(&Tensor::from_vec(init(fan_out), fan_out, &Device::Cpu)?)?;
         layer_tensors.push((w.as_tensor().clone(), b.as_tensor().clone()));
         vars.push(w);
         vars.push(b);
     }
-    let standardise = (Tensor::from_slice(&mean, dim, &Device::Cpu)?, Tensor::from_slice(&std, dim, &Device::Cpu)?);
-    let net = MlpNet::new(layer_tensors, Some(standardise), HiddenActivation::Relu, OutputActivation::Sigmoid);
+    let standardise = (
+        Tensor::from_slice(&mean, dim, &Device::Cpu)?,
+        Tensor::from_slice(&std, dim, &Device::Cpu)?,
+    );
+    let net = MlpNet::new(
+        layer_tensors,
+        Some(standardise),
+        HiddenActivation::Relu,
+        OutputActivation::Sigmoid,
+    );
 
-    let x = matrix(&train_idx.iter().map(|&i| &ds.x[i]).collect::<Vec<_>>(), dim)?;
-    let y = Tensor::from_vec(train_idx.iter().map(|&i| ds.y[i]).collect::<Vec<_>>(), (train_idx.len(), 1), &Device::Cpu)?;
-    let params = ParamsAdamW { lr: cfg.learning_rate, weight_decay: cfg.weight_decay, ..Default::default() };
+    let x = matrix(
+        &train_idx.iter().map(|&i| &ds.x[i]).collect::<Vec<_>>(),
+        dim,
+    )?;
+    let y = Tensor::from_vec(
+        train_idx.iter().map(|&i| ds.y[i]).collect::<Vec<_>>(),
+        (train_idx.len(), 1),
+        &Device::Cpu,
+    )?;
+    let params = ParamsAdamW {
+        lr: cfg.learning_rate,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(vars.clone(), params)?;
     let mut final_loss = f32::NAN;
     for _ in 0..cfg.epochs {
@@ -236,8 +312,19 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig) -> Result<Trained> {
     for (i, pair) in vars.chunks(2).enumerate() {
         for (var, kind) in pair.iter().zip(["weight", "bias"]) {
             let t = var.as_tensor();
-            tensors.push((format!("layers.{i}.{kind}"), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+            tensors.push((
+                format!("layers.{i}.{kind}"),
+                t.dims().to_vec(),
+                t.flatten_all()?.to_vec1::<f32>()?,
+            ));
         }
     }
-    Ok(Trained { tensors, mean, std, test: test_idx, test_scores, final_loss })
+    Ok(Trained {
+        tensors,
+        mean,
+        std,
+        test: test_idx,
+        test_scores,
+        final_loss,
+    })
 }

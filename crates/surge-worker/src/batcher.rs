@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn closes_on_rows_or_age() {
-        let p = BatchPolicy { max_rows: 100, max_wait: Duration::from_millis(5) };
+        let p = BatchPolicy {
+            max_rows: 100,
+            max_wait: Duration::from_millis(5),
+        };
         let t0 = Instant::now();
         assert!(!p.should_close(0, None, t0));
         assert!(!p.should_close(10, Some(t0), t0));
@@ -67,7 +70,10 @@ mod tests {
 
     #[test]
     fn large_jobs_go_alone_and_never_split() {
-        let p = BatchPolicy { max_rows: 100, max_wait: Duration::from_millis(5) };
+        let p = BatchPolicy {
+            max_rows: 100,
+            max_wait: Duration::from_millis(5),
+        };
         assert!(p.fits(0, 4096));
         assert!(!p.fits(1, 4096));
         assert!(p.fits(60, 40));
@@ -76,7 +82,13 @@ mod tests {
 
     #[test]
     fn prefetch_follows_batch_size_within_bounds() {
-        let p = |r| BatchPolicy { max_rows: r, max_wait: Duration::ZERO }.default_prefetch();
+        let p = |r| {
+            BatchPolicy {
+                max_rows: r,
+                max_wait: Duration::ZERO,
+            }
+            .default_prefetch()
+        };
         assert_eq!(p(1), 8);
         assert_eq!(p(256), 512);
         assert_eq!(p(100_000), 1024);

@@ -58,7 +58,9 @@ impl Engine {
                         None => Err(ModelError::BadBatch(format!("no model {}", req.model))),
                         Some(m) => {
                             let batch = match &req.inputs {
-                                BatchInputs::Rows { values, dim } => Batch::Rows { values, dim: *dim },
+                                BatchInputs::Rows { values, dim } => {
+                                    Batch::Rows { values, dim: *dim }
+                                }
                                 BatchInputs::Texts(t) => Batch::Texts(t),
                             };
                             m.score(&batch)
@@ -81,12 +83,21 @@ impl Engine {
     }
 
     /// Scores one batch; returns the scores and the forward pass time in ms.
-    pub async fn score(&self, model: &str, inputs: BatchInputs) -> Result<(Scores, f64), ModelError> {
+    pub async fn score(
+        &self,
+        model: &str,
+        inputs: BatchInputs,
+    ) -> Result<(Scores, f64), ModelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { model: model.to_string(), inputs, reply })
+            .send(Request {
+                model: model.to_string(),
+                inputs,
+                reply,
+            })
             .map_err(|_| ModelError::Inference("the model thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| ModelError::Inference("the model thread dropped the request (it panicked?)".into()))?
+        rx.await.map_err(|_| {
+            ModelError::Inference("the model thread dropped the request (it panicked?)".into())
+        })?
     }
 }

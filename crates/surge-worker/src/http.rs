@@ -21,7 +21,10 @@ struct AppState {
 async fn metrics(State(s): State<AppState>) -> (StatusCode, String) {
     match &s.metrics {
         Some(h) => (StatusCode::OK, h.render()),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n".into()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".into(),
+        ),
     }
 }
 
@@ -29,7 +32,10 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker\n",
+        )
     }
 }
 
@@ -42,7 +48,10 @@ pub async fn serve(
     ready_flag: Arc<AtomicBool>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
-    let state = AppState { metrics: metrics_handle, ready: ready_flag };
+    let state = AppState {
+        metrics: metrics_handle,
+        ready: ready_flag,
+    };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

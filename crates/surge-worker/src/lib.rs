@@ -34,9 +34,9 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 pub use batcher::BatchPolicy;
+pub use shutdown::{Shutdown, ShutdownTrigger};
 /// The crates below the worker, re-exported so the binaries depend on one crate.
 pub use {surge_broker as broker, surge_model as model, surge_protocol as protocol};
-pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Everything a worker needs to know.
 #[derive(Debug, Clone)]
@@ -63,6 +63,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Identity reported in results; defaults to `hostname-pid`.
     pub worker_id: Option<String>,
+    /// Sleep before each batch: a deliberate slow-down for fault drills (zero in
+    /// production).
+    pub batch_delay: Duration,
 }
 
 impl WorkerConfig {
@@ -80,6 +83,7 @@ impl WorkerConfig {
             timeouts: Timeouts::default(),
             metrics_addr: None,
             worker_id: None,
+            batch_delay: Duration::ZERO,
         }
     }
 }
@@ -140,7 +144,9 @@ fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, W
             match surge_model::load_model(&cfg.models_dir, &name, &device) {
                 Ok(m) => models.push(m),
                 // One broken folder must not stop the others from being served.
-                Err(e) => error!(model = %name, error = %e, "model failed validation; not serving it"),
+                Err(e) => {
+                    error!(model = %name, error = %e, "model failed validation; not serving it")
+                }
             }
         }
     } else {
@@ -174,15 +180,27 @@ pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWo
         Some(addr) => Some(
             http::serve(addr, metrics::install(), ready.clone(), shutdown.clone())
                 .await
-                .map_err(|source| WorkerError::Io { what: format!("serving metrics on {addr}"), source })?,
+                .map_err(|source| WorkerError::Io {
+                    what: format!("serving metrics on {addr}"),
+                    source,
+                })?,
         ),
     };
     if let Some(a) = metrics_addr {
         info!(addr = %a, "serving /metrics, /healthz, /readyz");
     }
-    let shared = Arc::new(Shared { config, engine, ready, worker_id: worker_id.clone() });
+    let shared = Arc::new(Shared {
+        config,
+        engine,
+        ready,
+        worker_id: worker_id.clone(),
+    });
     let task = tokio::spawn(reconnect_loop(shared, shutdown));
-    Ok(RunningWorker { metrics_addr, worker_id, task })
+    Ok(RunningWorker {
+        metrics_addr,
+        worker_id,
+        task,
+    })
 }
 
 /// [`start`], then wait until the worker has stopped.

@@ -67,7 +67,12 @@ pub fn prepare(
     };
     let encoding = match Encoding::from_content_type(env.content_type.as_deref(), body) {
         Ok(e) => e,
-        Err(e) => return Disposition::DeadLetter { kind: e.kind_name(), reason: e.to_string() },
+        Err(e) => {
+            return Disposition::DeadLetter {
+                kind: e.kind_name(),
+                reason: e.to_string(),
+            }
+        }
     };
     let answer = |model: &str, kind: ErrorKind, message: String| Disposition::Answer {
         encoding,
@@ -78,7 +83,10 @@ pub fn prepare(
         Err(e) => {
             return match e.answerable_kind() {
                 Some(kind) => answer("", kind, e.to_string()),
-                None => Disposition::DeadLetter { kind: e.kind_name(), reason: e.to_string() },
+                None => Disposition::DeadLetter {
+                    kind: e.kind_name(),
+                    reason: e.to_string(),
+                },
             }
         }
     };
@@ -88,7 +96,11 @@ pub fn prepare(
         return answer(
             &job.model.clone(),
             ErrorKind::UnknownModel,
-            format!("no model named {:?} is served here (served: {})", job.model, served.join(", ")),
+            format!(
+                "no model named {:?} is served here (served: {})",
+                job.model,
+                served.join(", ")
+            ),
         );
     };
     if let Some(v) = &job.version {
@@ -96,7 +108,10 @@ pub fn prepare(
             return answer(
                 &job.model.clone(),
                 ErrorKind::UnknownVersion,
-                format!("model {} has no version {v:?} here (served: {:?})", job.model, info.version),
+                format!(
+                    "model {} has no version {v:?} here (served: {:?})",
+                    job.model, info.version
+                ),
             );
         }
     }
@@ -105,16 +120,26 @@ pub fn prepare(
             return answer(
                 &job.model.clone(),
                 ErrorKind::Expired,
-                format!("deadline {deadline} passed {} ms before the job was taken", now_ms - deadline),
+                format!(
+                    "deadline {deadline} passed {} ms before the job was taken",
+                    now_ms - deadline
+                ),
             );
         }
     }
     if let Err(msg) = info.check_inputs(&job.inputs) {
         return answer(&job.model.clone(), ErrorKind::InvalidInput, msg);
     }
-    let sent = job.sent_ms.or(env.timestamp_s.map(|s| s.saturating_mul(1000)));
+    let sent = job
+        .sent_ms
+        .or(env.timestamp_s.map(|s| s.saturating_mul(1000)));
     let queue_ms = sent.map(|s| now_ms.saturating_sub(s) as f64);
-    Disposition::Score { job_id, encoding, job, queue_ms }
+    Disposition::Score {
+        job_id,
+        encoding,
+        job,
+        queue_ms,
+    }
 }
 
 /// Row count of a job's inputs, for batch accounting.
@@ -138,7 +163,9 @@ mod tests {
             version: "1.0.0".into(),
             architecture: "mlp".into(),
             description: String::new(),
-            input: InputSpec::Tabular { features: vec!["a".into(), "b".into()] },
+            input: InputSpec::Tabular {
+                features: vec!["a".into(), "b".into()],
+            },
             output_names: vec!["p".into()],
             dir: PathBuf::new(),
         };
@@ -146,7 +173,11 @@ mod tests {
     }
 
     fn env() -> Envelope {
-        Envelope { message_id: Some("j1".into()), content_type: Some("application/json".into()), timestamp_s: None }
+        Envelope {
+            message_id: Some("j1".into()),
+            content_type: Some("application/json".into()),
+            timestamp_s: None,
+        }
     }
 
     fn run(job: &Job) -> Disposition {
@@ -166,7 +197,9 @@ mod tests {
         let mut job = Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]));
         job.sent_ms = Some(900);
         match run(&job) {
-            Disposition::Score { job_id, queue_ms, .. } => {
+            Disposition::Score {
+                job_id, queue_ms, ..
+            } => {
                 assert_eq!(job_id, "j1");
                 assert_eq!(queue_ms, Some(100.0));
             }
@@ -177,14 +210,44 @@ mod tests {
     #[test]
     fn each_bad_input_gets_its_kind() {
         let cases = [
-            (Job::new("m", Inputs::Rows(vec![vec![1.0]])), ErrorKind::InvalidInput),
-            (Job::new("m", Inputs::Rows(vec![vec![1.0, f32::NAN]])), ErrorKind::InvalidInput),
+            (
+                Job::new("m", Inputs::Rows(vec![vec![1.0]])),
+                ErrorKind::InvalidInput,
+            ),
+            (
+                Job::new("m", Inputs::Rows(vec![vec![1.0, f32::NAN]])),
+                ErrorKind::InvalidInput,
+            ),
             (Job::new("m", Inputs::Rows(vec![])), ErrorKind::InvalidInput),
-            (Job::new("m", Inputs::Texts(vec!["x".into()])), ErrorKind::InvalidInput),
-            (Job::new("nope", Inputs::Rows(vec![vec![1.0, 2.0]])), ErrorKind::UnknownModel),
-            (Job { version: Some("9".into()), ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::UnknownVersion),
-            (Job { deadline_ms: Some(999), ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::Expired),
-            (Job { v: 7, ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]])) }, ErrorKind::UnsupportedVersion),
+            (
+                Job::new("m", Inputs::Texts(vec!["x".into()])),
+                ErrorKind::InvalidInput,
+            ),
+            (
+                Job::new("nope", Inputs::Rows(vec![vec![1.0, 2.0]])),
+                ErrorKind::UnknownModel,
+            ),
+            (
+                Job {
+                    version: Some("9".into()),
+                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                },
+                ErrorKind::UnknownVersion,
+            ),
+            (
+                Job {
+                    deadline_ms: Some(999),
+                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                },
+                ErrorKind::Expired,
+            ),
+            (
+                Job {
+                    v: 7,
+                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                },
+                ErrorKind::UnsupportedVersion,
+            ),
         ];
         for (job, kind) in cases {
             assert_eq!(kind_of(&run(&job)), Some(kind), "{job:?}");
@@ -196,21 +259,61 @@ mod tests {
         let m = models();
         let l = Limits::default();
         let d = prepare(&env(), b"{not json", &m, &l, "w", 0);
-        assert!(matches!(d, Disposition::DeadLetter { kind: "malformed", .. }), "{d:?}");
-        let no_id = Envelope { message_id: None, ..env() };
+        assert!(
+            matches!(
+                d,
+                Disposition::DeadLetter {
+                    kind: "malformed",
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let no_id = Envelope {
+            message_id: None,
+            ..env()
+        };
         let d = prepare(&no_id, b"{}", &m, &l, "w", 0);
-        assert!(matches!(d, Disposition::DeadLetter { kind: "missing_message_id", .. }));
-        let xml = Envelope { content_type: Some("text/xml".into()), ..env() };
+        assert!(matches!(
+            d,
+            Disposition::DeadLetter {
+                kind: "missing_message_id",
+                ..
+            }
+        ));
+        let xml = Envelope {
+            content_type: Some("text/xml".into()),
+            ..env()
+        };
         let d = prepare(&xml, b"<a/>", &m, &l, "w", 0);
-        assert!(matches!(d, Disposition::DeadLetter { kind: "unsupported_content_type", .. }));
+        assert!(matches!(
+            d,
+            Disposition::DeadLetter {
+                kind: "unsupported_content_type",
+                ..
+            }
+        ));
     }
 
     #[test]
     fn schema_errors_are_answered() {
-        let d = prepare(&env(), br#"{"v":1,"model":"m","inputs":[[1,"x"]]}"#, &models(), &Limits::default(), "w", 0);
+        let d = prepare(
+            &env(),
+            br#"{"v":1,"model":"m","inputs":[[1,"x"]]}"#,
+            &models(),
+            &Limits::default(),
+            "w",
+            0,
+        );
         assert_eq!(kind_of(&d), Some(ErrorKind::InvalidJob));
-        let limits = Limits { max_rows: 1, ..Limits::default() };
+        let limits = Limits {
+            max_rows: 1,
+            ..Limits::default()
+        };
         let body = br#"{"v":1,"model":"m","inputs":[[1,2],[3,4]]}"#;
-        assert_eq!(kind_of(&prepare(&env(), body, &models(), &limits, "w", 0)), Some(ErrorKind::TooManyRows));
+        assert_eq!(
+            kind_of(&prepare(&env(), body, &models(), &limits, "w", 0)),
+            Some(ErrorKind::TooManyRows)
+        );
     }
 }

@@ -16,15 +16,22 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Consumer};
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, BrokerError};
 use surge_model::Scores;
 use surge_protocol::codec::encode;
-use surge_protocol::topology::{HEADER_ERROR_KIND, HEADER_REASON, HEADER_SOURCE_QUEUE, HEADER_WORKER};
-use surge_protocol::{now_ms, Encoding, ErrorKind, Inputs, Job, JobResult, Status, Timings, PROTOCOL_VERSION};
+use surge_protocol::topology::{
+    HEADER_ERROR_KIND, HEADER_REASON, HEADER_SOURCE_QUEUE, HEADER_WORKER,
+};
+use surge_protocol::{
+    now_ms, Encoding, ErrorKind, Inputs, Job, JobResult, Status, Timings, PROTOCOL_VERSION,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
@@ -50,39 +57,76 @@ struct Item {
     rows: usize,
 }
 
+/// A job to score: id, answer encoding, the job, its queue wait.
+type ScoreJob = (String, Encoding, Job, Option<f64>);
+
 /// What goes back to the broker for one item.
 enum Outcome {
-    Result { encoding: Encoding, result: JobResult },
-    DeadLetter { kind: &'static str, reason: String },
+    Result {
+        encoding: Encoding,
+        result: JobResult,
+    },
+    DeadLetter {
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 /// Runs one connected session until shutdown (`Ok`) or a broker error (`Err`).
-pub(crate) async fn run_session(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), BrokerError> {
+pub(crate) async fn run_session(
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) -> Result<(), BrokerError> {
     let cfg = &shared.config;
     let t = &cfg.timeouts;
-    let conn = surge_broker::connect(&cfg.url, &format!("surge-worker {}", shared.worker_id), t).await?;
+    let conn =
+        surge_broker::connect(&cfg.url, &format!("surge-worker {}", shared.worker_id), t).await?;
     let result = async {
         let publisher = timed("channel.open", t.operation, conn.create_channel()).await?;
-        timed("confirm.select", t.operation, publisher.confirm_select(ConfirmSelectOptions::default())).await?;
+        timed(
+            "confirm.select",
+            t.operation,
+            publisher.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         topology::declare_base(&publisher, &cfg.topology, t).await?;
         let mut names: Vec<String> = shared.engine.models().keys().cloned().collect();
         names.sort();
-        let prefetch = cfg.prefetch.unwrap_or_else(|| cfg.policy.default_prefetch());
+        let prefetch = cfg
+            .prefetch
+            .unwrap_or_else(|| cfg.policy.default_prefetch());
         let mut tasks = JoinSet::new();
         for model in names {
             topology::declare_model(&publisher, &cfg.topology, &model, t).await?;
             let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-            timed("basic.qos", t.operation, ch.basic_qos(prefetch, BasicQosOptions::default())).await?;
+            timed(
+                "basic.qos",
+                t.operation,
+                ch.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await?;
             let queue = cfg.topology.job_queue(&model);
             let tag = format!("{}/{model}", shared.worker_id);
             let consumer = timed(
                 "basic.consume",
                 t.operation,
-                ch.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default()),
+                ch.basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
             )
             .await?;
             info!(%queue, prefetch, "consuming");
-            tasks.spawn(serve_queue(shared.clone(), queue, ch, consumer, publisher.clone(), shutdown.clone()));
+            tasks.spawn(serve_queue(
+                shared.clone(),
+                queue,
+                ch,
+                consumer,
+                publisher.clone(),
+                shutdown.clone(),
+            ));
         }
         shared.ready.store(true, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTED).set(1.0);
@@ -107,7 +151,8 @@ pub(crate) async fn run_session(shared: Arc<Shared>, shutdown: Shutdown) -> Resu
     metrics::gauge!(m::CONNECTED).set(0.0);
     // Closing returns every unacked delivery to its queue. Best effort: after a broker
     // error the connection may already be gone.
-    let _ = tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
+    let _ =
+        tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
     result
 }
 
@@ -166,7 +211,15 @@ async fn serve_queue(
             }
         }
         if close && !gathered.is_empty() {
-            dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
+            dispatch(
+                &shared,
+                &queue,
+                &publisher,
+                &pipeline,
+                &mut running,
+                std::mem::take(&mut gathered),
+            )
+            .await;
             rows = 0;
             oldest = None;
         }
@@ -175,12 +228,20 @@ async fn serve_queue(
     // Graceful drain: stop deliveries, return what has not started, finish the rest.
     info!(%queue, "draining: cancelling the consumer");
     let tag = consumer.tag();
-    let _ = timed("basic.cancel", cfg.timeouts.operation, channel.basic_cancel(tag, BasicCancelOptions::default())).await;
+    let _ = timed(
+        "basic.cancel",
+        cfg.timeouts.operation,
+        channel.basic_cancel(tag, BasicCancelOptions::default()),
+    )
+    .await;
     for item in gathered {
         let _ = timed(
             "basic.nack",
             cfg.timeouts.operation,
-            item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }),
+            item.acker.nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            }),
         )
         .await;
         metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
@@ -202,7 +263,14 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 fn make_item(shared: &Shared, delivery: Delivery) -> Item {
     let cfg = &shared.config;
     let env = envelope(&delivery.properties);
-    let disposition = prepare(&env, &delivery.data, shared.engine.models(), &cfg.limits, &shared.worker_id, now_ms());
+    let disposition = prepare(
+        &env,
+        &delivery.data,
+        shared.engine.models(),
+        &cfg.limits,
+        &shared.worker_id,
+        now_ms(),
+    );
     let rows = match &disposition {
         Disposition::Score { job, .. } => job.inputs.len(),
         _ => 0,
@@ -217,7 +285,14 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
     let correlation_id = delivery.properties.correlation_id().clone();
     // Kept (moved, not copied) in case the job must be dead-lettered after all.
     let original = Some((delivery.data, delivery.properties));
-    Item { acker: delivery.acker, reply_to, correlation_id, disposition, original, rows }
+    Item {
+        acker: delivery.acker,
+        reply_to,
+        correlation_id,
+        disposition,
+        original,
+        rows,
+    }
 }
 
 /// Waits for a pipeline slot (back-pressure on consumption), then runs the batch.
@@ -243,7 +318,8 @@ async fn dispatch(
             Disposition::DeadLetter { .. } => None,
         })
         .collect();
-    let span = tracing::info_span!("batch", queue = %queue, jobs = %ids.join(","), size = batch.len());
+    let span =
+        tracing::info_span!("batch", queue = %queue, jobs = %ids.join(","), size = batch.len());
     running.spawn(
         async move {
             let r = process_batch(&shared, &queue, &publisher, batch).await;
@@ -256,20 +332,48 @@ async fn dispatch(
 
 /// Scores the jobs of a batch that need it (one forward pass per model), then publishes
 /// every outcome and acks each job whose outcome the broker confirmed.
-async fn process_batch(shared: &Shared, queue: &str, publisher: &Channel, batch: Vec<Item>) -> Result<(), BrokerError> {
+async fn process_batch(
+    shared: &Shared,
+    queue: &str,
+    publisher: &Channel,
+    batch: Vec<Item>,
+) -> Result<(), BrokerError> {
+    if !shared.config.batch_delay.is_zero() {
+        tokio::time::sleep(shared.config.batch_delay).await;
+    }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let now = now_ms();
-    let mut jobs: Vec<Option<(String, Encoding, Job, Option<f64>)>> = Vec::with_capacity(batch.len());
+    let mut jobs: Vec<Option<ScoreJob>> = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     for (i, mut item) in batch.into_iter().enumerate() {
-        let disposition = std::mem::replace(&mut item.disposition, Disposition::DeadLetter { kind: "", reason: String::new() });
+        let disposition = std::mem::replace(
+            &mut item.disposition,
+            Disposition::DeadLetter {
+                kind: "",
+                reason: String::new(),
+            },
+        );
         match disposition {
-            Disposition::Score { job_id, encoding, job, queue_ms } => {
+            Disposition::Score {
+                job_id,
+                encoding,
+                job,
+                queue_ms,
+            } => {
                 // Deadlines are checked again: the job may have expired while gathered.
                 if job.deadline_ms.is_some_and(|d| now > d) {
-                    let r = JobResult::failure(&job_id, &job.model, ErrorKind::Expired, "deadline passed before scoring", &shared.worker_id);
-                    outcomes.push(Some(Outcome::Result { encoding, result: r }));
+                    let r = JobResult::failure(
+                        &job_id,
+                        &job.model,
+                        ErrorKind::Expired,
+                        "deadline passed before scoring",
+                        &shared.worker_id,
+                    );
+                    outcomes.push(Some(Outcome::Result {
+                        encoding,
+                        result: r,
+                    }));
                     jobs.push(None);
                 } else {
                     groups.entry(job.model.clone()).or_default().push(i);
@@ -278,7 +382,10 @@ async fn process_batch(shared: &Shared, queue: &str, publisher: &Channel, batch:
                 }
             }
             Disposition::Answer { encoding, result } => {
-                outcomes.push(Some(Outcome::Result { encoding, result: *result }));
+                outcomes.push(Some(Outcome::Result {
+                    encoding,
+                    result: *result,
+                }));
                 jobs.push(None);
             }
             Disposition::DeadLetter { kind, reason } => {
@@ -291,24 +398,53 @@ async fn process_batch(shared: &Shared, queue: &str, publisher: &Channel, batch:
 
     for (model, idx) in groups {
         let info = shared.engine.models().get(&model).cloned();
-        let inputs = gather_inputs(idx.iter().filter_map(|&i| jobs[i].as_ref().map(|j| &j.2.inputs)));
+        let inputs = gather_inputs(
+            idx.iter()
+                .filter_map(|&i| jobs[i].as_ref().map(|j| &j.2.inputs)),
+        );
         let total_rows = inputs_len(&inputs);
         let scored = shared.engine.score(&model, inputs).await;
         metrics::histogram!(m::BATCH_ROWS).record(total_rows as f64);
         let mut offset = 0usize;
         for &i in &idx {
-            let Some((job_id, encoding, job, queue_ms)) = jobs[i].take() else { continue };
+            let Some((job_id, encoding, job, queue_ms)) = jobs[i].take() else {
+                continue;
+            };
             let n = job.inputs.len();
             let result = match (&scored, &info) {
                 (Ok((scores, ms)), Some(info)) => {
-                    metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone()).record(ms / 1e3);
-                    ok_result(&shared.worker_id, job_id, &job, info, scores, offset, n, *ms, total_rows, queue_ms)
+                    metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone())
+                        .record(ms / 1e3);
+                    ok_result(
+                        &shared.worker_id,
+                        job_id,
+                        &job,
+                        info,
+                        scores,
+                        offset,
+                        n,
+                        *ms,
+                        total_rows,
+                        queue_ms,
+                    )
                 }
                 (Err(e), _) => {
                     warn!(error = %e, job = %job_id, "forward pass failed");
-                    JobResult::failure(job_id, &model, ErrorKind::Internal, format!("the worker failed to score this job: {e}"), &shared.worker_id)
+                    JobResult::failure(
+                        job_id,
+                        &model,
+                        ErrorKind::Internal,
+                        format!("the worker failed to score this job: {e}"),
+                        &shared.worker_id,
+                    )
                 }
-                (Ok(_), None) => JobResult::failure(job_id, &model, ErrorKind::UnknownModel, "model vanished", &shared.worker_id),
+                (Ok(_), None) => JobResult::failure(
+                    job_id,
+                    &model,
+                    ErrorKind::UnknownModel,
+                    "model vanished",
+                    &shared.worker_id,
+                ),
             };
             if let Some(q) = queue_ms {
                 metrics::histogram!(m::QUEUE_WAIT_SECONDS).record(q / 1e3);
@@ -363,7 +499,9 @@ fn ok_result(
     batch_rows: usize,
     queue_ms: Option<f64>,
 ) -> JobResult {
-    let outputs: Vec<Vec<f32>> = (offset..offset + n).map(|r| scores.row(r).to_vec()).collect();
+    let outputs: Vec<Vec<f32>> = (offset..offset + n)
+        .map(|r| scores.row(r).to_vec())
+        .collect();
     JobResult {
         v: PROTOCOL_VERSION,
         job_id,
@@ -374,16 +512,38 @@ fn ok_result(
         outputs,
         error: None,
         worker: worker.to_string(),
-        timings: Timings { queue_ms, inference_ms, batch_rows: batch_rows as u32 },
+        timings: Timings {
+            queue_ms,
+            inference_ms,
+            batch_rows: batch_rows as u32,
+        },
     }
 }
 
-fn dead_letter_props(props: BasicProperties, kind: &str, reason: &str, worker: &str, queue: &str) -> BasicProperties {
+fn dead_letter_props(
+    props: BasicProperties,
+    kind: &str,
+    reason: &str,
+    worker: &str,
+    queue: &str,
+) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(HEADER_REASON.into(), AMQPValue::LongString(LongString::from(reason.to_string())));
-    headers.insert(HEADER_ERROR_KIND.into(), AMQPValue::LongString(LongString::from(kind.to_string())));
-    headers.insert(HEADER_WORKER.into(), AMQPValue::LongString(LongString::from(worker.to_string())));
-    headers.insert(HEADER_SOURCE_QUEUE.into(), AMQPValue::LongString(LongString::from(queue.to_string())));
+    headers.insert(
+        HEADER_REASON.into(),
+        AMQPValue::LongString(LongString::from(reason.to_string())),
+    );
+    headers.insert(
+        HEADER_ERROR_KIND.into(),
+        AMQPValue::LongString(LongString::from(kind.to_string())),
+    );
+    headers.insert(
+        HEADER_WORKER.into(),
+        AMQPValue::LongString(LongString::from(worker.to_string())),
+    );
+    headers.insert(
+        HEADER_SOURCE_QUEUE.into(),
+        AMQPValue::LongString(LongString::from(queue.to_string())),
+    );
     props.with_headers(headers).with_delivery_mode(2)
 }
 
@@ -403,13 +563,25 @@ async fn publish_and_ack(
         let Some(outcome) = outcome else {
             // Cannot happen: every item gets an outcome. Return it rather than lose it.
             warn!("a job had no outcome (a bug); returning it to its queue");
-            timed("basic.nack", t.operation, item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })).await?;
+            timed(
+                "basic.nack",
+                t.operation,
+                item.acker.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                }),
+            )
+            .await?;
             continue;
         };
         match outcome {
             Outcome::Result { encoding, result } => {
-                let body = encode(&result, encoding).map_err(|e| BrokerError::Url(e.to_string()))?;
-                let corr = item.correlation_id.clone().unwrap_or_else(|| result.job_id.as_str().into());
+                let body =
+                    encode(&result, encoding).map_err(|e| BrokerError::Url(e.to_string()))?;
+                let corr = item
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| result.job_id.as_str().into());
                 let props = BasicProperties::default()
                     .with_content_type(encoding.content_type().into())
                     .with_message_id(result.job_id.as_str().into())
@@ -423,17 +595,20 @@ async fn publish_and_ack(
                 let (body, props) = item.original.clone().unwrap_or_default();
                 warn!(kind, %reason, "dead-lettering an undecodable message");
                 let props = dead_letter_props(props, kind, &reason, &shared.worker_id, queue);
-                let confirm = start_publish(publisher, &dead_exchange, queue, &body, props, t).await?;
+                let confirm =
+                    start_publish(publisher, &dead_exchange, queue, &body, props, t).await?;
                 pending.push((index, confirm, None, Some(kind)));
             }
         }
     }
     let items = &items;
-    let confirms = futures_util::future::join_all(pending.into_iter().map(|(index, confirm, result, dead)| async move {
-        let exchange = if dead.is_some() { "dead" } else { "" };
-        let res = confirmed(confirm, exchange, &items[index].reply_to, t).await;
-        (index, res, result, dead)
-    }))
+    let confirms = futures_util::future::join_all(pending.into_iter().map(
+        |(index, confirm, result, dead)| async move {
+            let exchange = if dead.is_some() { "dead" } else { "" };
+            let res = confirmed(confirm, exchange, &items[index].reply_to, t).await;
+            (index, res, result, dead)
+        },
+    ))
     .await;
     for (index, res, result, dead) in confirms {
         let item = &items[index];
@@ -445,7 +620,12 @@ async fn publish_and_ack(
                 if let Some(kind) = dead {
                     metrics::counter!(m::DEAD_LETTERED, "reason" => kind).increment(1);
                 }
-                timed("basic.ack", t.operation, item.acker.ack(BasicAckOptions::default())).await?;
+                timed(
+                    "basic.ack",
+                    t.operation,
+                    item.acker.ack(BasicAckOptions::default()),
+                )
+                .await?;
             }
             Err(BrokerError::Returned { routing_key, .. }) => {
                 // Nobody listens at reply_to any more: keep the job, with the reason,
@@ -453,14 +633,41 @@ async fn publish_and_ack(
                 let (body, props) = item.original.clone().unwrap_or_default();
                 let reason = format!("the reply_to queue {routing_key:?} does not exist; the result could not be delivered");
                 warn!(%reason, "dead-lettering a job");
-                let props = dead_letter_props(props, "unroutable_result", &reason, &shared.worker_id, queue);
-                surge_broker::publish::publish_confirmed(publisher, &dead_exchange, queue, &body, props, t).await?;
+                let props = dead_letter_props(
+                    props,
+                    "unroutable_result",
+                    &reason,
+                    &shared.worker_id,
+                    queue,
+                );
+                surge_broker::publish::publish_confirmed(
+                    publisher,
+                    &dead_exchange,
+                    queue,
+                    &body,
+                    props,
+                    t,
+                )
+                .await?;
                 metrics::counter!(m::DEAD_LETTERED, "reason" => "unroutable_result").increment(1);
-                timed("basic.ack", t.operation, item.acker.ack(BasicAckOptions::default())).await?;
+                timed(
+                    "basic.ack",
+                    t.operation,
+                    item.acker.ack(BasicAckOptions::default()),
+                )
+                .await?;
             }
             Err(BrokerError::Nacked { .. }) => {
                 warn!("the broker refused a result; returning the job to its queue");
-                timed("basic.nack", t.operation, item.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })).await?;
+                timed(
+                    "basic.nack",
+                    t.operation,
+                    item.acker.nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    }),
+                )
+                .await?;
             }
             Err(e) => return Err(e),
         }
@@ -478,7 +685,9 @@ fn record_result(r: &JobResult) {
     };
     metrics::counter!(m::JOBS, "model" => r.model.clone(), "status" => status).increment(1);
     match &r.error {
-        None => metrics::counter!(m::ROWS, "model" => r.model.clone()).increment(r.outputs.len() as u64),
+        None => {
+            metrics::counter!(m::ROWS, "model" => r.model.clone()).increment(r.outputs.len() as u64)
+        }
         Some(e) => metrics::counter!(m::ERRORS, "kind" => e.kind.as_str()).increment(1),
     }
 }

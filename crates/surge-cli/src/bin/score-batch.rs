@@ -80,7 +80,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Some((m, v)) => (m.to_string(), Some(v.to_string())),
         None => (cli.model.clone(), None),
     };
-    surge_worker::protocol::validate_model_name(&model).with_context(|| format!("--model {model:?}"))?;
+    surge_worker::protocol::validate_model_name(&model)
+        .with_context(|| format!("--model {model:?}"))?;
     let encoding = match cli.encoding.as_str() {
         "msgpack" => Encoding::Msgpack,
         "json" => Encoding::Json,
@@ -91,7 +92,8 @@ async fn run(cli: Cli) -> Result<i32> {
     let table = if cli.input == "-" {
         read_table(std::io::stdin().lock(), in_format)?
     } else {
-        let f = std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?;
+        let f =
+            std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?;
         read_table(BufReader::new(f), in_format)?
     };
     if table.records.is_empty() {
@@ -112,14 +114,28 @@ async fn run(cli: Cli) -> Result<i32> {
     let scored = score_table(&cfg, &table, &selection).await?;
 
     if cli.output == "-" {
-        write_table(std::io::stdout().lock(), out_format, &table, &scored.output_names, &scored.outcomes)?;
+        write_table(
+            std::io::stdout().lock(),
+            out_format,
+            &table,
+            &scored.output_names,
+            &scored.outcomes,
+        )?;
     } else {
         let path = PathBuf::from(&cli.output);
         // Written next to the target and renamed, so a reader never sees half a file.
         let tmp = path.with_extension("partial");
-        let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        write_table(std::io::BufWriter::new(f), out_format, &table, &scored.output_names, &scored.outcomes)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        write_table(
+            std::io::BufWriter::new(f),
+            out_format,
+            &table,
+            &scored.output_names,
+            &scored.outcomes,
+        )?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     }
     let s = &scored.summary;
     if !cli.quiet {
@@ -140,7 +156,10 @@ async fn run(cli: Cli) -> Result<i32> {
         }
     }
     if s.rows_failed > 0 {
-        eprintln!("score-batch: {} of {} rows failed; see the `error` column of {}", s.rows_failed, s.rows, cli.output);
+        eprintln!(
+            "score-batch: {} of {} rows failed; see the `error` column of {}",
+            s.rows_failed, s.rows, cli.output
+        );
         return Ok(1);
     }
     Ok(0)

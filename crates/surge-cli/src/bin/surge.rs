@@ -15,7 +15,13 @@ use surge_worker::{BatchPolicy, WorkerConfig};
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "SURGE_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -67,6 +73,10 @@ struct WorkerArgs {
     /// Seconds any broker operation may take before the connection is presumed lost.
     #[arg(long, env = "SURGE_BROKER_TIMEOUT_S", default_value_t = 15)]
     broker_timeout_s: u64,
+    /// Sleep this long before each batch, in milliseconds: slows a worker down on
+    /// purpose for fault drills and demos (kill or restart things mid-run).
+    #[arg(long, env = "SURGE_BATCH_DELAY_MS", default_value_t = 0, hide = true)]
+    batch_delay_ms: u64,
     /// Identity reported in results (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     worker_id: Option<String>,
@@ -76,20 +86,30 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let url = AmqpUrl::from_env()?;
     let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
         "off" | "" => None,
-        a => Some(a.parse().with_context(|| format!("--metrics-addr {a:?} is not host:port"))?),
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--metrics-addr {a:?} is not host:port"))?,
+        ),
     };
     let mut cfg = WorkerConfig::new(url, args.models_dir);
     cfg.models = args.models;
     cfg.device = args.device;
-    cfg.policy = BatchPolicy { max_rows: args.max_batch_rows.max(1), max_wait: Duration::from_millis(args.max_wait_ms) };
+    cfg.policy = BatchPolicy {
+        max_rows: args.max_batch_rows.max(1),
+        max_wait: Duration::from_millis(args.max_wait_ms),
+    };
     cfg.prefetch = args.prefetch;
     cfg.topology = surge_worker::protocol::Topology::new(args.prefix);
     cfg.limits.max_message_bytes = args.max_message_bytes;
     cfg.limits.max_rows = args.max_rows_per_job;
     let op = Duration::from_secs(args.broker_timeout_s.max(1));
-    cfg.timeouts = Timeouts { connect: op, operation: op };
+    cfg.timeouts = Timeouts {
+        connect: op,
+        operation: op,
+    };
     cfg.metrics_addr = metrics_addr;
     cfg.worker_id = args.worker_id;
+    cfg.batch_delay = Duration::from_millis(args.batch_delay_ms);
     let (trigger, shutdown) = surge_worker::shutdown::channel();
     spawn_signal_handler(trigger)?;
     surge_worker::run(cfg, shutdown).await?;

@@ -1,0 +1,49 @@
+# Surge: the two commands are `make run` (the main job, end to end) and `make test`.
+# Every target installs what it needs, idempotently.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT := out
+
+.PHONY: help run test lint build broker train pyenv bench clean
+
+help:
+	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
+	@echo "make test   - fmt + clippy + every test (needs RabbitMQ on 127.0.0.1:5672; started if installed)"
+	@echo "make train  - retrain models/breast-cancer bit for bit"
+	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
+
+broker:
+	@bash scripts/ensure-broker.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+# Python client for the any-AMQP-client example (pika), in a local virtualenv.
+pyenv:
+	@if ! $(PY) -c 'import pika' 2>/dev/null; then \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check 'pika>=1.3,<2'; \
+	fi
+
+train:
+	$(CARGO) run -q -p surge-train -- data/breast-cancer-wisconsin/data.csv models/breast-cancer
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: broker pyenv build lint
+	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace -- --nocapture 2>&1 | tail -n 400
+
+run: broker build
+	@bash scripts/run-demo.sh
+
+bench: broker
+	@bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)
