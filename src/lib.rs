@@ -1,1 +1,382 @@
-//! Test harness.
+//! The harness of Surge's end-to-end tests (`tests/`): a real RabbitMQ, real `surge`
+//! and `score-batch` processes, and names unique to each test so tests run in parallel
+//! without seeing each other's messages.
+//!
+//! When the broker is unreachable the tests fail loudly (never skip): start it with
+//! `rabbitmq-server -detached` or run them through `make test`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use surge_broker::{AmqpUrl, Timeouts};
+use surge_protocol::Topology;
+
+/// The broker URL: `AMQP_URL`, else the local default.
+pub fn amqp_url() -> AmqpUrl {
+    AmqpUrl::from_env().unwrap_or_else(|e| panic!("AMQP_URL is unusable: {e}"))
+}
+
+/// Connects to the broker or panics with instructions: tests never skip silently.
+pub async fn require_broker() -> lapin::Connection {
+    match surge_broker::connect(&amqp_url(), "surge-tests", &Timeouts { connect: Duration::from_secs(5), operation: Duration::from_secs(10) }).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "\n\n*** RabbitMQ is not reachable at {} ({e}).\n*** Integration tests need it: run `rabbitmq-server -detached` or `make test`.\n\n",
+            amqp_url()
+        ),
+    }
+}
+
+/// A prefix no other test uses, for every exchange and queue name of one test.
+pub fn unique_prefix(test: &str) -> String {
+    format!(
+        "t-{test}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped models folder.
+pub fn models_dir() -> PathBuf {
+    workspace().join("models")
+}
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins` (which
+/// `make test` runs first); panics with that advice when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A `surge worker` child process.
+pub struct WorkerProc {
+    child: Child,
+    /// Port of its `/metrics`.
+    pub metrics_port: u16,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+}
+
+impl WorkerProc {
+    /// Starts `surge worker --prefix <prefix> --model breast-cancer <extra...>`, logging
+    /// to `dir/<name>.log`.
+    pub fn spawn(prefix: &str, name: &str, dir: &Path, extra: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let child = Command::new(bin("surge"))
+            .arg("worker")
+            .args(["--prefix", prefix, "--models-dir"])
+            .arg(models_dir())
+            .args([
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--worker-id",
+                name,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting surge worker: {e}"));
+        Self {
+            child,
+            metrics_port,
+            log,
+        }
+    }
+
+    /// OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET `path` on the worker's metrics server: `(status, body)`.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics_port, path)
+    }
+
+    /// Waits until `/readyz` answers 200 (connected and consuming).
+    pub fn wait_ready(&mut self, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "worker exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "worker not ready within {within:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Sum of a counter over all its label sets in `/metrics`.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "worker did not exit within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Deletes every queue and exchange of a test's topology (and its reply queues are
+/// deleted by score-batch itself).
+pub async fn cleanup(prefix: &str, models: &[&str]) {
+    let conn = require_broker().await;
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    let topo = Topology::new(prefix);
+    let mut queues: Vec<String> = models.iter().map(|m| topo.job_queue(m)).collect();
+    queues.push(topo.dead_queue());
+    queues.push(topo.results_queue());
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [topo.jobs_exchange(), topo.dead_exchange()] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+/// The breast-cancer model's feature names.
+pub fn feature_names() -> Vec<String> {
+    let dev = candle_free_device();
+    let m = surge_model::load_model(&models_dir(), "breast-cancer", &dev)
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &m.info().input {
+        surge_model::InputSpec::Tabular { features } => features.clone(),
+        other => panic!("unexpected input {other:?}"),
+    }
+}
+
+fn candle_free_device() -> surge_model::Device {
+    surge_model::select_device(surge_model::DeviceSpec::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes `n` rows (a `row_id` column, then the 30 features) made from the shipped
+/// dataset with a deterministic jitter, and returns the feature rows.
+pub fn write_rows_csv(path: &Path, n: usize) -> Vec<Vec<f32>> {
+    let data = workspace().join("data/breast-cancer-wisconsin/data.csv");
+    let mut rdr =
+        csv::Reader::from_path(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    let base: Vec<Vec<f32>> = rdr
+        .records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{e}"));
+            r.iter()
+                .take(30)
+                .map(|c| c.parse::<f32>().unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        })
+        .collect();
+    let mut w = csv::Writer::from_path(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut header = vec!["row_id".to_string()];
+    header.extend(feature_names());
+    w.write_record(&header).unwrap_or_else(|e| panic!("{e}"));
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let b = &base[i % base.len()];
+        let jitter = 1.0 + ((i * 7919) % 101) as f32 / 1000.0 - 0.05;
+        let row: Vec<f32> = b.iter().map(|x| x * jitter).collect();
+        let mut rec = vec![i.to_string()];
+        rec.extend(row.iter().map(|x| x.to_string()));
+        w.write_record(&rec).unwrap_or_else(|e| panic!("{e}"));
+        rows.push(row);
+    }
+    w.flush().unwrap_or_else(|e| panic!("{e}"));
+    rows
+}
+
+/// In-process scores of `rows` with the shipped model: the reference outputs.
+pub fn reference_scores(rows: &[Vec<f32>]) -> Vec<f32> {
+    let m = surge_model::load_model(&models_dir(), "breast-cancer", &candle_free_device())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let scores = m
+        .score(&surge_model::Batch::Rows {
+            values: &flat,
+            dim: 30,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    scores.values
+}
+
+/// One row of a score-batch output CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRow {
+    /// The `row_id` column.
+    pub row_id: String,
+    /// `malignant_probability`, when scored.
+    pub score: Option<f32>,
+    /// The `error` column.
+    pub error: String,
+}
+
+/// Reads a score-batch output CSV.
+pub fn read_output(path: &Path) -> Vec<OutRow> {
+    let mut rdr =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let h = rdr.headers().unwrap_or_else(|e| panic!("{e}")).clone();
+    let col = |n: &str| {
+        h.iter()
+            .position(|c| c == n)
+            .unwrap_or_else(|| panic!("no column {n} in {h:?}"))
+    };
+    let (id, score, err) = (col("row_id"), col("malignant_probability"), col("error"));
+    rdr.records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{e}"));
+            OutRow {
+                row_id: r[id].to_string(),
+                score: r[score].parse().ok(),
+                error: r[err].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `out` answers rows `0..expected.len()` exactly once, in order, with
+/// scores equal to the in-process reference (within 1e-6).
+pub fn assert_exactly_once_and_correct(out: &[OutRow], expected: &[f32]) {
+    assert_eq!(out.len(), expected.len(), "row count");
+    for (i, (row, want)) in out.iter().zip(expected).enumerate() {
+        assert_eq!(
+            row.row_id,
+            i.to_string(),
+            "row {i} out of order or duplicated"
+        );
+        assert!(row.error.is_empty(), "row {i} failed: {}", row.error);
+        let got = row.score.unwrap_or_else(|| panic!("row {i} has no score"));
+        assert!(
+            (got - want).abs() <= 1e-6,
+            "row {i}: {got} vs in-process {want}"
+        );
+    }
+}
+
+/// Starts `score-batch` for the breast-cancer features of `input`, writing `output`.
+pub fn spawn_score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Child {
+    let columns = feature_names().join(",");
+    Command::new(bin("score-batch"))
+        .args([
+            "--model",
+            "breast-cancer",
+            "--prefix",
+            prefix,
+            "--columns",
+            &columns,
+            "--timeout",
+            "240",
+        ])
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting score-batch: {e}"))
+}

@@ -63,6 +63,10 @@ pub enum Selection {
 }
 
 fn cell_from_csv(s: &str) -> Value {
+    // Integers stay integers, so ids are written back as they were read.
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::from(i);
+    }
     match s.parse::<f64>() {
         Ok(f) if s.trim() == s && !s.is_empty() => serde_json::Number::from_f64(f)
             .map(Value::Number)

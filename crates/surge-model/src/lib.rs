@@ -19,9 +19,9 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use serde::de::DeserializeOwned;
 
+pub use candle_core::Device;
 pub use device::{select_device, DeviceSpec};
 pub use error::ModelError;
 pub use spec::{InputSpec, ModelInfo, SpecFile};
