@@ -37,9 +37,8 @@ async fn ten_thousand_rows_through_two_workers_exactly_once() {
         b.metric_sum("surge_jobs_total"),
     );
     assert!(ja > 0.0 && jb > 0.0, "jobs per worker: {ja} and {jb}");
-    assert_eq!(
+    assert!(
         ja + jb >= 200.0,
-        true,
         "200 jobs were published; workers answered {}",
         ja + jb
     );
