@@ -159,17 +159,34 @@ pub async fn score_table(
     table: &Table,
     selection: &Selection,
 ) -> Result<Scored, ClientError> {
-    let started = Instant::now();
-    let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let jobs = plan(&run_id, table.records.len(), cfg.rows_per_job);
+    let jobs = plan("", table.records.len(), cfg.rows_per_job);
     let inputs: Vec<Inputs> = jobs
         .iter()
         .map(|j| table.inputs(selection, j.start, j.end))
         .collect::<Result<_, _>>()?;
+    let answered = score_jobs(cfg, inputs).await?;
+    Ok(answered.into_scored())
+}
+
+/// Every job of a run with its result, in job order, and the run's counters.
+#[derive(Debug)]
+pub struct Answered {
+    /// Each job (rows `start..end` of the input) with its result.
+    pub jobs: Vec<(tracker::PlannedJob, JobResult)>,
+    /// Counters; the row counts are filled by [`Answered::into_scored`].
+    pub summary: Summary,
+}
+
+/// Publishes one job per element of `inputs` and waits until each is answered once.
+pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answered, ClientError> {
+    let started = Instant::now();
+    let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let jobs = tracker::plan_sizes(&run_id, inputs.iter().map(Inputs::len));
+    let total_rows: usize = inputs.iter().map(Inputs::len).sum();
     let mut tracker = Tracker::new(jobs);
     let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
     let bar = if cfg.progress {
-        ProgressBar::new(table.records.len() as u64)
+        ProgressBar::new(total_rows as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -179,7 +196,7 @@ pub async fn score_table(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    info!(run = %run_id, rows = table.records.len(), jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
+    info!(run = %run_id, rows = total_rows, jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
@@ -203,59 +220,75 @@ pub async fn score_table(
         }
     }
     bar.finish_and_clear();
-
-    let mut summary = Summary {
-        rows: table.records.len(),
+    let summary = Summary {
+        rows: total_rows,
         jobs: tracker.jobs().len(),
         duplicates: tracker.duplicates,
         strays: tracker.strays,
         republished: tracker.republished,
         reconnects,
+        elapsed: started.elapsed(),
         ..Summary::default()
     };
-    let mut output_names = Vec::new();
-    let mut outcomes = Vec::with_capacity(table.records.len());
+    let mut jobs = Vec::with_capacity(summary.jobs);
     for (job, result) in tracker.into_results() {
-        let n = job.end - job.start;
-        let Some(r) = result else {
-            // Unreachable: the session ends only when every job is answered.
-            outcomes.extend((0..n).map(|_| RowOutcome::Failed("internal: no result".into())));
-            continue;
-        };
-        match (r.status, r.outputs.len() == n) {
-            (Status::Ok, true) => {
-                if output_names.is_empty() {
-                    output_names = r.output_names.clone();
+        // The session only ends when every job is answered.
+        let result = result.unwrap_or_else(|| {
+            JobResult::failure(
+                &job.id,
+                &cfg.model,
+                surge_protocol::ErrorKind::Internal,
+                "no result",
+                "score-batch",
+            )
+        });
+        jobs.push((job, result));
+    }
+    Ok(Answered { jobs, summary })
+}
+
+impl Answered {
+    /// One outcome per input row, in input order, and the row counters.
+    pub fn into_scored(self) -> Scored {
+        let mut summary = self.summary;
+        let mut output_names = Vec::new();
+        let mut outcomes = Vec::with_capacity(summary.rows);
+        for (job, r) in self.jobs {
+            let n = job.end - job.start;
+            match (r.status, r.outputs.len() == n) {
+                (Status::Ok, true) => {
+                    if output_names.is_empty() {
+                        output_names = r.output_names.clone();
+                    }
+                    summary.rows_ok += n;
+                    outcomes.extend(r.outputs.into_iter().map(RowOutcome::Scored));
                 }
-                summary.rows_ok += n;
-                outcomes.extend(r.outputs.into_iter().map(RowOutcome::Scored));
-            }
-            _ => {
-                let (kind, msg) = match &r.error {
-                    Some(e) => (
-                        e.kind.as_str().to_string(),
-                        format!("{}: {}", e.kind, e.message),
-                    ),
-                    None => (
-                        "internal".to_string(),
-                        format!(
-                            "internal: the worker returned {} outputs for {n} rows",
-                            r.outputs.len()
+                _ => {
+                    let (kind, msg) = match &r.error {
+                        Some(e) => (
+                            e.kind.as_str().to_string(),
+                            format!("{}: {}", e.kind, e.message),
                         ),
-                    ),
-                };
-                summary.rows_failed += n;
-                *summary.failures.entry(kind).or_default() += n;
-                outcomes.extend((0..n).map(|_| RowOutcome::Failed(msg.clone())));
+                        None => (
+                            "internal".to_string(),
+                            format!(
+                                "internal: the worker returned {} outputs for {n} rows",
+                                r.outputs.len()
+                            ),
+                        ),
+                    };
+                    summary.rows_failed += n;
+                    *summary.failures.entry(kind).or_default() += n;
+                    outcomes.extend((0..n).map(|_| RowOutcome::Failed(msg.clone())));
+                }
             }
         }
+        Scored {
+            output_names,
+            outcomes,
+            summary,
+        }
     }
-    summary.elapsed = started.elapsed();
-    Ok(Scored {
-        output_names,
-        outcomes,
-        summary,
-    })
 }
 
 struct RunCtx<'a> {
@@ -400,6 +433,9 @@ impl RunCtx<'_> {
 
         let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
         reader.abort();
+        // Close the consuming channel first: closing the connection under a live
+        // consumer makes lapin log a spurious channel-state error.
+        let _ = tokio::time::timeout(t.operation, cch.close(200, "score-batch done".into())).await;
         if outcome.is_ok() {
             let _ = timed(
                 "queue.delete",

@@ -30,6 +30,23 @@ pub fn plan(run_id: &str, rows: usize, rows_per_job: usize) -> Vec<PlannedJob> {
         .collect()
 }
 
+/// One job per size in `sizes`, covering consecutive rows.
+pub fn plan_sizes(run_id: &str, sizes: impl Iterator<Item = usize>) -> Vec<PlannedJob> {
+    let mut start = 0;
+    sizes
+        .enumerate()
+        .map(|(i, n)| {
+            let job = PlannedJob {
+                id: format!("{run_id}-{i}"),
+                start,
+                end: start + n,
+            };
+            start += n;
+            job
+        })
+        .collect()
+}
+
 /// Where a job stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {

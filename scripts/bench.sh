@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make bench`: Surge end to end vs a no-op echo through the same broker, same run.
+# Writes BENCHMARKS.md (the figures) and out/bench/*.jsonl (the raw lines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p surge-cli -p surge-bench
+BIN=target/release
+OUT=out/bench
+mkdir -p "$OUT"
+PREFIX="bench-$(date +%s)"
+RAW="$OUT/results.jsonl"
+: >"$RAW"
+WORKERS=${SURGE_BENCH_WORKERS:-1}
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for q in "$PREFIX.jobs.breast-cancer" "$PREFIX.results" "$PREFIX.dead"; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+for i in $(seq 1 "$WORKERS"); do
+  RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \
+    --max-batch-rows 4096 >"$OUT/worker-$i.log" 2>&1 &
+  pids+=($!)
+done
+sleep 2
+bench() { RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" "$@" | tee -a "$RAW"; }
+echo "== echo ceiling (1-row-sized messages) and its latency"
+bench echo --messages 30000 --payload 200
+bench echo-latency --samples 500
+echo "== surge end to end"
+bench throughput --rows 30000 --rows-per-job 1
+bench throughput --rows 200000 --rows-per-job 16
+bench throughput --rows 1000000 --rows-per-job 256
+bench throughput --rows 2000000 --rows-per-job 4096
+bench latency --samples 500
+python3 scripts/bench_report.py "$RAW" "$WORKERS" > BENCHMARKS.md
+echo "wrote BENCHMARKS.md"
