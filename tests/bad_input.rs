@@ -480,3 +480,35 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     );
     cleanup(&prefix, &["breast-cancer"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_queue_stops_the_worker_with_a_clear_error() {
+    let conn = require_broker().await;
+    let prefix = unique_prefix("conflict");
+    let ch = conn.create_channel().await.unwrap();
+    // A classic queue where Surge wants a quorum queue.
+    let queue = format!("{prefix}.jobs.breast-cancer");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = WorkerProc::spawn(&prefix, "w-conflict", dir.path(), &[]);
+    let status = w.wait_exit(Duration::from_secs(30));
+    let log = w.log_text();
+    assert!(
+        !status.success(),
+        "the worker must not retry forever; log:\n{log}"
+    );
+    assert!(
+        log.contains(&queue) && log.contains("different arguments"),
+        "{log}"
+    );
+    cleanup(&prefix, &["breast-cancer"]).await;
+}

@@ -97,6 +97,10 @@ pub enum WorkerError {
     /// No model to serve.
     #[error("no valid model found in {0}; add a model folder (see `surge models check`) or pass --models-dir")]
     NoModels(PathBuf),
+    /// The broker refused the topology in a way retrying cannot fix (a queue declared
+    /// with other arguments).
+    #[error("{0}")]
+    Broker(#[from] surge_broker::BrokerError),
     /// The metrics address could not be bound, or the model thread not started.
     #[error("{what}: {source}")]
     Io {
@@ -122,8 +126,9 @@ pub struct RunningWorker {
     pub metrics_addr: Option<SocketAddr>,
     /// Identity reported in results.
     pub worker_id: String,
-    /// Resolves when the worker has stopped (after shutdown).
-    pub task: tokio::task::JoinHandle<()>,
+    /// Resolves when the worker has stopped: after shutdown (`Ok`), or on a broker
+    /// refusal that retrying cannot fix (`Err`).
+    pub task: tokio::task::JoinHandle<Result<(), WorkerError>>,
 }
 
 fn default_worker_id() -> String {
@@ -206,13 +211,18 @@ pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWo
 /// [`start`], then wait until the worker has stopped.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerError> {
     let running = start(config, shutdown).await?;
-    let _ = running.task.await;
-    Ok(())
+    match running.task.await {
+        Ok(result) => result,
+        Err(e) => Err(WorkerError::Io {
+            what: "worker task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
 
 /// Runs sessions until shutdown; after a broker error, waits (exponential backoff,
 /// 100 ms to 5 s) and starts a new one.
-async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
+async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) -> Result<(), WorkerError> {
     let mut backoff = Duration::from_millis(100);
     info!(url = %shared.config.url, worker = %shared.worker_id, "worker starting");
     loop {
@@ -222,6 +232,10 @@ async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
         let started = std::time::Instant::now();
         match session::run_session(shared.clone(), shutdown.clone()).await {
             Ok(()) => break,
+            Err(e @ surge_broker::BrokerError::Mismatch { .. }) => {
+                error!(error = %e, "cannot serve: the broker holds a conflicting queue");
+                return Err(e.into());
+            }
             Err(e) => {
                 if shutdown.is_triggered() {
                     break;
@@ -240,4 +254,5 @@ async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
         }
     }
     info!("worker stopped");
+    Ok(())
 }
