@@ -32,6 +32,14 @@ impl BatchPolicy {
         }
     }
 
+    /// Whether a batch of `rows` rows should close once every delivery that was ready
+    /// has been taken: yes when the model is idle (continuous batching: under low load
+    /// a job goes at once instead of waiting `max_wait`; under load the model is busy
+    /// and batches fill up while it works).
+    pub fn close_when_drained(&self, rows: usize, model_idle: bool) -> bool {
+        rows > 0 && (model_idle || rows >= self.max_rows)
+    }
+
     /// When a batch whose oldest job arrived at `oldest` must close at the latest.
     pub fn deadline(&self, oldest: Instant) -> Instant {
         oldest + self.max_wait
@@ -66,6 +74,18 @@ mod tests {
         assert!(p.should_close(100, Some(t0), t0));
         assert!(p.should_close(10, Some(t0), t0 + Duration::from_millis(5)));
         assert_eq!(p.deadline(t0), t0 + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn an_idle_model_takes_what_is_ready_at_once() {
+        let p = BatchPolicy {
+            max_rows: 100,
+            max_wait: Duration::from_millis(5),
+        };
+        assert!(p.close_when_drained(1, true));
+        assert!(!p.close_when_drained(1, false));
+        assert!(p.close_when_drained(100, false));
+        assert!(!p.close_when_drained(0, true));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -189,25 +189,42 @@ async fn serve_queue(
             _ = shutdown.wait() => break,
             Some(done) = running.join_next(), if !running.is_empty() => {
                 done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
+                // A pipeline slot freed up: a waiting batch need not wait any longer.
+                close = policy.close_when_drained(rows, pipeline.available_permits() == PIPELINE_DEPTH);
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => close = true,
             next = consumer.next() => {
-                let delivery = match next {
-                    Some(Ok(d)) => d,
-                    Some(Err(source)) => return Err(BrokerError::Amqp { what: "consume", source }),
-                    None => return Err(BrokerError::Url(format!("consumer of {queue} was cancelled by the broker"))),
-                };
-                metrics::gauge!(m::IN_FLIGHT).increment(1.0);
-                let item = make_item(&shared, delivery);
-                if !policy.fits(rows, item.rows) {
-                    dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
-                    rows = 0;
-                    oldest = None;
+                let mut next = next;
+                loop {
+                    let delivery = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(source)) => return Err(BrokerError::Amqp { what: "consume", source }),
+                        None => return Err(BrokerError::Url(format!("consumer of {queue} was cancelled by the broker"))),
+                    };
+                    metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+                    let item = make_item(&shared, delivery);
+                    if !policy.fits(rows, item.rows) {
+                        dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
+                        rows = 0;
+                        oldest = None;
+                    }
+                    rows += item.rows;
+                    oldest.get_or_insert_with(Instant::now);
+                    gathered.push(item);
+                    if policy.should_close(rows, oldest, Instant::now()) {
+                        close = true;
+                        break;
+                    }
+                    // Take whatever else is ready right now, without waiting.
+                    match consumer.next().now_or_never() {
+                        Some(more) => next = more,
+                        None => break,
+                    }
                 }
-                rows += item.rows;
-                oldest.get_or_insert_with(Instant::now);
-                gathered.push(item);
-                close = policy.should_close(rows, oldest, Instant::now());
+                // Nothing more is ready: with the model idle, waiting would only add
+                // latency; with it busy, the batch keeps growing for free.
+                let model_idle = pipeline.available_permits() == PIPELINE_DEPTH;
+                close = close || policy.close_when_drained(rows, model_idle);
             }
         }
         if close && !gathered.is_empty() {
