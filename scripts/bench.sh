@@ -29,6 +29,9 @@ sleep 2
 bench() { RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" "$@" | tee -a "$RAW"; }
 echo "== echo ceiling (1-row-sized messages) and its latency"
 bench echo --messages 30000 --payload 200
+# Echoes the size of a 256-row and a 4096-row job's body: the broker's own ceiling there.
+bench echo --messages 3000 --payload 38500
+bench echo --messages 300 --payload 615000
 bench echo-latency --samples 500
 echo "== surge end to end"
 bench throughput --rows 30000 --rows-per-job 1
