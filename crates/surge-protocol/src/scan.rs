@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn refuses_truncation_trailing_bytes_and_bad_markers() {
         assert!(matches!(
-            check_msgpack(&[0x92, 0x01, 0xcd], 8),
+            check_msgpack(&[0x92, 0x01, 0xdc, 0x00], 8),
             Err(ScanError::Truncated { .. })
         ));
         assert!(matches!(

@@ -181,8 +181,13 @@ mod tests {
     }
 
     fn run(job: &Job) -> Disposition {
-        let body = encode(job, Encoding::Json).unwrap();
-        prepare(&env(), &body, &models(), &Limits::default(), "w", 1_000)
+        // MessagePack: unlike JSON it can carry NaN, which must reach the input check.
+        let body = encode(job, Encoding::Msgpack).unwrap();
+        let env = Envelope {
+            content_type: Some("application/msgpack".into()),
+            ..env()
+        };
+        prepare(&env, &body, &models(), &Limits::default(), "w", 1_000)
     }
 
     fn kind_of(d: &Disposition) -> Option<ErrorKind> {
