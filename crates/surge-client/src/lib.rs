@@ -29,7 +29,7 @@ use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
 use surge_protocol::codec::{decode_result, encode};
 use surge_protocol::{
-    now_ms, Encoding, Inputs, Job, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
+    now_ms, Encoding, Inputs, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
 };
 use table::{RowOutcome, Selection, Table};
 use thiserror::Error;
@@ -291,6 +291,18 @@ impl Answered {
     }
 }
 
+/// A job as published: `Job`'s wire shape, borrowing the inputs so that publishing
+/// (and republishing) never copies them.
+#[derive(serde::Serialize)]
+struct JobOut<'a> {
+    v: u32,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    inputs: &'a Inputs,
+    sent_ms: u64,
+}
+
 struct RunCtx<'a> {
     cfg: &'a ScoreConfig,
     inputs: &'a [Inputs],
@@ -499,13 +511,12 @@ impl RunCtx<'_> {
             let mut pending = Vec::with_capacity(window.len());
             for &i in window {
                 let id = tracker.jobs()[i].id.clone();
-                let job = Job {
+                let job = JobOut {
                     v: PROTOCOL_VERSION,
-                    model: cfg.model.clone(),
-                    version: cfg.version.clone(),
-                    inputs: self.inputs[i].clone(),
-                    deadline_ms: None,
-                    sent_ms: Some(now_ms()),
+                    model: &cfg.model,
+                    version: cfg.version.as_deref(),
+                    inputs: &self.inputs[i],
+                    sent_ms: now_ms(),
                 };
                 let body =
                     encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
