@@ -58,6 +58,11 @@ struct WorkerArgs {
     /// Lower it when jobs are large (each held job costs its body in memory).
     #[arg(long, env = "SURGE_PREFETCH")]
     prefetch: Option<u16>,
+    /// CPU threads for forward passes. 1 suits small tabular models on a machine that
+    /// also runs the broker (a thread pool's spin-waiting costs more than it saves);
+    /// raise it for transformer models. Sets CANDLE_NUM_THREADS and RAYON_NUM_THREADS.
+    #[arg(long, env = "SURGE_THREADS", default_value_t = 1)]
+    threads: usize,
     /// Prefix of every exchange and queue name.
     #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
     prefix: String,
@@ -83,6 +88,10 @@ struct WorkerArgs {
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
+    // Candle sizes its thread pool from these on first use, which comes later.
+    let threads = args.threads.max(1).to_string();
+    std::env::set_var("CANDLE_NUM_THREADS", &threads);
+    std::env::set_var("RAYON_NUM_THREADS", &threads);
     let url = AmqpUrl::from_env()?;
     let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
         "off" | "" => None,
