@@ -35,7 +35,7 @@ w("`score-batch`'s library publishes jobs with confirms → quorum queue → `su
   "`--max-batch-rows 4096`, `--threads 1`) → results published with confirms → ack → results deduplicated by job id.\n")
 w("`--threads 1` is the worker's default: measured on this machine, one candle thread beat candle's default pool "
   "(whose workers spin-wait and steal the broker's and client's CPU) at every job size: 4096 rows/job 354k → 458k rows/s, "
-  "256 rows/job 248k → 311k, 1 row/job 3.1k → 3.9k jobs/s (same run, same prefix-free setup).\n")
+  "256 rows/job 248k → 311k, 1 row/job 3.1k → 3.9k jobs/s (measured back to back, one worker; see the closing note of stop 8).\n")
 w("| rows per job | rows | jobs | seconds | rows/s | jobs/s | echo of a same-size body, msgs/s | jobs/s ÷ echo |")
 w("|---:|---:|---:|---:|---:|---:|---:|---:|")
 for k in sorted(tp):
