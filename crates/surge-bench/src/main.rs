@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -194,11 +194,11 @@ async fn echo_server(conn: Connection, queue: String) -> Result<()> {
         )
         .await?;
     while let Some(first) = consumer.next().await {
-        // Take what is ready (up to 256) and answer it as one batch, like a worker.
+        // Take what is ready right now (up to 256) and answer it as one batch, like a worker.
         let mut batch = vec![first?];
         while batch.len() < 256 {
-            match tokio::time::timeout(Duration::from_micros(200), consumer.next()).await {
-                Ok(Some(d)) => batch.push(d?),
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
                 _ => break,
             }
         }
