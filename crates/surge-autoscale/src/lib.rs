@@ -1,0 +1,342 @@
+//! Surge's autoscaler for one machine: supervises `surge worker` processes and sizes
+//! each model's pool to its backlog, down to zero.
+//!
+//! A tour:
+//!
+//! * [`policy`]: how many workers a queue needs (pure; tested against traces).
+//! * [`scrape`]: reading a worker's `/metrics` (in-flight jobs, answered jobs).
+//! * [`pool`]: one model's worker processes: spawn, drain (SIGTERM, then SIGKILL after
+//!   the grace period), restart after a crash with backoff.
+//! * [`run`]: every `interval`, per model: backlog and consumers by a passive queue
+//!   declare, in-flight and answered jobs from the workers, a learned service rate,
+//!   a decision, and the pool made to match it. Its own `/metrics` say what it saw and
+//!   decided, including the estimated time to drain.
+
+pub mod policy;
+pub mod pool;
+pub mod scrape;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
+use surge_protocol::Topology;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+pub use policy::{Decision, Observation, PolicyConfig, PolicyState, RateEstimator, Reason};
+pub use pool::{Pool, WorkerLaunch};
+
+/// Desired workers, by `model`.
+pub const DESIRED: &str = "surge_autoscale_desired_replicas";
+/// Running (not draining) workers, by `model`.
+pub const RUNNING: &str = "surge_autoscale_replicas";
+/// Workers draining, by `model`.
+pub const DRAINING: &str = "surge_autoscale_draining_replicas";
+/// Running workers connected to the broker, by `model`.
+pub const CONNECTED: &str = "surge_autoscale_connected_replicas";
+/// Ready messages in the model's queue, by `model`.
+pub const BACKLOG: &str = "surge_queue_backlog";
+/// Jobs delivered to workers and not yet acked, by `model`.
+pub const IN_FLIGHT: &str = "surge_autoscale_jobs_in_flight";
+/// Estimated seconds to drain backlog + in flight at the measured rate with the
+/// running workers (0 when there is nothing to drain), by `model`.
+pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
+/// Measured (or assumed) jobs/s per worker, by `model`.
+pub const RATE: &str = "surge_autoscale_jobs_per_second_per_worker";
+/// Scaling actions, by `model` and `direction` (`up`, `down`).
+pub const DECISIONS: &str = "surge_autoscale_decisions_total";
+/// Worker processes that exited without being asked, by `model`.
+pub const CRASHES: &str = "surge_autoscale_worker_crashes_total";
+/// Seconds of worker process lifetime so far (running and draining), by `model`: the
+/// pay-per-use bill. Only ever grows (a gauge because it counts fractions).
+pub const WORKER_SECONDS: &str = "surge_autoscale_worker_seconds";
+
+/// Everything the autoscaler needs.
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    /// Broker URL (password redacted in `Debug`); workers inherit the environment.
+    pub url: AmqpUrl,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// The models whose queues are scaled; one pool each.
+    pub models: Vec<String>,
+    /// The scaling policy.
+    pub policy: PolicyConfig,
+    /// How often to look.
+    pub interval: Duration,
+    /// How workers are started and stopped.
+    pub launch: WorkerLaunch,
+    /// Bounds on every broker await.
+    pub timeouts: Timeouts,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Why the autoscaler could not start.
+#[derive(Debug, Error)]
+pub enum AutoscaleError {
+    /// Nothing to scale.
+    #[error("no model to scale: pass --model or put model folders in --models-dir")]
+    NoModels,
+    /// The metrics address could not be bound.
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker refused the topology in a way retrying cannot fix.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+
+fn install_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = surge_ops::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+/// The broker side: one connection, one channel, reopened after any error.
+struct BrokerView {
+    url: AmqpUrl,
+    topology: Topology,
+    models: Vec<String>,
+    timeouts: Timeouts,
+    conn: Option<(Connection, Channel)>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+impl BrokerView {
+    async fn channel(&mut self) -> Result<&Channel, BrokerError> {
+        let usable = self
+            .conn
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+        if !usable {
+            self.conn = None;
+            let t = &self.timeouts;
+            let conn = surge_broker::connect(&self.url, "surge-autoscale", t).await?;
+            let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+            // Declaring the topology here means a job published before any worker
+            // exists waits in its queue instead of bouncing as unroutable.
+            topology::declare_base(&ch, &self.topology, t).await?;
+            for m in &self.models {
+                topology::declare_model(&ch, &self.topology, m, t).await?;
+            }
+            info!(url = %self.url, "autoscaler connected; topology declared");
+            self.conn = Some((conn, ch));
+        }
+        match &self.conn {
+            Some((_, ch)) => Ok(ch),
+            None => Err(BrokerError::Timeout {
+                what: "channel.open",
+                after: self.timeouts.operation,
+            }),
+        }
+    }
+
+    /// `(ready messages, consumers)` of a model's queue, or `None` while the broker is
+    /// unreachable (retried with backoff; the pools are left as they are meanwhile).
+    async fn depth(&mut self, model: &str) -> Option<(u64, u32)> {
+        if Instant::now() < self.next_try {
+            return None;
+        }
+        let queue = self.topology.job_queue(model);
+        let op = self.timeouts.operation;
+        let result = async {
+            let ch = self.channel().await?;
+            let q = timed(
+                "queue.declare(passive)",
+                op,
+                ch.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            Ok::<_, BrokerError>((u64::from(q.message_count()), q.consumer_count()))
+        }
+        .await;
+        match result {
+            Ok(d) => {
+                self.backoff = Duration::from_millis(200);
+                Some(d)
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?self.backoff, "cannot read queue depth; leaving the pools as they are");
+                self.conn = None;
+                self.next_try = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                None
+            }
+        }
+    }
+}
+
+/// Per-model state of the control loop.
+struct Scaled {
+    pool: Pool,
+    state: PolicyState,
+    rate: RateEstimator,
+    last_desired: Option<u32>,
+    last_backlog: u64,
+    last_tick: Instant,
+    crashes_reported: u64,
+}
+
+/// Runs the autoscaler until `shutdown` resolves, then drains every worker.
+pub async fn run(
+    cfg: AutoscaleConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AutoscaleError> {
+    if cfg.models.is_empty() {
+        return Err(AutoscaleError::NoModels);
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    if let Some(addr) = cfg.metrics_addr {
+        let mut rx = stop_rx.clone();
+        let bound = surge_ops::serve(
+            addr,
+            install_recorder(),
+            ready.clone(),
+            "not connected to the broker\n",
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )
+        .await
+        .map_err(|source| AutoscaleError::Metrics { addr, source })?;
+        info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    }
+    let mut broker = BrokerView {
+        url: cfg.url.clone(),
+        topology: cfg.topology.clone(),
+        models: cfg.models.clone(),
+        timeouts: cfg.timeouts,
+        conn: None,
+        next_try: Instant::now(),
+        backoff: Duration::from_millis(200),
+    };
+    let started = Instant::now();
+    let mut scaled: Vec<Scaled> = cfg
+        .models
+        .iter()
+        .map(|m| Scaled {
+            pool: Pool::new(m.clone(), cfg.launch.clone()),
+            state: PolicyState::default(),
+            rate: RateEstimator::default(),
+            last_desired: None,
+            last_backlog: 0,
+            last_tick: Instant::now(),
+            crashes_reported: 0,
+        })
+        .collect();
+    info!(models = ?cfg.models, policy = ?cfg.policy, interval = ?cfg.interval, "autoscaler starting");
+    let scrape_timeout = cfg
+        .interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+        let mut all_connected = true;
+        for s in &mut scaled {
+            let model = s.pool.model().to_string();
+            s.pool.reap();
+            let now = Instant::now();
+            let dt = now.duration_since(s.last_tick);
+            s.last_tick = now;
+            let workers = f64::from(s.pool.running() + s.pool.draining());
+            metrics::gauge!(WORKER_SECONDS, "model" => model.clone())
+                .increment(workers * dt.as_secs_f64());
+            let sample = s.pool.scrape(scrape_timeout).await;
+            let Some((backlog, consumers)) = broker.depth(&model).await else {
+                all_connected = false;
+                s.pool.enforce_grace();
+                continue;
+            };
+            let saturated = backlog > 0 && s.last_backlog > 0;
+            s.last_backlog = backlog;
+            s.rate.observe(sample.answered, dt, sample.busy, saturated);
+            let obs = Observation {
+                at: now.duration_since(started),
+                backlog,
+                in_flight: sample.in_flight,
+                running: s.pool.running(),
+                rate_per_worker: s.rate.rate(),
+            };
+            let d = cfg.policy.decide(&mut s.state, &obs);
+            let (up, down) = s.pool.apply(d.desired);
+            if up > 0 || down > 0 || s.last_desired != Some(d.desired) {
+                info!(
+                    model = %model, desired = d.desired, running = obs.running, started = up,
+                    draining = down, backlog, in_flight = obs.in_flight, consumers,
+                    rate = ?s.rate.rate().map(|r| (r * 10.0).round() / 10.0),
+                    reason = %d.reason, "scaling decision"
+                );
+                if up > 0 {
+                    metrics::counter!(DECISIONS, "model" => model.clone(), "direction" => "up")
+                        .increment(1);
+                }
+                if down > 0 {
+                    metrics::counter!(DECISIONS, "model" => model.clone(), "direction" => "down")
+                        .increment(1);
+                }
+            } else {
+                debug!(model = %model, desired = d.desired, backlog, in_flight = obs.in_flight, reason = %d.reason, "steady");
+            }
+            s.last_desired = Some(d.desired);
+            s.pool.enforce_grace();
+            let rate = s.rate.rate().unwrap_or(cfg.policy.initial_rate);
+            metrics::gauge!(DESIRED, "model" => model.clone()).set(f64::from(d.desired));
+            metrics::gauge!(RUNNING, "model" => model.clone()).set(f64::from(s.pool.running()));
+            metrics::gauge!(DRAINING, "model" => model.clone()).set(f64::from(s.pool.draining()));
+            metrics::gauge!(CONNECTED, "model" => model.clone()).set(f64::from(sample.connected));
+            metrics::gauge!(BACKLOG, "model" => model.clone()).set(backlog as f64);
+            metrics::gauge!(IN_FLIGHT, "model" => model.clone()).set(sample.in_flight as f64);
+            metrics::gauge!(RATE, "model" => model.clone()).set(rate);
+            metrics::gauge!(TIME_TO_DRAIN, "model" => model.clone())
+                .set(d.time_to_drain.unwrap_or(0.0));
+            metrics::counter!(CRASHES, "model" => model.clone())
+                .increment(s.pool.crashes - s.crashes_reported);
+            s.crashes_reported = s.pool.crashes;
+        }
+        ready.store(all_connected, Ordering::Relaxed);
+    }
+    info!("autoscaler stopping: draining every worker");
+    ready.store(false, Ordering::Relaxed);
+    for s in &mut scaled {
+        s.pool.shutdown().await;
+    }
+    info!("autoscaler stopped");
+    Ok(())
+}

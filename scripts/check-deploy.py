@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Static checks of Surge's deployment files (no Docker engine, no cluster needed).
+
+* compose/docker-compose.yml: `docker-compose config` accepts it (with and without the
+  autoscale profile); workers have replicas and a stop grace period.
+* compose/Dockerfile: multi-stage; the runtime stage runs as a non-root user.
+* deploy/kubernetes/*.yaml: core kinds against the Kubernetes OpenAPI schemas
+  (kubernetes-validate, strict); KEDA kinds against the schema below (the fields of
+  KEDA 2.x's CRDs that these files use); and the cross-references between them.
+
+Exits non-zero with one line per problem.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S_VERSION = "1.30.0"
+problems = []
+
+
+def fail(msg):
+    problems.append(msg)
+
+
+# --- Compose ---------------------------------------------------------------------------
+compose = ROOT / "compose" / "docker-compose.yml"
+for extra in ([], ["--profile", "autoscale"]):
+    r = subprocess.run(
+        ["docker-compose", "-f", str(compose), *extra, "config"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    if r.returncode != 0:
+        fail(f"docker-compose config {' '.join(extra)}: {r.stderr.strip()}")
+        continue
+    cfg = yaml.safe_load(r.stdout)
+    services = cfg.get("services", {})
+    for needed in ["rabbitmq", "worker"] + (["autoscaler"] if extra else []):
+        if needed not in services:
+            fail(f"compose: service {needed!r} missing")
+    worker = services.get("worker", {})
+    if not worker.get("deploy", {}).get("replicas"):
+        fail("compose: worker has no deploy.replicas")
+    if "stop_grace_period" not in worker:
+        fail("compose: worker has no stop_grace_period (it must outlast a batch)")
+    if "AMQP_URL" not in worker.get("environment", {}):
+        fail("compose: worker has no AMQP_URL")
+
+# --- Dockerfile ------------------------------------------------------------------------
+dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
+stages = re.findall(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", dockerfile, re.M | re.I)
+if len(stages) < 2:
+    fail("Dockerfile: not multi-stage")
+runtime = re.split(r"^FROM\s", dockerfile, flags=re.M)[-1]
+users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+if not users or users[-1].split(":")[0] in ("root", "0"):
+    fail("Dockerfile: the runtime stage must end as a non-root USER")
+if "COPY --from=" not in runtime:
+    fail("Dockerfile: the runtime stage should copy the binaries from the build stage")
+if "cargo build --release --locked" not in dockerfile:
+    fail("Dockerfile: build with --release --locked")
+
+# --- Kubernetes ------------------------------------------------------------------------
+KEDA_SCHEMAS = {
+    "TriggerAuthentication": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["parameter", "name", "key"],
+                            "properties": {
+                                "parameter": {"type": "string"},
+                                "name": {"type": "string"},
+                                "key": {"type": "string"},
+                            },
+                        },
+                    },
+                    "env": {"type": "array"},
+                    "podIdentity": {"type": "object"},
+                },
+            },
+        },
+    },
+    "ScaledObject": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["scaleTargetRef", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "apiVersion": {"type": "string"},
+                            "envSourceContainerName": {"type": "string"},
+                        },
+                    },
+                    "minReplicaCount": {"type": "integer", "minimum": 0},
+                    "maxReplicaCount": {"type": "integer", "minimum": 1},
+                    "idleReplicaCount": {"type": "integer", "minimum": 0},
+                    "pollingInterval": {"type": "integer", "minimum": 1},
+                    "cooldownPeriod": {"type": "integer", "minimum": 0},
+                    "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+                    "advanced": {"type": "object"},
+                    "fallback": {"type": "object"},
+                    "triggers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["type", "metadata"],
+                            "properties": {
+                                "type": {"enum": ["rabbitmq", "prometheus", "cpu", "memory", "cron"]},
+                                "name": {"type": "string"},
+                                "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                                "useCachedMetrics": {"type": "boolean"},
+                                "metadata": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                                "authenticationRef": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {"name": {"type": "string"}, "kind": {"type": "string"}},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+docs = []
+for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+    for d in yaml.safe_load_all(f.read_text()):
+        if d:
+            docs.append((f.name, d))
+by_kind = {}
+for name, d in docs:
+    kind = d.get("kind")
+    by_kind.setdefault(kind, []).append(d)
+    if kind in KEDA_SCHEMAS:
+        try:
+            jsonschema.validate(d, KEDA_SCHEMAS[kind])
+        except jsonschema.ValidationError as e:
+            fail(f"{name}: {kind}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+    else:
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            fail(f"{name}: {kind}: {e.message} at {'/'.join(map(str, e.path))}")
+        except Exception as e:  # an unknown kind, say
+            fail(f"{name}: {kind}: {e}")
+
+deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+auths = {d["metadata"]["name"]: d for d in by_kind.get("TriggerAuthentication", [])}
+if not deployments:
+    fail("kubernetes: no worker Deployment")
+for name, dep in deployments.items():
+    pod = dep["spec"]["template"]["spec"]
+    if pod.get("terminationGracePeriodSeconds", 30) < 30:
+        fail(f"{name}: terminationGracePeriodSeconds must outlast the longest batch (>= 30 s)")
+    for c in pod["containers"]:
+        if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+            fail(f"{name}: container {c['name']} must be ready on /readyz")
+        if not c.get("resources", {}).get("requests"):
+            fail(f"{name}: container {c['name']} has no resource requests")
+    for v in pod.get("volumes", []):
+        s = v.get("secret", {}).get("secretName")
+        if s and s not in secrets:
+            fail(f"{name}: volume {v['name']} names Secret {s!r}, which no file defines")
+if not by_kind.get("ScaledObject"):
+    fail("kubernetes: no KEDA ScaledObject")
+for so in by_kind.get("ScaledObject", []):
+    n = so["metadata"]["name"]
+    target = so["spec"]["scaleTargetRef"]["name"]
+    if target not in deployments:
+        fail(f"{n}: scaleTargetRef {target!r} is not a Deployment here")
+    if so["spec"].get("minReplicaCount") != 0:
+        fail(f"{n}: minReplicaCount must be 0 (scale to zero)")
+    for t in so["spec"]["triggers"]:
+        ref = t.get("authenticationRef", {}).get("name")
+        if ref and ref not in auths:
+            fail(f"{n}: authenticationRef {ref!r} is not a TriggerAuthentication here")
+        if t["type"] == "rabbitmq" and not t["metadata"].get("queueName", "").startswith("surge.jobs."):
+            fail(f"{n}: the rabbitmq trigger must name a surge.jobs.<model> queue")
+for an, a in auths.items():
+    for ref in a["spec"].get("secretTargetRef", []):
+        s = secrets.get(ref["name"])
+        if s is None or ref["key"] not in s.get("stringData", s.get("data", {})):
+            fail(f"{an}: secretTargetRef {ref['name']}/{ref['key']} is defined by no Secret here")
+
+if problems:
+    print("check-deploy: FAILED", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    sys.exit(1)
+print(f"check-deploy: ok (compose with and without the autoscale profile, Dockerfile, "
+      f"{len(docs)} Kubernetes objects against v{K8S_VERSION} schemas and KEDA's)")
