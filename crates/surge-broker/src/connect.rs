@@ -1,4 +1,4 @@
-//! Connecting with a bounded wait.
+//! Connecting with a bounded wait, over TLS for `amqps://` URLs.
 
 use std::time::Duration;
 
@@ -24,17 +24,24 @@ impl Default for Timeouts {
     }
 }
 
-/// Opens a connection named `name` (shown in the management UI).
+/// Opens a connection named `name` (shown in the management UI). For `amqps://` the
+/// URL's TLS files are read now (so rotated certificates are picked up) and the
+/// broker's certificate is checked against the system's CAs plus the private CA.
 pub async fn connect(
     url: &AmqpUrl,
     name: &str,
     timeouts: &Timeouts,
 ) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    let tls = url.tls().load()?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| BrokerError::Amqp {
+        what: "connect",
+        source,
+    })?;
     crate::timed(
         "connect",
         timeouts.connect,
-        Connection::connect(url.expose(), props),
+        Connection::connect_with_config(url.expose(), props, tls, runtime),
     )
     .await
 }

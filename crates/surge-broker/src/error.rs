@@ -52,6 +52,9 @@ pub enum BrokerError {
     /// The AMQP URL is unusable.
     #[error("AMQP URL: {0}")]
     Url(String),
+    /// The TLS files are missing, unreadable or not what they should be.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl BrokerError {

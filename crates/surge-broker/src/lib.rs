@@ -4,7 +4,8 @@
 //! * [`url`]: the AMQP URL, read from the environment or a file, whose password never
 //!   reaches a log line (its `Debug` and `Display` redact it).
 //! * [`connect`]: connecting with a timeout and a heartbeat, so a half-open connection
-//!   is noticed.
+//!   is noticed; over TLS for `amqps://`.
+//! * [`tls`]: a private CA and client certificates for `amqps://`, from PEM files.
 //! * [`topology`]: declaring the v1 exchanges and queues, idempotently.
 //! * [`publish`]: publishing with `mandatory` and publisher confirms, where only a
 //!   broker ack of a routed message counts as success.
@@ -17,6 +18,7 @@
 pub mod connect;
 mod error;
 pub mod publish;
+pub mod tls;
 pub mod topology;
 pub mod url;
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 pub use connect::{connect, Timeouts};
 pub use error::BrokerError;
 pub use lapin;
+pub use tls::TlsFiles;
 pub use url::AmqpUrl;
 
 /// Awaits `fut` for at most `after`; a broker operation that takes longer is treated as

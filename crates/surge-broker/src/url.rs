@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::tls::TlsFiles;
 use crate::BrokerError;
 
 /// The URL used when neither `AMQP_URL` nor `AMQP_URL_FILE` is set.
@@ -13,9 +14,13 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// too slow for that.
 pub const DEFAULT_HEARTBEAT_S: u16 = 10;
 
-/// An AMQP URL. `Debug` and `Display` print it with the password replaced by `***`.
+/// An AMQP URL, and for `amqps://` the TLS files to use with it. `Debug` and
+/// `Display` print the URL with the password replaced by `***`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(String);
+pub struct AmqpUrl {
+    url: String,
+    tls: TlsFiles,
+}
 
 impl AmqpUrl {
     /// Wraps a URL, adding `heartbeat=10` when it names no heartbeat.
@@ -31,19 +36,47 @@ impl AmqpUrl {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&format!("heartbeat={DEFAULT_HEARTBEAT_S}"));
         }
-        Ok(Self(url))
+        Ok(Self {
+            url,
+            tls: TlsFiles::default(),
+        })
+    }
+
+    /// Uses these TLS files (a private CA, a client certificate). They only make sense
+    /// with `amqps://`, so naming any with `amqp://` is an error rather than a
+    /// connection that silently goes out in clear text. The files are checked now.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Result<Self, BrokerError> {
+        if !tls.is_empty() && !self.url.starts_with("amqps://") {
+            return Err(BrokerError::Tls(format!(
+                "TLS files are set ({}, ...) but the URL {} is not amqps://",
+                crate::tls::ENV_CACERT_FILE,
+                redact(&self.url)
+            )));
+        }
+        tls.load()?;
+        self.tls = tls;
+        Ok(self)
+    }
+
+    /// The TLS files used with this URL (empty: the system's CAs, no client
+    /// certificate).
+    pub fn tls(&self) -> &TlsFiles {
+        &self.tls
     }
 
     /// The URL from `AMQP_URL`, else from the file named by `AMQP_URL_FILE` (for
-    /// mounted secrets), else [`DEFAULT_AMQP_URL`].
+    /// mounted secrets), else [`DEFAULT_AMQP_URL`]; with the TLS files named by
+    /// `AMQP_CACERT_FILE`, `AMQP_CLIENT_CERT_FILE` and `AMQP_CLIENT_KEY_FILE` (see
+    /// [`crate::tls`]).
     pub fn from_env() -> Result<Self, BrokerError> {
-        if let Ok(url) = std::env::var("AMQP_URL") {
-            return Self::new(url);
-        }
-        if let Ok(file) = std::env::var("AMQP_URL_FILE") {
-            return Self::from_file(Path::new(&file));
-        }
-        Self::new(DEFAULT_AMQP_URL)
+        let url = if let Ok(url) = std::env::var("AMQP_URL") {
+            Self::new(url)?
+        } else if let Ok(file) = std::env::var("AMQP_URL_FILE") {
+            Self::from_file(Path::new(&file))?
+        } else {
+            Self::new(DEFAULT_AMQP_URL)?
+        };
+        url.with_tls(TlsFiles::from_env())
     }
 
     /// Reads the URL from a file (first non-empty line).
@@ -60,19 +93,19 @@ impl AmqpUrl {
 
     /// The full URL, password included: only for handing to the client library.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
     }
 }
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact(&self.0))
+        f.write_str(&redact(&self.url))
     }
 }
 
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AmqpUrl({})", redact(&self.0))
+        write!(f, "AmqpUrl({})", redact(&self.url))
     }
 }
 
@@ -121,6 +154,20 @@ mod tests {
     fn refuses_other_schemes() {
         let err = AmqpUrl::new("http://u:pw@h").unwrap_err().to_string();
         assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_need_amqps() {
+        let tls = TlsFiles {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        let plain = AmqpUrl::new("amqp://u:pw@h/v").unwrap();
+        let err = plain.with_tls(tls.clone()).unwrap_err().to_string();
+        assert!(err.contains("not amqps://") && !err.contains("pw"), "{err}");
+        let tls_url = AmqpUrl::new("amqps://u:pw@h/v").unwrap();
+        let err = tls_url.with_tls(tls).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
