@@ -4,6 +4,14 @@
 //!
 //! When the broker is unreachable the tests fail loudly (never skip): start it with
 //! `rabbitmq-server -detached` or run them through `make test`.
+//!
+//! Fault drills add [`node`] (a private RabbitMQ node a test may stop, restart or give
+//! a TLS listener), [`proxy`] (a TCP proxy a test can freeze) and [`figures`] (the
+//! counts every fault run prints and asserts).
+
+pub mod figures;
+pub mod node;
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -89,6 +97,18 @@ impl WorkerProc {
     /// Starts `surge worker --prefix <prefix> --model breast-cancer <extra...>`, logging
     /// to `dir/<name>.log`.
     pub fn spawn(prefix: &str, name: &str, dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with_env(prefix, name, dir, extra, &[])
+    }
+
+    /// [`WorkerProc::spawn`] with extra environment variables (e.g. `AMQP_URL` of a
+    /// private node or a proxy).
+    pub fn spawn_with_env(
+        prefix: &str,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let metrics_port = free_port();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
@@ -104,6 +124,7 @@ impl WorkerProc {
                 name,
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
@@ -358,6 +379,17 @@ pub fn assert_exactly_once_and_correct(out: &[OutRow], expected: &[f32]) {
 
 /// Starts `score-batch` for the breast-cancer features of `input`, writing `output`.
 pub fn spawn_score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Child {
+    spawn_score_batch_with_env(prefix, input, output, extra, &[])
+}
+
+/// [`spawn_score_batch`] with extra environment variables.
+pub fn spawn_score_batch_with_env(
+    prefix: &str,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let columns = feature_names().join(",");
     Command::new(bin("score-batch"))
         .args([
@@ -375,6 +407,7 @@ pub fn spawn_score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&st
         .arg("--output")
         .arg(output)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
