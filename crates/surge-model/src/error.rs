@@ -72,6 +72,15 @@ pub enum ModelError {
         /// What the reader said.
         message: String,
     },
+    /// A file the architecture reads besides the weights (for example `config.json` or
+    /// `tokenizer.json`) is not what it should be.
+    #[error("{path}: {message}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A tensor the architecture needs is absent.
     #[error("{path}: tensor `{name}` is missing (expected shape {expected:?})")]
     MissingTensor {

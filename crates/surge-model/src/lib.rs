@@ -6,11 +6,12 @@
 //!   and a `.safetensors` file. [`load_model`] validates all of it and says what is
 //!   wrong, and where, when it is not right.
 //! * Architectures register in one place, [`ARCHITECTURES`]; each is one module
-//!   ([`mlp`], ...) with a `load` function that parses its own `model.toml` section.
+//!   ([`mlp`], [`bert`], ...) with a `load` function that parses its own `model.toml` section.
 //! * A loaded model is a [`Model`]: a synchronous `score(batch)`. The caller runs it on
 //!   a thread of its own; nothing here is async, and nothing here knows about AMQP.
 //! * [`device`] picks `cpu`, `cuda[:N]` (with the `cuda` cargo feature) or `auto`.
 
+pub mod bert;
 pub mod device;
 mod error;
 pub mod mlp;
@@ -136,10 +137,16 @@ pub struct Architecture {
 }
 
 /// Every architecture Surge can run. A new architecture is a module and a line here.
-pub const ARCHITECTURES: &[Architecture] = &[Architecture {
-    name: "mlp",
-    load: mlp::load,
-}];
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        name: "mlp",
+        load: mlp::load,
+    },
+    Architecture {
+        name: bert::NAME,
+        load: bert::load,
+    },
+];
 
 fn known_architectures() -> String {
     ARCHITECTURES

