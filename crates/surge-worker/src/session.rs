@@ -36,6 +36,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::batcher::Fill;
 use crate::engine::BatchInputs;
 use crate::metrics as m;
 use crate::prepare::{prepare, Disposition, Envelope};
@@ -54,7 +55,8 @@ struct Item {
     disposition: Disposition,
     /// Kept only for messages that may be dead-lettered.
     original: Option<(Vec<u8>, BasicProperties)>,
-    rows: usize,
+    /// Rows and estimated text tokens, for the batch budgets.
+    fill: Fill,
 }
 
 /// A job to score: id, answer encoding, the job, its queue wait.
@@ -179,7 +181,7 @@ async fn serve_queue(
     let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));
     let mut running: JoinSet<Result<(), BrokerError>> = JoinSet::new();
     let mut gathered: Vec<Item> = Vec::new();
-    let mut rows = 0usize;
+    let mut fill = Fill::default();
     let mut oldest: Option<Instant> = None;
     loop {
         let deadline = oldest.map(|o| tokio::time::Instant::from_std(policy.deadline(o)));
@@ -190,7 +192,7 @@ async fn serve_queue(
             Some(done) = running.join_next(), if !running.is_empty() => {
                 done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
                 // A pipeline slot freed up: a waiting batch need not wait any longer.
-                close = policy.close_when_drained(rows, pipeline.available_permits() == PIPELINE_DEPTH);
+                close = policy.close_when_drained(fill, pipeline.available_permits() == PIPELINE_DEPTH);
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => close = true,
             next = consumer.next() => {
@@ -203,15 +205,15 @@ async fn serve_queue(
                     };
                     metrics::gauge!(m::IN_FLIGHT).increment(1.0);
                     let item = make_item(&shared, delivery);
-                    if !policy.fits(rows, item.rows) {
+                    if !policy.fits(fill, item.fill) {
                         dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
-                        rows = 0;
+                        fill = Fill::default();
                         oldest = None;
                     }
-                    rows += item.rows;
+                    fill = fill.plus(item.fill);
                     oldest.get_or_insert_with(Instant::now);
                     gathered.push(item);
-                    if policy.should_close(rows, oldest, Instant::now()) {
+                    if policy.should_close(fill, oldest, Instant::now()) {
                         close = true;
                         break;
                     }
@@ -224,7 +226,7 @@ async fn serve_queue(
                 // Nothing more is ready: with the model idle, waiting would only add
                 // latency; with it busy, the batch keeps growing for free.
                 let model_idle = pipeline.available_permits() == PIPELINE_DEPTH;
-                close = close || policy.close_when_drained(rows, model_idle);
+                close = close || policy.close_when_drained(fill, model_idle);
             }
         }
         if close && !gathered.is_empty() {
@@ -237,7 +239,7 @@ async fn serve_queue(
                 std::mem::take(&mut gathered),
             )
             .await;
-            rows = 0;
+            fill = Fill::default();
             oldest = None;
         }
     }
@@ -288,9 +290,15 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         &shared.worker_id,
         now_ms(),
     );
-    let rows = match &disposition {
-        Disposition::Score { job, .. } => job.inputs.len(),
-        _ => 0,
+    let fill = match &disposition {
+        Disposition::Score { job, .. } => match shared.engine.models().get(&job.model) {
+            Some(info) => Fill::of(&job.inputs, &info.input),
+            None => Fill {
+                rows: job.inputs.len(),
+                tokens: 0,
+            },
+        },
+        _ => Fill::default(),
     };
     let reply_to = delivery
         .properties
@@ -308,7 +316,7 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         correlation_id,
         disposition,
         original,
-        rows,
+        fill,
     }
 }
 

@@ -51,6 +51,10 @@ struct WorkerArgs {
     /// Close a batch once it holds this many rows (jobs are never split).
     #[arg(long, env = "SURGE_MAX_BATCH_ROWS", default_value_t = 512)]
     max_batch_rows: usize,
+    /// Close a batch of texts once it holds about this many tokens (estimated from the
+    /// texts; 0 for no token budget). Rows of numbers count no tokens.
+    #[arg(long, env = "SURGE_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    max_batch_tokens: usize,
     /// Close a batch once its oldest job has waited this long, in milliseconds.
     #[arg(long, env = "SURGE_MAX_WAIT_MS", default_value_t = 5)]
     max_wait_ms: u64,
@@ -106,6 +110,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     cfg.policy = BatchPolicy {
         max_rows: args.max_batch_rows.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
+        max_tokens: args.max_batch_tokens,
     };
     cfg.prefetch = args.prefetch;
     cfg.topology = surge_worker::protocol::Topology::new(args.prefix);
