@@ -65,13 +65,14 @@ impl AmqpUrl {
     }
 
     /// The URL from `AMQP_URL`, else from the file named by `AMQP_URL_FILE` (for
-    /// mounted secrets), else [`DEFAULT_AMQP_URL`]; with the TLS files named by
+    /// mounted secrets), else [`DEFAULT_AMQP_URL`] (empty variables count as unset); with the TLS files named by
     /// `AMQP_CACERT_FILE`, `AMQP_CLIENT_CERT_FILE` and `AMQP_CLIENT_KEY_FILE` (see
     /// [`crate::tls`]).
     pub fn from_env() -> Result<Self, BrokerError> {
-        let url = if let Ok(url) = std::env::var("AMQP_URL") {
+        let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = if let Some(url) = set("AMQP_URL") {
             Self::new(url)?
-        } else if let Ok(file) = std::env::var("AMQP_URL_FILE") {
+        } else if let Some(file) = set("AMQP_URL_FILE") {
             Self::from_file(Path::new(&file))?
         } else {
             Self::new(DEFAULT_AMQP_URL)?
