@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: help run test check lint build broker train pyenv bench bench-embeddings models clean
+.PHONY: help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -16,6 +16,8 @@ help:
 	@echo "make check  - cargo fmt --check, clippy -D warnings, then make test"
 	@echo "make train  - retrain models/breast-cancer bit for bit"
 	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
+	@echo "make test-faults - the fault and security suite at full size (100,000 rows, 10,000 hostile messages)"
+	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
 	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
 	@echo "make bench-embeddings - text-embedding speed vs sentence-transformers into BENCHMARKS.md"
 
@@ -48,6 +50,17 @@ test: broker pyenv models build
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test
+
+# The fault and security suite at full size (make test runs it reduced; see
+# docs/RELIABILITY.md). Each run prints FIGURES lines: rows published, answered,
+# duplicates dropped, dead-lettered, lost.
+test-faults: broker build
+	SURGE_FAULTS=full $(CARGO) test -p surge-tests --no-fail-fast \
+	  --test faults --test hostile --test broker_faults --test security -- --nocapture 2>&1 \
+	  | grep -vE '^\s*$$|^\s+Running|^\s+Compiling' | tail -n 300
+
+soak: broker build
+	@bash scripts/soak.sh
 
 run: broker models build
 	@bash scripts/run-demo.sh
