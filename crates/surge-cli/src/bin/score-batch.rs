@@ -24,7 +24,10 @@ use surge_worker::protocol::{Encoding, Topology};
 /// column); 2 on a usage, file or broker error, or --timeout.
 ///
 /// The broker URL comes from AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
-/// or the file named by AMQP_URL_FILE; its password is never printed.
+/// or the file named by AMQP_URL_FILE; its password is never printed. For amqps://,
+/// AMQP_CACERT_FILE names a PEM file of CA certificates to trust (besides the
+/// system's), and AMQP_CLIENT_CERT_FILE and AMQP_CLIENT_KEY_FILE a client certificate
+/// and its key (PEM) for brokers that require one.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {

@@ -32,7 +32,11 @@ enum Command {
     /// Serve models: consume jobs, score them in batches, publish results.
     ///
     /// The broker URL comes from AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
-    /// or from the file named by AMQP_URL_FILE; its password is never logged.
+    /// or from the file named by AMQP_URL_FILE; its password is never logged. For
+    /// amqps://, AMQP_CACERT_FILE names a PEM file of CA certificates to trust (besides
+    /// the system's), and AMQP_CLIENT_CERT_FILE and AMQP_CLIENT_KEY_FILE a client
+    /// certificate and its key (PEM) for brokers that require one. `?heartbeat=N` in
+    /// the URL sets the heartbeat (default 10 s).
     /// SIGTERM/SIGINT drains gracefully; a second signal exits at once.
     Worker(WorkerArgs),
 }
