@@ -10,10 +10,12 @@
 //! * [`engine`]: the model thread.
 //! * `session`: one connected session (consume → batch → score → publish → ack); the
 //!   reconnect loop in [`run`] starts a new one after any broker error.
-//! * [`http`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! * [`http`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`; [`drain`]: backlog
+//!   and estimated time to drain, for scalers.
 //! * [`shutdown`]: the signal every task watches.
 
 pub mod batcher;
+pub mod drain;
 pub mod engine;
 pub mod http;
 pub mod metrics;

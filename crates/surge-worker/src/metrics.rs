@@ -22,6 +22,13 @@ pub const QUEUE_WAIT_SECONDS: &str = "surge_queue_wait_seconds";
 pub const IN_FLIGHT: &str = "surge_jobs_in_flight";
 /// 1 while connected to the broker and consuming.
 pub const CONNECTED: &str = "surge_connected";
+/// Ready messages in a model's queue, by `model` (read every few seconds).
+pub const QUEUE_BACKLOG: &str = "surge_queue_backlog";
+/// Consumers on a model's queue, by `model`.
+pub const QUEUE_CONSUMERS: &str = "surge_queue_consumers";
+/// Estimated seconds for the queue's consumers to drain its backlog at this worker's
+/// measured rate, by `model` (0 when empty): scale on this to meet a deadline.
+pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
 /// Reconnections after a lost connection.
 pub const RECONNECTS: &str = "surge_reconnects_total";
 

@@ -132,6 +132,12 @@ pub(crate) async fn run_session(
         }
         shared.ready.store(true, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTED).set(1.0);
+        let watcher = {
+            let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+            let models = shared.engine.models().keys().cloned().collect();
+            tokio::spawn(crate::drain::watch(ch, cfg.topology.clone(), models, *t))
+        };
+        let _stop_watcher = AbortOnDrop(watcher);
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(Ok(())) => {}
@@ -156,6 +162,15 @@ pub(crate) async fn run_session(
     let _ =
         tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
     result
+}
+
+/// Aborts a helper task when the session ends, however it ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn envelope(props: &BasicProperties) -> Envelope {
@@ -709,6 +724,7 @@ fn record_result(r: &JobResult) {
         Status::Expired => "expired",
     };
     metrics::counter!(m::JOBS, "model" => r.model.clone(), "status" => status).increment(1);
+    crate::drain::count_answered(&r.model);
     match &r.error {
         None => {
             metrics::counter!(m::ROWS, "model" => r.model.clone()).increment(r.outputs.len() as u64)

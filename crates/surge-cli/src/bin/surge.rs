@@ -1,4 +1,4 @@
-//! `surge`: the Surge worker (and, later, the autoscaler and model tools).
+//! `surge`: the Surge worker and autoscaler.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +39,147 @@ enum Command {
     /// the URL sets the heartbeat (default 10 s).
     /// SIGTERM/SIGINT drains gracefully; a second signal exits at once.
     Worker(WorkerArgs),
+    /// Scale `surge worker` processes on this machine to each model queue's backlog,
+    /// down to zero when idle.
+    ///
+    /// Every --interval it reads each queue's backlog (ready messages) and the jobs in
+    /// flight (from its workers' /metrics), learns the service rate (jobs/s per worker)
+    /// and runs enough workers to drain the work within --target-drain: up at once,
+    /// down only after --scale-down-window, to zero after --cooldown of idleness, never
+    /// while a job is in flight. Scale-down drains (SIGTERM, SIGKILL after --grace-s);
+    /// a crashed worker is restarted with backoff. Arguments after `--` go to every
+    /// worker, e.g. `surge autoscale --max 4 -- --threads 2 --max-batch-rows 256`.
+    Autoscale(AutoscaleArgs),
+}
+
+#[derive(Args)]
+struct AutoscaleArgs {
+    /// Folder holding one sub-folder per model; passed on to the workers.
+    #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// Scale this model's queue (repeatable). Default: every model folder in --models-dir.
+    #[arg(long = "model", env = "SURGE_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Fewest workers per model (0: scale to zero when idle).
+    #[arg(long, env = "SURGE_MIN_WORKERS", default_value_t = 0)]
+    min: u32,
+    /// Most workers per model.
+    #[arg(long, env = "SURGE_MAX_WORKERS", default_value_t = 4)]
+    max: u32,
+    /// How often to read the queues and the workers, in milliseconds.
+    #[arg(long, env = "SURGE_INTERVAL_MS", default_value_t = 250)]
+    interval_ms: u64,
+    /// Run enough workers to drain the backlog within this many seconds.
+    #[arg(long, env = "SURGE_TARGET_DRAIN_S", default_value_t = 10.0)]
+    target_drain_s: f64,
+    /// Scale down only to the largest need seen during this many seconds.
+    #[arg(long, env = "SURGE_SCALE_DOWN_WINDOW_S", default_value_t = 30.0)]
+    scale_down_window_s: f64,
+    /// Seconds without backlog or in-flight jobs before the last worker stops.
+    #[arg(long, env = "SURGE_COOLDOWN_S", default_value_t = 60.0)]
+    cooldown_s: f64,
+    /// Jobs/s one worker is assumed to serve until the rate has been measured.
+    #[arg(long, env = "SURGE_INITIAL_RATE", default_value_t = 100.0)]
+    initial_rate: f64,
+    /// Seconds a draining worker gets before SIGKILL (its unacked jobs then return to
+    /// the queue). Keep it above your longest batch.
+    #[arg(long, env = "SURGE_GRACE_S", default_value_t = 30.0)]
+    grace_s: f64,
+    /// Prefix of every exchange and queue name; passed on to the workers.
+    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
+    prefix: String,
+    /// Serve the autoscaler's /metrics, /healthz and /readyz here ("off" to disable).
+    #[arg(
+        long,
+        env = "SURGE_AUTOSCALE_METRICS_ADDR",
+        default_value = "127.0.0.1:9188"
+    )]
+    metrics_addr: String,
+    /// The `surge` binary to run workers with. Default: this one.
+    #[arg(long, env = "SURGE_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
+    /// Seconds any broker operation may take before the connection is presumed lost.
+    #[arg(long, env = "SURGE_BROKER_TIMEOUT_S", default_value_t = 15)]
+    broker_timeout_s: u64,
+    /// Arguments for every worker (after `--`).
+    #[arg(last = true)]
+    worker_args: Vec<String>,
+}
+
+fn parse_addr(a: &str, flag: &str) -> Result<Option<SocketAddr>> {
+    match a {
+        "off" | "" => Ok(None),
+        a => {
+            Ok(Some(a.parse().with_context(|| {
+                format!("{flag} {a:?} is not host:port")
+            })?))
+        }
+    }
+}
+
+fn seconds(v: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("{flag} {v} is not a number of seconds"))
+}
+
+async fn autoscale(args: AutoscaleArgs) -> Result<()> {
+    use surge_autoscale::{AutoscaleConfig, PolicyConfig, WorkerLaunch};
+    let url = AmqpUrl::from_env()?;
+    let models = if args.models.is_empty() {
+        surge_worker::model::discover(&args.models_dir)?
+    } else {
+        args.models
+    };
+    anyhow::ensure!(args.max >= 1, "--max must be at least 1");
+    anyhow::ensure!(
+        args.min <= args.max,
+        "--min {} is above --max {}",
+        args.min,
+        args.max
+    );
+    anyhow::ensure!(
+        args.initial_rate.is_finite() && args.initial_rate > 0.0,
+        "--initial-rate must be a positive number of jobs/s"
+    );
+    let program = match args.worker_bin {
+        Some(p) => p,
+        None => std::env::current_exe().context("locating the surge binary")?,
+    };
+    let mut extra_args = vec![
+        "--prefix".to_string(),
+        args.prefix.clone(),
+        "--models-dir".to_string(),
+        args.models_dir.display().to_string(),
+    ];
+    extra_args.extend(args.worker_args);
+    let op = Duration::from_secs(args.broker_timeout_s.max(1));
+    let cfg = AutoscaleConfig {
+        url,
+        topology: surge_worker::protocol::Topology::new(args.prefix),
+        models,
+        policy: PolicyConfig {
+            min: args.min,
+            max: args.max,
+            target_drain: seconds(args.target_drain_s, "--target-drain-s")?,
+            scale_down_window: seconds(args.scale_down_window_s, "--scale-down-window-s")?,
+            cooldown: seconds(args.cooldown_s, "--cooldown-s")?,
+            initial_rate: args.initial_rate,
+        },
+        interval: Duration::from_millis(args.interval_ms.max(10)),
+        launch: WorkerLaunch {
+            program,
+            extra_args,
+            grace: seconds(args.grace_s, "--grace-s")?,
+        },
+        timeouts: Timeouts {
+            connect: op,
+            operation: op,
+        },
+        metrics_addr: parse_addr(&args.metrics_addr, "--metrics-addr")?,
+    };
+    let (trigger, mut shutdown) = surge_worker::shutdown::channel();
+    spawn_signal_handler(trigger)?;
+    surge_autoscale::run(cfg, async move { shutdown.wait().await }).await?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -101,13 +242,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     std::env::set_var("CANDLE_NUM_THREADS", &threads);
     std::env::set_var("RAYON_NUM_THREADS", &threads);
     let url = AmqpUrl::from_env()?;
-    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
-        "off" | "" => None,
-        a => Some(
-            a.parse()
-                .with_context(|| format!("--metrics-addr {a:?} is not host:port"))?,
-        ),
-    };
+    let metrics_addr = parse_addr(&args.metrics_addr, "--metrics-addr")?;
     let mut cfg = WorkerConfig::new(url, args.models_dir);
     cfg.models = args.models;
     cfg.device = args.device;
@@ -140,6 +275,7 @@ async fn main() {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Worker(args) => worker(args).await,
+        Command::Autoscale(args) => autoscale(args).await,
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
