@@ -174,6 +174,23 @@ pub fn x_death_reason(d: &lapin::message::Delivery) -> Option<String> {
     }
 }
 
+/// Takes the `n` messages of a dead-letter queue and counts them by reason: the
+/// worker's `x-surge-error-kind`, else the broker's `x-death` reason.
+pub async fn dead_reasons(
+    conn: &lapin::Connection,
+    queue: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut by = std::collections::BTreeMap::new();
+    for d in take(conn, queue, n, std::time::Duration::from_secs(10)).await {
+        let why = header(&d, "x-surge-error-kind")
+            .or_else(|| x_death_reason(&d).map(|r| format!("x-death {r}")))
+            .unwrap_or_else(|| "unknown".into());
+        *by.entry(why).or_default() += 1;
+    }
+    by
+}
+
 /// Resident memory of a process, in KiB (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -27,12 +27,19 @@ fn wait_for_jobs(w: &WorkerProc, n: f64, within: Duration) {
     }
 }
 
+/// Dead letters of the run, printed by reason.
 async fn dead_count(url: &str, prefix: &str) -> u32 {
     let url = surge_broker::AmqpUrl::new(url).unwrap();
     let conn = surge_broker::connect(&url, "surge-tests", &surge_broker::Timeouts::default())
         .await
         .unwrap();
-    figures::queue_len(&conn, &Topology::new(prefix).dead_queue()).await
+    let queue = Topology::new(prefix).dead_queue();
+    let n = figures::queue_len(&conn, &queue).await;
+    if n > 0 {
+        let by = figures::dead_reasons(&conn, &queue, n as usize).await;
+        println!("  dead letters by reason: {by:?}");
+    }
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +69,7 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         prefix,
         &input,
         &output,
-        &["--rows-per-job", "10", "--job-timeout", "30"],
+        &["--rows-per-job", "10", "--job-timeout", "120"],
         &env,
     );
     wait_for_jobs(&w, 20.0, Duration::from_secs(60));

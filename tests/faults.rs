@@ -85,7 +85,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
     let n_rows = figures::size(100_000, 20_000);
     let rows = write_rows_csv(&input, n_rows);
     let per_job = (n_rows / 1_000).to_string();
-    // Slowed down (each worker at most 2,500 rows/s, 830 reduced) so that the run
+    // Slowed down (each worker at most 1,670 rows/s, 830 reduced) so that the run
     // outlasts ten kill-and-restart cycles.
     let opts: &[&str] = if full {
         &[
@@ -94,7 +94,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
             "--prefetch",
             "8",
             "--batch-delay-ms",
-            "80",
+            "120",
         ]
     } else {
         &[
@@ -135,7 +135,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
         fresh.wait_ready(Duration::from_secs(30));
         *victim = fresh;
         // Let the fresh worker take jobs before it (or its peer) is killed.
-        std::thread::sleep(Duration::from_millis(if full { 1_500 } else { 300 }));
+        std::thread::sleep(Duration::from_millis(if full { 800 } else { 300 }));
     }
     println!(
         "{kills} SIGKILLs (and restarts) in {:.1}s of the run",
