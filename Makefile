@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
+.PHONY: deploy-check help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -33,6 +33,19 @@ models:
 	@bash scripts/fetch-models.sh
 
 # Python client for the any-AMQP-client example (pika), in a local virtualenv.
+# Static checks of compose/ and deploy/kubernetes/: there is no Docker engine or cluster
+# here, so `docker-compose config` (Debian's package) and the Kubernetes OpenAPI schemas
+# (kubernetes-validate, from PyPI) stand in for them.
+deploy-check: pyenv
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "deploy-check: installing Debian's docker-compose (for 'docker-compose config')"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q docker-compose >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q docker-compose >/dev/null; }; }
+	@$(PY) -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check 'kubernetes-validate>=1.30,<2'
+	$(PY) scripts/check-deploy.py
+
 pyenv:
 	@if ! $(PY) -c 'import pika' 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check 'pika>=1.3,<2'; \
@@ -46,7 +59,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv models build
+test: broker pyenv models build deploy-check
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test
