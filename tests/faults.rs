@@ -407,13 +407,13 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
     .await
     .unwrap();
     // No worker yet: 100 jobs with a 300 ms TTL and 100 without, interleaved.
-    let n = 100;
+    let n: usize = 100;
     for i in 0..2 * n {
         let mut props = BasicProperties::default()
             .with_message_id(format!("ttl-{i}").as_str().into())
             .with_reply_to(replies.as_str().into())
             .with_content_type("application/msgpack".into());
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             props = props.with_expiration("300".into());
         }
         let c = ch

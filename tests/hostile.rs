@@ -67,7 +67,7 @@ fn message(i: usize, rng: &mut Rng) -> Msg {
         with_id: true,
         good: false,
     };
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         let x = 1.0 + (i % 97) as f32;
         return Msg {
             good: true,

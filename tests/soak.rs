@@ -195,7 +195,15 @@ async fn soak_at_half_capacity() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     collector.abort();
-    let t = tally.lock().unwrap();
+    let t = {
+        let t = tally.lock().unwrap();
+        Tally {
+            ok: t.ok,
+            errors: t.errors,
+            duplicates: t.duplicates,
+            latencies_ms: t.latencies_ms.clone(),
+        }
+    };
     let mut lat = t.latencies_ms.clone();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
@@ -264,7 +272,6 @@ async fn soak_at_half_capacity() {
         "worker RSS not flat within ±10 % after warm-up: {summary}"
     );
     assert_eq!(w.pid(), pid);
-    drop(t);
     w.signal("TERM");
     assert!(w.wait_exit(Duration::from_secs(30)).success());
     cleanup(&prefix, &["breast-cancer"]).await;
