@@ -6,7 +6,9 @@
 #
 # sentence-transformers goes into a throwaway virtualenv (.cache/st-venv), made here and
 # never used by the tests. Knobs: BENCH_THREADS (2), BENCH_SENTENCES (2000),
-# BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_ST=1 to leave PyTorch out.
+# BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_ST=1 to leave PyTorch out,
+# BENCH_PROFILE=dev to use the dev build (dependencies, Candle included, are built at
+# opt-level 3 there too) instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${BENCH_THREADS:-2}
@@ -15,13 +17,16 @@ BATCH=${BENCH_BATCH:-64}
 PER_JOB=${BENCH_ROWS_PER_JOB:-64}
 MODEL=all-minilm-l6-v2
 OUT=out/bench-embeddings
-BIN=${CARGO_TARGET_DIR:-target}/release
+PROFILE=${BENCH_PROFILE:-release}
+if [[ "$PROFILE" == dev ]]; then BIN=${CARGO_TARGET_DIR:-target}/debug; else BIN=${CARGO_TARGET_DIR:-target}/release; fi
+export BENCH_PROFILE=$PROFILE
 mkdir -p "$OUT"
 RAW="$OUT/results.jsonl"
 : >"$RAW"
 
 bash scripts/fetch-models.sh
-cargo build --release -q -p surge-cli -p surge-model --example embed_bench
+cargo build --profile "$PROFILE" -q -p surge-cli
+cargo build --profile "$PROFILE" -q -p surge-model --example embed_bench
 python3 scripts/bench_embeddings.py sentences "$OUT/texts.jsonl" "$N"
 
 if [[ "${BENCH_SKIP_ST:-0}" != 1 ]]; then

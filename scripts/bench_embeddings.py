@@ -73,7 +73,7 @@ def report(raw):
     out = [START, "## Text embeddings (all-MiniLM-L6-v2)\n"]
     w = out.append
     n = rows[0]["sentences"]
-    w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), release build, "
+    w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), {os.environ.get('BENCH_PROFILE', 'release')} build, "
       f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, no GPU. {n:,} English sentences of 8–40 words "
       "(from this repository's docs), the same sentences and the same number of threads for every row. "
       "Broker, worker and client share the two cores in the queue rows. No GPU was at hand for these runs.\n")

@@ -1,8 +1,8 @@
 //! `architecture = "bert-embedding"`: a BERT sentence encoder (for example
 //! all-MiniLM-L6-v2) that turns texts into embeddings, the way sentence-transformers
 //! does: WordPiece tokens (the `tokenizers` crate, from `tokenizer.json`), truncated to
-//! `[input] max_length`, through BERT (`candle-transformers`), mean-pooled over the
-//! real tokens and L2-normalised.
+//! `[input] max_length`, through a BERT encoder, mean-pooled over the real tokens and
+//! L2-normalised.
 //!
 //! `model.toml` section:
 //!
@@ -22,17 +22,25 @@
 //! one checked for shape and finiteness against `config.json`. `pooler.*` and
 //! `embeddings.position_ids` may be present and are not used.
 //!
-//! Speed on CPU: a batch is tokenised, sorted by length and cut into chunks of similar
-//! length whose padded size stays under a token budget ([`CHUNK_TOKENS`]), so padding
-//! is not wasted and each forward pass stays cache-sized. Outputs come back in the
-//! caller's order.
+//! The encoder follows candle-transformers' `bert.rs` (same tensor names, same maths)
+//! but is written here for speed on CPU, and because candle-transformers compiles every
+//! model it ships (minutes of CI on two cores) for the one we use:
+//!
+//! * a batch is tokenised, sorted by length and cut into chunks of similar length whose
+//!   padded size stays under a token budget ([`CHUNK_TOKENS`]), so padding is not wasted
+//!   and each forward pass stays cache-sized; outputs come back in the caller's order;
+//! * every linear layer is one 2-D GEMM over all tokens of the chunk (`[tokens, in] ×
+//!   [in, out]`, weights transposed once at load), not one small GEMM per sequence;
+//! * query, key and value are one fused GEMM, with the `1/√d` attention scale folded
+//!   into the query weights at load, and one copy lays out all three heads-first;
+//! * softmax and layer norm are candle's fused kernels; on CPU the bias add and the
+//!   (erf) GELU of the feed-forward layer are one fused pass ([`BiasGelu`]), split over
+//!   candle's threads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -100,6 +108,24 @@ struct Dims {
     max_position_embeddings: usize,
     #[serde(default = "two")]
     type_vocab_size: usize,
+    #[serde(default = "layer_norm_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "gelu")]
+    hidden_act: String,
+    #[serde(default = "absolute")]
+    position_embedding_type: String,
+}
+
+fn layer_norm_eps() -> f64 {
+    1e-12
+}
+
+fn gelu() -> String {
+    "gelu".into()
+}
+
+fn absolute() -> String {
+    "absolute".into()
 }
 
 fn two() -> usize {
@@ -109,7 +135,7 @@ fn two() -> usize {
 /// A loaded BERT embedding model.
 pub struct BertEmbedder {
     info: ModelInfo,
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
@@ -167,9 +193,16 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
         std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let dims: Dims =
         serde_json::from_str(&text).map_err(|e| bad_file(&config_path, e.to_string()))?;
-    let config: Config =
-        serde_json::from_str(&text).map_err(|e| bad_file(&config_path, e.to_string()))?;
-    let heads_ok = dims.num_attention_heads > 0 && dims.hidden_size % dims.num_attention_heads == 0;
+    if dims.hidden_act != "gelu" || dims.position_embedding_type != "absolute" {
+        return Err(bad_file(
+            &config_path,
+            format!(
+                "hidden_act {:?} with position_embedding_type {:?} is not supported; {NAME} runs \"gelu\" (erf) with \"absolute\" positions",
+                dims.hidden_act, dims.position_embedding_type
+            ),
+        ));
+    }
+    let heads_ok = dims.num_attention_heads > 0 && dims.hidden_size.is_multiple_of(dims.num_attention_heads);
     if dims.hidden_size == 0 || dims.num_hidden_layers == 0 || !heads_ok {
         return Err(bad_file(
             &config_path,
@@ -217,14 +250,10 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
     }
 
     let tensors = take_tensors(&ctx.weights_path, &dims, &ctx.device)?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &ctx.device);
-    let model = BertModel::load(vb, &config).map_err(|e| ModelError::BadWeights {
-        path: ctx.weights_path.clone(),
-        message: e.to_string(),
-    })?;
+    let encoder = Encoder::new(tensors, &dims)?;
     Ok(Box::new(BertEmbedder {
         info: ctx.info.clone(),
-        model,
+        encoder,
         tokenizer,
         pooling: section.pooling,
         normalize: section.normalize,
@@ -316,19 +345,29 @@ impl BertEmbedder {
         let n = ids.len();
         let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut flat = vec![0u32; n * len];
-        let mut mask = vec![0u32; n * len];
+        let mut keep = vec![0f32; n * len];
         for (r, s) in ids.iter().enumerate() {
             flat[r * len..r * len + s.len()].copy_from_slice(s);
-            mask[r * len..r * len + s.len()].fill(1);
+            keep[r * len..r * len + s.len()].fill(1.0);
         }
-        let input_ids = Tensor::from_vec(flat, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let token_types = input_ids.zeros_like()?;
-        let states = self.model.forward(&input_ids, &token_types, Some(&mask))?;
+        let padded = ids.iter().any(|s| s.len() != len);
+        // Added to the attention scores: 0 for real tokens, a huge negative for padding.
+        let mask = if padded {
+            let add: Vec<f32> = keep.iter().map(|k| (1.0 - k) * -1e30).collect();
+            Some(Tensor::from_vec(add, (n, 1, 1, len), &self.device)?)
+        } else {
+            None
+        };
+        let input_ids = Tensor::from_vec(flat, n * len, &self.device)?;
+        let states = self
+            .encoder
+            .forward(&input_ids, n, len, mask.as_ref())?
+            .reshape((n, len, self.hidden))?;
         let pooled = match self.pooling {
             Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean if !padded => states.mean(1)?,
             Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let m = Tensor::from_vec(keep, (n, len, 1), &self.device)?;
                 let sum = states.broadcast_mul(&m)?.sum(1)?;
                 let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
                 sum.broadcast_div(&count)?
@@ -345,6 +384,210 @@ impl BertEmbedder {
             pooled
         };
         Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// One encoder layer, its weights laid out for 2-D GEMMs (`[in, out]`).
+struct Layer {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    ln1_w: Tensor,
+    ln1_b: Tensor,
+    ff1_w: Tensor,
+    ff1_b: Tensor,
+    ff2_w: Tensor,
+    ff2_b: Tensor,
+    ln2_w: Tensor,
+    ln2_b: Tensor,
+}
+
+/// The BERT encoder: embeddings, then the layers.
+struct Encoder {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    layers: Vec<Layer>,
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(w)?.broadcast_add(b)
+}
+
+impl Encoder {
+    fn new(mut t: HashMap<String, Tensor>, d: &Dims) -> Result<Self, ModelError> {
+        let mut take = |name: &str| {
+            t.remove(name).ok_or_else(|| {
+                ModelError::Inference(format!("tensor {name} vanished after checking (a bug)"))
+            })
+        };
+        let head_dim = d.hidden_size / d.num_attention_heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut layers = Vec::with_capacity(d.num_hidden_layers);
+        for l in 0..d.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let mut w = |n: &str| take(&format!("{p}.{n}"));
+            let qkv_w = Tensor::cat(
+                &[
+                    (w("attention.self.query.weight")? * scale)?,
+                    w("attention.self.key.weight")?,
+                    w("attention.self.value.weight")?,
+                ],
+                0,
+            )?;
+            let qkv_b = Tensor::cat(
+                &[
+                    (w("attention.self.query.bias")? * scale)?,
+                    w("attention.self.key.bias")?,
+                    w("attention.self.value.bias")?,
+                ],
+                0,
+            )?;
+            let tr = |x: Tensor| x.t()?.contiguous();
+            layers.push(Layer {
+                qkv_w: tr(qkv_w)?,
+                qkv_b,
+                out_w: tr(w("attention.output.dense.weight")?)?,
+                out_b: w("attention.output.dense.bias")?,
+                ln1_w: w("attention.output.LayerNorm.weight")?,
+                ln1_b: w("attention.output.LayerNorm.bias")?,
+                ff1_w: tr(w("intermediate.dense.weight")?)?,
+                ff1_b: w("intermediate.dense.bias")?,
+                ff2_w: tr(w("output.dense.weight")?)?,
+                ff2_b: w("output.dense.bias")?,
+                ln2_w: w("output.LayerNorm.weight")?,
+                ln2_b: w("output.LayerNorm.bias")?,
+            });
+        }
+        Ok(Self {
+            word: take("embeddings.word_embeddings.weight")?,
+            position: take("embeddings.position_embeddings.weight")?,
+            // Every token has type 0: one sentence per input.
+            token_type: take("embeddings.token_type_embeddings.weight")?.get(0)?,
+            ln_w: take("embeddings.LayerNorm.weight")?,
+            ln_b: take("embeddings.LayerNorm.bias")?,
+            layers,
+            heads: d.num_attention_heads,
+            head_dim,
+            eps: d.layer_norm_eps as f32,
+        })
+    }
+
+    /// Token states `[n * len, hidden]` of `n` sequences of `len` token ids (flat).
+    fn forward(
+        &self,
+        ids: &Tensor,
+        n: usize,
+        len: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (heads, hd) = (self.heads, self.head_dim);
+        let hidden = heads * hd;
+        let positions = self.position.narrow(0, 0, len)?;
+        let x = self
+            .word
+            .index_select(ids, 0)?
+            .reshape((n, len, hidden))?
+            .broadcast_add(&positions)?
+            .broadcast_add(&self.token_type)?
+            .reshape((n * len, hidden))?;
+        let mut x = candle_nn::ops::layer_norm(&x, &self.ln_w, &self.ln_b, self.eps)?;
+        for l in &self.layers {
+            // [tokens, 3 * hidden] -> [3, n, heads, len, head_dim] in one copy.
+            let qkv = linear(&x, &l.qkv_w, &l.qkv_b)?
+                .reshape((n, len, 3, heads, hd))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(m) = mask {
+                scores = scores.broadcast_add(m)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((n * len, hidden))?;
+            let attended = linear(&context, &l.out_w, &l.out_b)?;
+            x = candle_nn::ops::layer_norm(&(attended + &x)?, &l.ln1_w, &l.ln1_b, self.eps)?;
+            let inner = bias_gelu(&x.matmul(&l.ff1_w)?, &l.ff1_b)?;
+            let out = linear(&inner, &l.ff2_w, &l.ff2_b)?;
+            x = candle_nn::ops::layer_norm(&(out + &x)?, &l.ln2_w, &l.ln2_b, self.eps)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `gelu(x + bias)` (erf GELU, as BERT uses) for `x` of shape `[rows, width]`.
+fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.is_contiguous() && x.dtype() == DType::F32 {
+        let b = bias.to_vec1::<f32>()?;
+        x.apply_op1_no_bwd(&BiasGelu(b))
+    } else {
+        x.broadcast_add(bias)?.gelu_erf()
+    }
+}
+
+/// The fused CPU kernel of [`bias_gelu`]: one pass over the activations instead of two,
+/// split over candle's threads. Same formula as candle's `gelu_erf`.
+struct BiasGelu(Vec<f32>);
+
+impl CustomOp1 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias-gelu takes f32");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias-gelu takes a contiguous tensor");
+        };
+        let src = &data[start..end];
+        let width = self.0.len();
+        if width == 0 || !src.len().is_multiple_of(width) {
+            candle_core::bail!(
+                "bias-gelu: {} values do not split into rows of {width}",
+                src.len()
+            );
+        }
+        let mut out = vec![0f32; src.len()];
+        let rows = src.len() / width;
+        let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+        let per = rows.div_ceil(threads) * width;
+        let run = |src: &[f32], dst: &mut [f32]| {
+            for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+                for ((x, y), b) in s.iter().zip(d.iter_mut()).zip(&self.0) {
+                    let v = x + b;
+                    *y = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)
+                        + 1.0)
+                        * 0.5
+                        * v;
+                }
+            }
+        };
+        if threads <= 1 || src.len() < 1 << 16 {
+            run(src, &mut out);
+        } else {
+            std::thread::scope(|scope| {
+                for (s, d) in src.chunks(per).zip(out.chunks_mut(per)) {
+                    scope.spawn(move || run(s, d));
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
