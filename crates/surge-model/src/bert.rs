@@ -202,7 +202,8 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
             ),
         ));
     }
-    let heads_ok = dims.num_attention_heads > 0 && dims.hidden_size.is_multiple_of(dims.num_attention_heads);
+    let heads_ok =
+        dims.num_attention_heads > 0 && dims.hidden_size.is_multiple_of(dims.num_attention_heads);
     if dims.hidden_size == 0 || dims.num_hidden_layers == 0 || !heads_ok {
         return Err(bad_file(
             &config_path,
@@ -591,26 +592,43 @@ impl CustomOp1 for BiasGelu {
     }
 }
 
-/// Cuts `order` (indices sorted by length) into runs whose padded size, count ×
-/// longest, stays within `budget` tokens; each run holds at least one index.
+/// What a chunk costs besides its padded tokens (a forward pass's fixed work, and the
+/// lower efficiency of small matrix products), in tokens.
+const CHUNK_OVERHEAD: usize = 64;
+
+/// Cuts `order` (indices sorted longest first) into runs whose padded size, count ×
+/// longest, stays within `budget` tokens (a text over budget goes alone), choosing the
+/// cuts that minimise padded tokens plus [`CHUNK_OVERHEAD`] per run: a few long texts
+/// do not make a whole run of short ones pad to their length.
 pub fn chunks_by_tokens(order: &[usize], lengths: &[usize], budget: usize) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut longest = 0;
-    for (k, &i) in order.iter().enumerate() {
-        let l = lengths[i].max(longest);
-        if k > start && (k + 1 - start) * l > budget {
-            out.push((start, k));
-            start = k;
-            longest = lengths[i];
-        } else {
-            longest = l;
+    let n = order.len();
+    let len = |k: usize| lengths[order[k]].max(1);
+    // best[j]: least cost of order[..j]; start[j]: where its last run starts.
+    let mut best = vec![usize::MAX; n + 1];
+    let mut start = vec![0; n + 1];
+    best[0] = 0;
+    for j in 1..=n {
+        for i in (0..j).rev() {
+            // The run i..j pads to len(i); going left only makes it longer and wider.
+            let padded = (j - i) * len(i);
+            if i + 1 < j && padded > budget {
+                break;
+            }
+            let cost = best[i].saturating_add(padded + CHUNK_OVERHEAD);
+            if cost < best[j] {
+                best[j] = cost;
+                start[j] = i;
+            }
         }
     }
-    if start < order.len() {
-        out.push((start, order.len()));
+    let mut runs = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        runs.push((start[j], j));
+        j = start[j];
     }
-    out
+    runs.reverse();
+    runs
 }
 
 impl Model for BertEmbedder {
@@ -662,8 +680,16 @@ mod tests {
             chunks_by_tokens(&order, &lengths, 100),
             vec![(0, 2), (2, 5)]
         );
-        // Everything fits a large budget; a text longer than the budget goes alone.
-        assert_eq!(chunks_by_tokens(&order, &lengths, 1000), vec![(0, 5)]);
+        // A large budget still keeps the short texts from padding to 50 tokens.
+        assert_eq!(
+            chunks_by_tokens(&order, &lengths, 1000),
+            vec![(0, 2), (2, 5)]
+        );
+        let same = vec![20; 10];
+        let all: Vec<usize> = (0..10).collect();
+        assert_eq!(chunks_by_tokens(&all, &same, 1000), vec![(0, 10)]);
+        assert_eq!(chunks_by_tokens(&all, &same, 100), vec![(0, 5), (5, 10)]);
+        // A text longer than the budget goes alone.
         assert_eq!(
             chunks_by_tokens(&order, &lengths, 20),
             vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
