@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: deploy-check help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
+.PHONY: bench-elastic deploy-check help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -16,6 +16,7 @@ help:
 	@echo "make check  - cargo fmt --check, clippy -D warnings, then make test"
 	@echo "make train  - retrain models/breast-cancer bit for bit"
 	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
+	@echo "make bench-elastic - cold start, burst, replicas and worker-seconds into BENCHMARKS.md"
 	@echo "make test-faults - the fault and security suite at full size (100,000 rows, 10,000 hostile messages)"
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
 	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
@@ -80,6 +81,9 @@ run: broker models build
 
 bench: broker
 	@bash scripts/bench.sh
+
+bench-elastic: broker
+	@bash scripts/bench-elastic.sh
 
 bench-embeddings: broker models
 	@bash scripts/bench-embeddings.sh

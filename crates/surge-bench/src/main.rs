@@ -7,7 +7,12 @@
 //!   producer publishes with confirms to a durable quorum queue; an in-process echo
 //!   consumer publishes each body back with confirms and acks after the confirm; a
 //!   results consumer counts.
+//! * `cold-start`, `burst`, `bill`: elasticity, against a running `surge autoscale`
+//!   (see `elastic`).
 
+mod elastic;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -61,6 +66,32 @@ enum Cmd {
     EchoLatency {
         #[arg(long, default_value_t = 500)]
         samples: usize,
+    },
+    /// One job at zero workers until its result (needs `surge autoscale` running).
+    ColdStart {
+        /// The autoscaler's metrics address.
+        #[arg(long)]
+        autoscaler: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
+    /// A burst at zero workers: until the first and second worker consume.
+    Burst {
+        #[arg(long)]
+        autoscaler: SocketAddr,
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        rows_per_job: usize,
+    },
+    /// Worker-seconds spent from zero back to zero for a run.
+    Bill {
+        #[arg(long)]
+        autoscaler: SocketAddr,
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        rows_per_job: usize,
     },
 }
 
@@ -354,5 +385,19 @@ async fn main() -> Result<()> {
         Cmd::Latency { samples } => latency(&cli.prefix, samples).await,
         Cmd::Echo { messages, payload } => echo(&cli.prefix, messages, payload).await,
         Cmd::EchoLatency { samples } => echo_latency(&cli.prefix, samples).await,
+        Cmd::ColdStart {
+            autoscaler,
+            samples,
+        } => elastic::cold_start(&cli.prefix, autoscaler, samples).await,
+        Cmd::Burst {
+            autoscaler,
+            rows,
+            rows_per_job,
+        } => elastic::burst(&cli.prefix, autoscaler, rows, rows_per_job).await,
+        Cmd::Bill {
+            autoscaler,
+            rows,
+            rows_per_job,
+        } => elastic::bill(&cli.prefix, autoscaler, rows, rows_per_job).await,
     }
 }

@@ -1,6 +1,8 @@
 //! Shared glue of the `surge` and `score-batch` binaries: logging setup and signals.
 //! The binaries themselves only parse arguments and call the library crates.
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 use tracing_subscriber::EnvFilter;
 
@@ -19,7 +21,9 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder

@@ -1,0 +1,184 @@
+//! Elasticity measurements against a running `surge autoscale` (whose `/metrics` is
+//! read at `--autoscaler`): cold start from zero, a burst to the second worker, and the
+//! worker-seconds a run costs.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use surge_autoscale::scrape::{http_get, sum_metric};
+use surge_broker::publish::{confirmed, start_publish};
+use surge_broker::AmqpUrl;
+use surge_client::{score_jobs, ScoreConfig};
+use surge_protocol::codec::encode;
+use surge_protocol::{Encoding, Inputs, Job, Topology};
+
+use crate::{percentile, reply_channel, row, timeouts};
+
+async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
+    let text = http_get(addr, "/metrics", Duration::from_secs(2))
+        .await
+        .with_context(|| format!("the autoscaler's /metrics at {addr} did not answer"))?;
+    Ok(sum_metric(&text, name))
+}
+
+/// Waits until the autoscaler runs no worker (none draining either).
+async fn wait_for_zero(addr: SocketAddr, within: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        // The autoscaler may still be starting: a failed read is retried until `within`.
+        let running = metric(addr, "surge_autoscale_replicas").await;
+        let draining = metric(addr, "surge_autoscale_draining_replicas").await;
+        let up = http_get(addr, "/readyz", Duration::from_secs(2))
+            .await
+            .is_some();
+        match (running, draining) {
+            (Ok(r), Ok(d)) if up && r == 0.0 && d == 0.0 => return Ok(()),
+            (r, d) if start.elapsed() > within => {
+                bail!("the autoscaler did not reach zero workers within {within:?} (workers: {r:?}, draining: {d:?})")
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One job published at zero workers, timed until its result; `samples` times.
+pub async fn cold_start(prefix: &str, autoscaler: SocketAddr, samples: usize) -> Result<()> {
+    let t = timeouts();
+    let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let reply = format!("{prefix}.bench-reply-{}", uuid::Uuid::new_v4().simple());
+    let (_rch, mut consumer) = reply_channel(&conn, &reply).await?;
+    let exchange = format!("{prefix}.jobs");
+    let mut times = Vec::new();
+    for i in 0..samples {
+        wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
+        let body = encode(
+            &Job::new("breast-cancer", Inputs::Rows(vec![row(i)])),
+            Encoding::Msgpack,
+        )?;
+        let id = format!("cold-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_reply_to(reply.as_str().into())
+            .with_content_type("application/msgpack".into())
+            .with_delivery_mode(2);
+        let t0 = Instant::now();
+        let c = start_publish(&ch, &exchange, "breast-cancer", &body, props, &t).await?;
+        confirmed(c, &exchange, "breast-cancer", &t).await?;
+        let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .context("no result within 60 s of a job arriving at zero workers")?
+            .context("reply consumer ended")??;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        d.acker.ack(BasicAckOptions::default()).await?;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({"bench":"cold_start","samples":samples,"p50_ms":percentile(&times,0.5),
+            "min_ms":times.first(),"max_ms":times.last()})
+    );
+    Ok(())
+}
+
+/// A burst published at zero workers: seconds until the queue has a first and a
+/// second consumer, and until the burst is answered.
+pub async fn burst(
+    prefix: &str,
+    autoscaler: SocketAddr,
+    rows: usize,
+    per_job: usize,
+) -> Result<()> {
+    wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
+    let t = timeouts();
+    let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench-watch", &t).await?;
+    let ch = conn.create_channel().await?;
+    let queue = Topology::new(prefix).job_queue("breast-cancer");
+    let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
+    cfg.topology = Topology::new(prefix);
+    cfg.timeouts = t;
+    cfg.timeout = Some(Duration::from_secs(600));
+    let inputs = jobs(rows, per_job);
+    let t0 = Instant::now();
+    let run = tokio::spawn(async move { score_jobs(&cfg, inputs).await });
+    let (mut first, mut second) = (None, None);
+    while second.is_none() && !run.is_finished() {
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let now = t0.elapsed().as_secs_f64();
+        if q.consumer_count() >= 1 && first.is_none() {
+            first = Some(now);
+        }
+        if q.consumer_count() >= 2 {
+            second = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answered = run.await??;
+    let s = answered.into_scored().summary;
+    if s.rows_ok != rows {
+        bail!("only {} of {rows} rows scored", s.rows_ok);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench":"burst","rows":rows,"rows_per_job":per_job,
+            "first_consumer_s":first,"second_consumer_s":second,"answered_s":s.elapsed.as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// Rows scored from zero workers back to zero: the worker-seconds they cost.
+pub async fn bill(prefix: &str, autoscaler: SocketAddr, rows: usize, per_job: usize) -> Result<()> {
+    wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
+    let before = metric(autoscaler, "surge_autoscale_worker_seconds").await?;
+    let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
+    cfg.topology = Topology::new(prefix);
+    cfg.timeouts = timeouts();
+    cfg.timeout = Some(Duration::from_secs(600));
+    let t0 = Instant::now();
+    let s = score_jobs(&cfg, jobs(rows, per_job))
+        .await?
+        .into_scored()
+        .summary;
+    if s.rows_ok != rows {
+        bail!("only {} of {rows} rows scored", s.rows_ok);
+    }
+    let scored_s = t0.elapsed().as_secs_f64();
+    wait_for_zero(autoscaler, Duration::from_secs(300)).await?;
+    let back_to_zero_s = t0.elapsed().as_secs_f64();
+    let worker_s = metric(autoscaler, "surge_autoscale_worker_seconds").await? - before;
+    println!(
+        "{}",
+        serde_json::json!({"bench":"bill","rows":rows,"rows_per_job":per_job,"scored_s":scored_s,
+            "back_to_zero_s":back_to_zero_s,"worker_seconds":worker_s,
+            "worker_seconds_per_100k_rows":worker_s * 100_000.0 / rows as f64})
+    );
+    Ok(())
+}
+
+fn jobs(rows: usize, per_job: usize) -> Vec<Inputs> {
+    (0..rows.div_ceil(per_job))
+        .map(|j| {
+            Inputs::Rows(
+                (j * per_job..((j + 1) * per_job).min(rows))
+                    .map(row)
+                    .collect(),
+            )
+        })
+        .collect()
+}
