@@ -1,6 +1,8 @@
 //! Shared glue of the `surge` and `score-batch` binaries: logging setup and signals.
 //! The binaries themselves only parse arguments and call the library crates.
 
+pub mod models;
+
 use std::io::IsTerminal;
 
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! `surge`: the Surge worker and autoscaler.
+//! `surge`: the Surge worker, autoscaler and model tools.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +50,35 @@ enum Command {
     /// a crashed worker is restarted with backoff. Arguments after `--` go to every
     /// worker, e.g. `surge autoscale --max 4 -- --threads 2 --max-batch-rows 256`.
     Autoscale(AutoscaleArgs),
+    /// Inspect model folders the way a worker does.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Every model folder: version, architecture, input, queue depth, and whether it
+    /// loads. Exits non-zero when any folder would not be served.
+    List {
+        /// Folder holding one sub-folder per model.
+        #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
+        models_dir: PathBuf,
+        /// Prefix of the queue names (for the queue depths).
+        #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
+        prefix: String,
+        /// Device to load the models on.
+        #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
+        device: surge_worker::model::DeviceSpec,
+    },
+    /// Validate one model folder exactly as `surge worker` would, and run one test
+    /// forward pass. Exits non-zero with what is wrong, and where.
+    Check {
+        /// The model folder (its name is the model name).
+        path: PathBuf,
+        /// Device to load the model on.
+        #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
+        device: surge_worker::model::DeviceSpec,
+    },
 }
 
 #[derive(Args)]
@@ -272,10 +301,22 @@ async fn worker(args: WorkerArgs) -> Result<()> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Models(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // The model tools print their own findings; log lines would only repeat them.
+        std::env::set_var("RUST_LOG", "off");
+    }
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Worker(args) => worker(args).await,
         Command::Autoscale(args) => autoscale(args).await,
+        Command::Models(ModelsCmd::List {
+            models_dir,
+            prefix,
+            device,
+        }) => surge_cli::models::list(&models_dir, &prefix, device).await,
+        Command::Models(ModelsCmd::Check { path, device }) => {
+            surge_cli::models::check(&path, device)
+        }
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");

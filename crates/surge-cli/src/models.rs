@@ -1,0 +1,176 @@
+//! `surge models`: look at model folders the way a worker does.
+//!
+//! * `list`: every model folder in a models directory, whether it loads, what it takes
+//!   and returns, and its queue depth when the broker answers.
+//! * `check PATH`: validates one folder exactly as `surge worker` would (same loader,
+//!   same device), and scores one all-zero row / one short text through it, so a
+//!   folder that passes is one a worker serves.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use surge_worker::broker::{AmqpUrl, Timeouts};
+use surge_worker::model::{self, Batch, DeviceSpec, InputSpec, Model};
+use surge_worker::protocol::Topology;
+
+/// Loads `dir` as the worker would: its parent is the models directory, its name the
+/// model name.
+fn load_folder(dir: &Path, device: DeviceSpec) -> Result<Box<dyn Model>> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
+    }
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the folder has no usable name")?
+        .to_string();
+    let parent = dir.parent().context("the folder has no parent")?;
+    let device = model::select_device(device)?;
+    Ok(model::load_model(parent, &name, &device)?)
+}
+
+fn describe_input(input: &InputSpec) -> String {
+    match input {
+        InputSpec::Tabular { features } => format!("{} numeric features", features.len()),
+        InputSpec::Text { max_length } => format!("text (up to {max_length} tokens)"),
+    }
+}
+
+/// `surge models check PATH`: non-zero exit, with the loader's message, when the folder
+/// would not be served.
+pub fn check(path: &Path, device: DeviceSpec) -> Result<()> {
+    let m = load_folder(path, device)?;
+    let info = m.info().clone();
+    // One forward pass, so shapes that only fail at run time fail here.
+    let texts = vec!["Surge checks this model.".to_string()];
+    let (batch, zeros);
+    match &info.input {
+        InputSpec::Tabular { features } => {
+            zeros = vec![0.0f32; features.len()];
+            batch = Batch::Rows {
+                values: &zeros,
+                dim: features.len(),
+            };
+        }
+        InputSpec::Text { .. } => batch = Batch::Texts(&texts),
+    }
+    let scores = m
+        .score(&batch)
+        .with_context(|| format!("{}: a test forward pass failed", path.display()))?;
+    if scores.len() != 1 || scores.values.iter().any(|v| !v.is_finite()) {
+        bail!(
+            "{}: a test forward pass returned {} outputs (want 1), or non-finite values",
+            path.display(),
+            scores.len()
+        );
+    }
+    println!(
+        "ok: {} {} ({}), input: {}, outputs: {}",
+        info.name,
+        info.version,
+        info.architecture,
+        describe_input(&info.input),
+        if info.output_names.is_empty() {
+            format!("{} values", scores.width)
+        } else {
+            info.output_names.join(", ")
+        }
+    );
+    Ok(())
+}
+
+async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>> {
+    let url = AmqpUrl::from_env().ok()?;
+    let t = Timeouts {
+        connect: Duration::from_secs(3),
+        operation: Duration::from_secs(3),
+    };
+    let conn = surge_worker::broker::connect(&url, "surge models list", &t)
+        .await
+        .ok()?;
+    let topo = Topology::new(prefix);
+    let mut out = Vec::new();
+    for n in names {
+        // A passive declare of a missing queue closes its channel: one channel each.
+        let depth = async {
+            let ch =
+                surge_worker::broker::timed("channel.open", t.operation, conn.create_channel())
+                    .await
+                    .ok()?;
+            let q = surge_worker::broker::timed(
+                "queue.declare(passive)",
+                t.operation,
+                ch.queue_declare(
+                    topo.job_queue(n).as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                ),
+            )
+            .await
+            .ok()?;
+            Some(q.message_count())
+        }
+        .await;
+        out.push(depth);
+    }
+    let _ = tokio::time::timeout(t.operation, conn.close(200, "done".into())).await;
+    Some(out)
+}
+
+/// `surge models list`: one line per model folder.
+pub async fn list(models_dir: &PathBuf, prefix: &str, device: DeviceSpec) -> Result<()> {
+    let names = model::discover(models_dir)?;
+    if names.is_empty() {
+        println!("no model folders in {}", models_dir.display());
+        return Ok(());
+    }
+    let depths = queue_depths(prefix, &names).await;
+    println!(
+        "{:<24} {:<10} {:<16} {:<32} {:>8}  status",
+        "MODEL", "VERSION", "ARCHITECTURE", "INPUT", "QUEUED"
+    );
+    let mut broken = 0;
+    for (i, name) in names.iter().enumerate() {
+        let queued = match depths.as_ref().map(|d| d[i]) {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => "no queue".into(),
+            None => "?".into(),
+        };
+        match load_folder(&models_dir.join(name), device) {
+            Ok(m) => {
+                let i = m.info();
+                println!(
+                    "{:<24} {:<10} {:<16} {:<32} {:>8}  ok",
+                    i.name,
+                    i.version,
+                    i.architecture,
+                    describe_input(&i.input),
+                    queued
+                );
+            }
+            Err(e) => {
+                broken += 1;
+                println!(
+                    "{name:<24} {:<10} {:<16} {:<32} {queued:>8}  INVALID: {e:#}",
+                    "-", "-", "-"
+                );
+            }
+        }
+    }
+    if depths.is_none() {
+        println!("(queue depths unknown: the broker at AMQP_URL did not answer)");
+    }
+    if broken > 0 {
+        bail!(
+            "{broken} model folder(s) would not be served; `surge models check <folder>` says why"
+        );
+    }
+    Ok(())
+}
