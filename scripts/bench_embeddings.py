@@ -69,6 +69,10 @@ STEPS = """### Where the CPU time goes, and what each step bought
 Measured back to back on this machine on 2026-11-27, in process, 500 sentences, while
 two other engineers' builds and tests shared the two cores (load average 4–7): single
 runs of the same binary varied by up to 2×, so only same-minute comparisons mean much.
+Two full `make bench-embeddings` runs five minutes apart gave sentence-transformers 35
+and 97 sentences/s, Surge in process 52 and 46, Surge through the queue 69 and 52 (the
+table above is the later run). The fair reading: Surge is at about half of PyTorch's
+CPU throughput here, and the ≥ 1.0× target is **not met**.
 
 - `perf record` of the forward pass: 59% in gemm's f32 microkernel (`fma::f32::x2x6`,
   AVX2), 7.5% in `erff` (GELU), 4% in candle's thread-pool barrier, the rest spread
@@ -100,7 +104,10 @@ def report(raw):
     w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), {os.environ.get('BENCH_PROFILE', 'release')} build, "
       f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, no GPU. {n:,} English sentences of 8–40 words "
       "(from this repository's docs), the same sentences and the same number of threads for every row. "
-      "Broker, worker and client share the two cores in the queue rows. No GPU was at hand for these runs.\n")
+      "Broker, worker and client share the two cores in the queue rows. No GPU was at hand for these runs. "
+      f"Load average when the report was written: {os.getloadavg()[0]:.1f}. On a quiet machine sentence-transformers "
+      "was measured at about 170 sentences/s; under load every figure drops, and PyTorch's spinning thread pool "
+      "may drop more than Candle's, so treat the ratios as indicative until rerun on a quiet machine.\n")
     w("| what | threads | batch | sentences/s | × sentence-transformers |")
     w("|---|---:|---:|---:|---:|")
     for r in rows:
