@@ -67,6 +67,9 @@ pub struct AutoscaleConfig {
     pub topology: Topology,
     /// The models whose queues are scaled; one pool each.
     pub models: Vec<String>,
+    /// When set, new model folders appearing here (sub-folders with a `model.toml`)
+    /// get a pool of their own while the autoscaler runs.
+    pub watch_models_dir: Option<std::path::PathBuf>,
     /// The scaling policy.
     pub policy: PolicyConfig,
     /// How often to look.
@@ -205,12 +208,29 @@ struct Scaled {
     crashes_reported: u64,
 }
 
+/// Sub-folders of `dir` holding a `model.toml` whose name is a valid model name
+/// (workers validate the rest: a broken folder's workers fail to start and are retried
+/// with backoff, and only while jobs wait for it).
+pub fn model_folders(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("model.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| surge_protocol::validate_model_name(n).is_ok())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Runs the autoscaler until `shutdown` resolves, then drains every worker.
 pub async fn run(
     cfg: AutoscaleConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AutoscaleError> {
-    if cfg.models.is_empty() {
+    if cfg.models.is_empty() && cfg.watch_models_dir.is_none() {
         return Err(AutoscaleError::NoModels);
     }
     let ready = Arc::new(AtomicBool::new(false));
@@ -261,12 +281,36 @@ pub async fn run(
     let scrape_timeout = cfg
         .interval
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut last_scan = Instant::now();
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop_rx.wait_for(|s| *s) => break,
+        }
+        if let Some(dir) = &cfg.watch_models_dir {
+            if last_scan.elapsed() >= Duration::from_secs(1) {
+                last_scan = Instant::now();
+                for name in model_folders(dir) {
+                    if scaled.iter().any(|s| s.pool.model() == name) {
+                        continue;
+                    }
+                    info!(model = %name, "new model folder; scaling its queue too");
+                    broker.models.push(name.clone());
+                    // Reconnecting declares every queue, the new one included.
+                    broker.conn = None;
+                    scaled.push(Scaled {
+                        pool: Pool::new(name, cfg.launch.clone()),
+                        state: PolicyState::default(),
+                        rate: RateEstimator::default(),
+                        last_desired: None,
+                        last_backlog: 0,
+                        last_tick: Instant::now(),
+                        crashes_reported: 0,
+                    });
+                }
+            }
         }
         let mut all_connected = true;
         for s in &mut scaled {

@@ -6,7 +6,7 @@
 //!   same device), and scores one all-zero row / one short text through it, so a
 //!   folder that passes is one a worker serves.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -125,7 +125,7 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
 }
 
 /// `surge models list`: one line per model folder.
-pub async fn list(models_dir: &PathBuf, prefix: &str, device: DeviceSpec) -> Result<()> {
+pub async fn list(models_dir: &Path, prefix: &str, device: DeviceSpec) -> Result<()> {
     let names = model::discover(models_dir)?;
     if names.is_empty() {
         println!("no model folders in {}", models_dir.display());

@@ -4,7 +4,7 @@
 //! await a oneshot reply.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, RwLock};
 
 use surge_model::{Batch, Model, ModelError, ModelInfo, Scores};
 use tokio::sync::oneshot;
@@ -23,17 +23,25 @@ pub enum BatchInputs {
     Texts(Vec<String>),
 }
 
-struct Request {
-    model: String,
-    inputs: BatchInputs,
-    reply: oneshot::Sender<Result<(Scores, f64), ModelError>>,
+enum Request {
+    Score {
+        model: String,
+        inputs: BatchInputs,
+        reply: oneshot::Sender<Result<(Scores, f64), ModelError>>,
+    },
+    /// A model found after start (hot discovery); replaces one of the same name.
+    Add(Box<dyn Model>, oneshot::Sender<()>),
 }
+
+/// What the engine serves, by model name: a snapshot, cheap to clone.
+pub type ModelInfos = Arc<HashMap<String, ModelInfo>>;
 
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Request>,
-    infos: std::sync::Arc<HashMap<String, ModelInfo>>,
+    // Readers take a snapshot (an Arc clone); a model added later swaps in a new map.
+    infos: Arc<RwLock<ModelInfos>>,
 }
 
 impl Engine {
@@ -44,7 +52,7 @@ impl Engine {
             .iter()
             .map(|m| (m.info().name.clone(), m.info().clone()))
             .collect();
-        let by_name: HashMap<String, Box<dyn Model>> = models
+        let mut by_name: HashMap<String, Box<dyn Model>> = models
             .into_iter()
             .map(|m| (m.info().name.clone(), m))
             .collect();
@@ -53,11 +61,23 @@ impl Engine {
             .name("surge-model".into())
             .spawn(move || {
                 while let Ok(req) = rx.recv() {
+                    let (model, inputs, reply) = match req {
+                        Request::Add(m, done) => {
+                            by_name.insert(m.info().name.clone(), m);
+                            let _ = done.send(());
+                            continue;
+                        }
+                        Request::Score {
+                            model,
+                            inputs,
+                            reply,
+                        } => (model, inputs, reply),
+                    };
                     let started = std::time::Instant::now();
-                    let out = match by_name.get(&req.model) {
-                        None => Err(ModelError::BadBatch(format!("no model {}", req.model))),
+                    let out = match by_name.get(&model) {
+                        None => Err(ModelError::BadBatch(format!("no model {model}"))),
                         Some(m) => {
-                            let batch = match &req.inputs {
+                            let batch = match &inputs {
                                 BatchInputs::Rows { values, dim } => {
                                     Batch::Rows { values, dim: *dim }
                                 }
@@ -68,18 +88,43 @@ impl Engine {
                     };
                     let ms = started.elapsed().as_secs_f64() * 1e3;
                     // The caller may have given up (shutdown); nothing to do then.
-                    let _ = req.reply.send(out.map(|s| (s, ms)));
+                    let _ = reply.send(out.map(|s| (s, ms)));
                 }
             })?;
         Ok(Self {
             tx,
-            infos: std::sync::Arc::new(infos),
+            infos: Arc::new(RwLock::new(Arc::new(infos))),
         })
     }
 
-    /// What the engine serves, by model name.
-    pub fn models(&self) -> &HashMap<String, ModelInfo> {
-        &self.infos
+    /// What the engine serves now, by model name.
+    pub fn models(&self) -> ModelInfos {
+        match self.infos.read() {
+            Ok(g) => g.clone(),
+            // A panic while holding the lock cannot leave the map half-written (it is
+            // swapped whole), so the value is still good.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Adds a model found after start; returns once the model thread holds it, so a
+    /// job routed to it right after finds it.
+    pub async fn add(&self, model: Box<dyn Model>) -> Result<(), ModelError> {
+        let info = model.info().clone();
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Add(model, done))
+            .map_err(|_| ModelError::Inference("the model thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| ModelError::Inference("the model thread stopped".into()))?;
+        let mut guard = match self.infos.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut map = (**guard).clone();
+        map.insert(info.name.clone(), info);
+        *guard = Arc::new(map);
+        Ok(())
     }
 
     /// Scores one batch; returns the scores and the forward pass time in ms.
@@ -90,7 +135,7 @@ impl Engine {
     ) -> Result<(Scores, f64), ModelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request {
+            .send(Request::Score {
                 model: model.to_string(),
                 inputs,
                 reply,

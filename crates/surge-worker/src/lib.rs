@@ -12,9 +12,11 @@
 //!   reconnect loop in [`run`] starts a new one after any broker error.
 //! * [`http`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`; [`drain`]: backlog
 //!   and estimated time to drain, for scalers.
+//! * [`discovery`]: new model folders served without a restart.
 //! * [`shutdown`]: the signal every task watches.
 
 pub mod batcher;
+pub mod discovery;
 pub mod drain;
 pub mod engine;
 pub mod http;
@@ -68,6 +70,9 @@ pub struct WorkerConfig {
     /// Sleep before each batch: a deliberate slow-down for fault drills (zero in
     /// production).
     pub batch_delay: Duration,
+    /// When serving every model (`models` empty): how often to look for new model
+    /// folders; `None` to not look.
+    pub watch_models: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -86,6 +91,7 @@ impl WorkerConfig {
             metrics_addr: None,
             worker_id: None,
             batch_delay: Duration::ZERO,
+            watch_models: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -202,6 +208,17 @@ pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWo
         ready,
         worker_id: worker_id.clone(),
     });
+    if let (true, Some(every)) = (shared.config.models.is_empty(), shared.config.watch_models) {
+        // A folder must have been still for 2 s (or two looks) before it is loaded.
+        let quiet = (every * 2).max(Duration::from_secs(2));
+        tokio::spawn(discovery::watch(
+            shared.clone(),
+            shutdown.clone(),
+            every,
+            quiet,
+        ));
+        info!(dir = %shared.config.models_dir.display(), ?every, "watching for new model folders");
+    }
     let task = tokio::spawn(reconnect_loop(shared, shutdown));
     Ok(RunningWorker {
         metrics_addr,

@@ -94,61 +94,61 @@ pub(crate) async fn run_session(
         topology::declare_base(&publisher, &cfg.topology, t).await?;
         let mut names: Vec<String> = shared.engine.models().keys().cloned().collect();
         names.sort();
-        let prefetch = cfg
-            .prefetch
-            .unwrap_or_else(|| cfg.policy.default_prefetch());
         let mut tasks = JoinSet::new();
+        let mut serving = std::collections::BTreeSet::new();
         for model in names {
-            topology::declare_model(&publisher, &cfg.topology, &model, t).await?;
-            let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-            timed(
-                "basic.qos",
-                t.operation,
-                ch.basic_qos(prefetch, BasicQosOptions::default()),
-            )
-            .await?;
-            let queue = cfg.topology.job_queue(&model);
-            let tag = format!("{}/{model}", shared.worker_id);
-            let consumer = timed(
-                "basic.consume",
-                t.operation,
-                ch.basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-            info!(%queue, prefetch, "consuming");
-            tasks.spawn(serve_queue(
-                shared.clone(),
-                queue,
-                ch,
-                consumer,
-                publisher.clone(),
-                shutdown.clone(),
-            ));
+            start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown).await?;
+            serving.insert(model);
         }
         shared.ready.store(true, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTED).set(1.0);
-        let watcher = {
-            let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-            let models = shared.engine.models().keys().cloned().collect();
-            tokio::spawn(crate::drain::watch(ch, cfg.topology.clone(), models, *t))
+        let spawn_watcher = |models: Vec<String>, ch: Channel| {
+            AbortOnDrop(tokio::spawn(crate::drain::watch(
+                ch,
+                cfg.topology.clone(),
+                models,
+                *t,
+            )))
         };
-        let _stop_watcher = AbortOnDrop(watcher);
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tasks.abort_all();
-                    return Err(e);
-                }
-                Err(join_error) => {
-                    tasks.abort_all();
-                    warn!(error = %join_error, "a queue task panicked; restarting the session");
-                    return Err(BrokerError::Url(format!("queue task failed: {join_error}")));
+        let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+        let mut _watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
+        // Models found after start (hot discovery) join the running session.
+        let mut look = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        tasks.abort_all();
+                        return Err(e);
+                    }
+                    Some(Err(join_error)) => {
+                        tasks.abort_all();
+                        warn!(error = %join_error, "a queue task panicked; restarting the session");
+                        return Err(BrokerError::Url(format!("queue task failed: {join_error}")));
+                    }
+                },
+                _ = look.tick(), if !shutdown.is_triggered() => {
+                    let mut fresh: Vec<String> = shared
+                        .engine
+                        .models()
+                        .keys()
+                        .filter(|k| !serving.contains(*k))
+                        .cloned()
+                        .collect();
+                    fresh.sort();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    for model in fresh {
+                        start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown)
+                            .await?;
+                        info!(%model, "serving a model found after start");
+                        serving.insert(model);
+                    }
+                    let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+                    _watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
                 }
             }
         }
@@ -162,6 +162,53 @@ pub(crate) async fn run_session(
     let _ =
         tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
     result
+}
+
+/// Declares `model`'s queue and starts consuming it on a channel of its own.
+async fn start_consumer(
+    shared: &Arc<Shared>,
+    conn: &lapin::Connection,
+    publisher: &Channel,
+    model: &str,
+    tasks: &mut JoinSet<Result<(), BrokerError>>,
+    shutdown: &Shutdown,
+) -> Result<(), BrokerError> {
+    let cfg = &shared.config;
+    let t = &cfg.timeouts;
+    let prefetch = cfg
+        .prefetch
+        .unwrap_or_else(|| cfg.policy.default_prefetch());
+    topology::declare_model(publisher, &cfg.topology, model, t).await?;
+    let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+    timed(
+        "basic.qos",
+        t.operation,
+        ch.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let queue = cfg.topology.job_queue(model);
+    let tag = format!("{}/{model}", shared.worker_id);
+    let consumer = timed(
+        "basic.consume",
+        t.operation,
+        ch.basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    info!(%queue, prefetch, "consuming");
+    tasks.spawn(serve_queue(
+        shared.clone(),
+        queue,
+        ch,
+        consumer,
+        publisher.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// Aborts a helper task when the session ends, however it ends.
@@ -297,16 +344,17 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 fn make_item(shared: &Shared, delivery: Delivery) -> Item {
     let cfg = &shared.config;
     let env = envelope(&delivery.properties);
+    let models = shared.engine.models();
     let disposition = prepare(
         &env,
         &delivery.data,
-        shared.engine.models(),
+        &models,
         &cfg.limits,
         &shared.worker_id,
         now_ms(),
     );
     let fill = match &disposition {
-        Disposition::Score { job, .. } => match shared.engine.models().get(&job.model) {
+        Disposition::Score { job, .. } => match models.get(&job.model) {
             Some(info) => Fill::of(&job.inputs, &info.input),
             None => Fill {
                 rows: job.inputs.len(),

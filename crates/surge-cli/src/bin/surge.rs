@@ -86,7 +86,8 @@ struct AutoscaleArgs {
     /// Folder holding one sub-folder per model; passed on to the workers.
     #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
-    /// Scale this model's queue (repeatable). Default: every model folder in --models-dir.
+    /// Scale this model's queue (repeatable). Default: every model folder in
+    /// --models-dir, including folders added while it runs.
     #[arg(long = "model", env = "SURGE_MODELS", value_delimiter = ',')]
     models: Vec<String>,
     /// Fewest workers per model (0: scale to zero when idle).
@@ -153,8 +154,9 @@ fn seconds(v: f64, flag: &str) -> Result<Duration> {
 async fn autoscale(args: AutoscaleArgs) -> Result<()> {
     use surge_autoscale::{AutoscaleConfig, PolicyConfig, WorkerLaunch};
     let url = AmqpUrl::from_env()?;
+    let watch_models_dir = args.models.is_empty().then(|| args.models_dir.clone());
     let models = if args.models.is_empty() {
-        surge_worker::model::discover(&args.models_dir)?
+        surge_autoscale::model_folders(&args.models_dir)
     } else {
         args.models
     };
@@ -185,6 +187,7 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
         url,
         topology: surge_worker::protocol::Topology::new(args.prefix),
         models,
+        watch_models_dir,
         policy: PolicyConfig {
             min: args.min,
             max: args.max,
@@ -260,6 +263,10 @@ struct WorkerArgs {
     /// purpose for fault drills and demos (kill or restart things mid-run).
     #[arg(long, env = "SURGE_BATCH_DELAY_MS", default_value_t = 0, hide = true)]
     batch_delay_ms: u64,
+    /// When serving every model: look for new model folders this often, in
+    /// milliseconds, and serve each once it validates (0: never look).
+    #[arg(long, env = "SURGE_WATCH_MODELS_MS", default_value_t = 1000)]
+    watch_models_ms: u64,
     /// Identity reported in results (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     worker_id: Option<String>,
@@ -292,6 +299,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     cfg.metrics_addr = metrics_addr;
     cfg.worker_id = args.worker_id;
     cfg.batch_delay = Duration::from_millis(args.batch_delay_ms);
+    cfg.watch_models =
+        (args.watch_models_ms > 0).then(|| Duration::from_millis(args.watch_models_ms));
     let (trigger, shutdown) = surge_worker::shutdown::channel();
     spawn_signal_handler(trigger)?;
     surge_worker::run(cfg, shutdown).await?;

@@ -1,0 +1,145 @@
+//! Hot discovery: a worker serving every model in its models directory notices a new
+//! model folder, validates it, and starts serving it, without a restart and without
+//! touching the jobs in flight.
+//!
+//! The directory is polled every `interval` (polling works on every file system,
+//! network and container mounts included). A folder is picked up only once it has
+//! been **quiet** (no file in it modified) for `quiet`, so a folder still being
+//! copied is never loaded half-written; a folder that fails validation is logged,
+//! counted (`surge_model_rejected_total`) and retried only after it changes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, info, warn};
+
+use crate::metrics as m;
+use crate::shutdown::Shutdown;
+use crate::Shared;
+
+/// What identifies a folder's content cheaply: file count, total bytes, newest mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Files in the folder (not recursive).
+    pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// The newest modification time among them.
+    pub newest: SystemTime,
+}
+
+/// Reads a folder's fingerprint; `None` when it cannot be read.
+pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
+    let mut fp = Fingerprint {
+        files: 0,
+        bytes: 0,
+        newest: SystemTime::UNIX_EPOCH,
+    };
+    for entry in std::fs::read_dir(dir).ok()? {
+        let meta = entry.ok()?.metadata().ok()?;
+        fp.files += 1;
+        fp.bytes += meta.len();
+        if let Ok(t) = meta.modified() {
+            fp.newest = fp.newest.max(t);
+        }
+    }
+    Some(fp)
+}
+
+/// Whether a folder last modified at `newest` has been quiet for `quiet` at `now`.
+pub fn is_quiet(newest: SystemTime, now: SystemTime, quiet: Duration) -> bool {
+    // A clock that goes backwards (or a file from the future) counts as not quiet.
+    now.duration_since(newest).is_ok_and(|d| d >= quiet)
+}
+
+/// Polls the models directory until shutdown; loads and adds new models.
+pub(crate) async fn watch(
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+    interval: Duration,
+    quiet: Duration,
+) {
+    let cfg = &shared.config;
+    let mut rejected: HashMap<String, Fingerprint> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
+        let names = match surge_model::discover(&cfg.models_dir) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "cannot read the models directory");
+                continue;
+            }
+        };
+        let serving = shared.engine.models();
+        for name in names.into_iter().filter(|n| !serving.contains_key(n)) {
+            let dir = cfg.models_dir.join(&name);
+            let Some(fp) = fingerprint(&dir) else {
+                continue;
+            };
+            if rejected.get(&name) == Some(&fp) || !is_quiet(fp.newest, SystemTime::now(), quiet) {
+                continue;
+            }
+            let (models_dir, device, n) = (cfg.models_dir.clone(), cfg.device, name.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                let device = surge_model::select_device(device)?;
+                surge_model::load_model(&models_dir, &n, &device)
+            })
+            .await;
+            match loaded {
+                Ok(Ok(model)) => {
+                    let version = model.info().version.clone();
+                    match shared.engine.add(model).await {
+                        Ok(()) => {
+                            rejected.remove(&name);
+                            metrics::counter!(m::MODELS_DISCOVERED).increment(1);
+                            info!(model = %name, %version, "new model folder validated; serving it");
+                        }
+                        Err(e) => error!(model = %name, error = %e, "cannot add the model"),
+                    }
+                }
+                Ok(Err(e)) => {
+                    error!(model = %name, error = %e, "new model folder failed validation; not serving it (fix it and it is tried again)");
+                    metrics::counter!(m::MODELS_REJECTED, "model" => name.clone()).increment(1);
+                    rejected.insert(name, fp);
+                }
+                Err(e) => error!(model = %name, error = %e, "loading the model panicked"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_quiet_only_after_the_quiet_period() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let q = Duration::from_secs(2);
+        assert!(!is_quiet(t0, t0, q));
+        assert!(!is_quiet(t0, t0 + Duration::from_millis(1_999), q));
+        assert!(is_quiet(t0, t0 + q, q));
+        assert!(
+            !is_quiet(t0 + q, t0, q),
+            "a file from the future is not quiet"
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_changes_when_a_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"1").unwrap();
+        let one = fingerprint(dir.path()).unwrap();
+        assert_eq!((one.files, one.bytes), (1, 1));
+        std::fs::write(dir.path().join("b"), b"22").unwrap();
+        let two = fingerprint(dir.path()).unwrap();
+        assert_eq!((two.files, two.bytes), (2, 3));
+        assert_ne!(one, two);
+        assert!(fingerprint(&dir.path().join("missing")).is_none());
+    }
+}

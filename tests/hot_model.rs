@@ -1,0 +1,215 @@
+//! A new model is served by dropping a folder: copied into a running worker's models
+//! directory, it is validated and served without a restart, while the model already
+//! served keeps answering without interruption.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use surge_tests::*;
+
+fn copy_model(from: &Path, to: &Path, name: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("model.safetensors"), to.join("model.safetensors")).unwrap();
+    let toml = std::fs::read_to_string(from.join("model.toml")).unwrap();
+    let toml = toml.replace("name = \"breast-cancer\"", &format!("name = \"{name}\""));
+    std::fs::write(to.join("model.toml"), toml).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_folder_dropped_into_a_running_worker_is_served() {
+    let _conn = require_broker().await;
+    let prefix = unique_prefix("hot");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let shipped = models_dir().join("breast-cancer");
+    copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
+
+    let port = free_port();
+    let log = dir.path().join("worker.log");
+    let mut worker = Command::new(bin("surge"))
+        .arg("worker")
+        .args(["--prefix", &prefix, "--models-dir"])
+        .arg(&models)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        // Slow batches so the first model's run is still going when the new one lands.
+        .args(["--max-batch-rows", "50", "--batch-delay-ms", "10"])
+        .args(["--watch-models-ms", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker not ready:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The first model keeps serving a run throughout.
+    let input_a = dir.path().join("a.csv");
+    let output_a = dir.path().join("a-scores.csv");
+    let rows_a = write_rows_csv(&input_a, 20_000);
+    let mut run_a = spawn_score_batch(&prefix, &input_a, &output_a, &["--rows-per-job", "10"]);
+
+    // A folder that fails validation is reported and never served.
+    let broken = models.join("broken-model");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("model.toml"),
+        "name = \"broken-model\"\nversion = \"1\"\narchitecture = \"mlp\"\nweights = \"missing.safetensors\"\n",
+    )
+    .unwrap();
+
+    // Drop the new model in.
+    std::thread::sleep(Duration::from_millis(500));
+    let new_name = "breast-cancer-hot";
+    copy_model(&shipped, &models.join(new_name), new_name);
+    let dropped = Instant::now();
+    assert!(
+        run_a.try_wait().unwrap().is_none(),
+        "the first model's run should still be going when the new folder lands"
+    );
+
+    let input_b = dir.path().join("b.csv");
+    let output_b = dir.path().join("b-scores.csv");
+    let rows_b = write_rows_csv(&input_b, 200);
+    let columns = feature_names().join(",");
+    let out_b = Command::new(bin("score-batch"))
+        .args([
+            "--model",
+            new_name,
+            "--prefix",
+            &prefix,
+            "--columns",
+            &columns,
+        ])
+        .args(["--timeout", "60", "--rows-per-job", "200"])
+        .arg("--input")
+        .arg(&input_b)
+        .arg("--output")
+        .arg(&output_b)
+        .output()
+        .unwrap();
+    let to_result = dropped.elapsed();
+    assert!(
+        out_b.status.success(),
+        "the new model was not served: {}\nworker log:\n{}",
+        String::from_utf8_lossy(&out_b.stderr),
+        log_text()
+    );
+    // The copy is the same network: the same scores.
+    assert_exactly_once_and_correct(&read_output(&output_b), &reference_scores(&rows_b));
+    println!("hot model: folder dropped → its first job answered in {to_result:?} (target ≤ 5 s)");
+
+    let out_a = run_a.wait_with_output().unwrap();
+    assert!(
+        out_a.status.success(),
+        "the first model's run failed: {}",
+        String::from_utf8_lossy(&out_a.stderr)
+    );
+    assert_exactly_once_and_correct(&read_output(&output_a), &reference_scores(&rows_a));
+
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("surge_model_rejected_total{model=\"broken-model\"}"),
+        "{metrics}"
+    );
+    let text = log_text();
+    assert!(
+        text.contains("new model folder validated; serving it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("broken-model") && text.contains("failed validation"),
+        "{text}"
+    );
+    assert!(!text.contains("serving a model found after start\" model=broken-model"));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    cleanup(&prefix, &["breast-cancer", new_name]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
+    let _conn = require_broker().await;
+    let prefix = unique_prefix("hot-auto");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let shipped = models_dir().join("breast-cancer");
+    copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
+    let port = free_port();
+    let log = dir.path().join("autoscale.log");
+    let mut auto = Command::new(bin("surge"))
+        .arg("autoscale")
+        .args(["--prefix", &prefix, "--models-dir"])
+        .arg(&models)
+        .args(["--cooldown-s", "1", "--scale-down-window-s", "1"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "autoscaler not ready:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_name = "breast-cancer-later";
+    copy_model(&shipped, &models.join(new_name), new_name);
+    let dropped = Instant::now();
+    let input = dir.path().join("in.csv");
+    let output = dir.path().join("out.csv");
+    let rows = write_rows_csv(&input, 100);
+    let columns = feature_names().join(",");
+    let out = Command::new(bin("score-batch"))
+        .args([
+            "--model",
+            new_name,
+            "--prefix",
+            &prefix,
+            "--columns",
+            &columns,
+        ])
+        .args(["--timeout", "60"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\nautoscaler log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_text()
+    );
+    assert_exactly_once_and_correct(&read_output(&output), &reference_scores(&rows));
+    println!(
+        "hot model via the autoscaler, from zero workers: folder dropped → answered in {:?}",
+        dropped.elapsed()
+    );
+    assert!(log_text().contains("new model folder; scaling its queue too"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &auto.id().to_string()])
+        .status();
+    let status = auto.wait().unwrap();
+    assert!(
+        status.success(),
+        "autoscaler exit {status}:\n{}",
+        log_text()
+    );
+    cleanup(&prefix, &["breast-cancer", new_name]).await;
+}
