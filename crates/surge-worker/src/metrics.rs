@@ -29,6 +29,10 @@ pub const QUEUE_CONSUMERS: &str = "surge_queue_consumers";
 /// Estimated seconds for the queue's consumers to drain its backlog at this worker's
 /// measured rate, by `model` (0 when empty): scale on this to meet a deadline.
 pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
+/// Model folders found after start, validated and served.
+pub const MODELS_DISCOVERED: &str = "surge_models_discovered_total";
+/// Model folders found after start that failed validation, by `model`.
+pub const MODELS_REJECTED: &str = "surge_model_rejected_total";
 /// Reconnections after a lost connection.
 pub const RECONNECTS: &str = "surge_reconnects_total";
 
@@ -54,6 +58,16 @@ pub fn install() -> Option<PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            // A recorder built this way keeps every histogram sample until upkeep folds
+            // it into the buckets; without upkeep a worker nobody scrapes grows by tens
+            // of bytes per job, for ever (the soak found it). Upkeep every 5 s.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             Some(handle)
         })
         .clone()
