@@ -180,13 +180,100 @@ fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
     Ok(real)
 }
 
-/// Loads and validates model `name` from `models_dir` onto `device`.
+/// Loads and validates model `name` from `models_dir` onto `device`: the flat layout
+/// `models_dir/<name>/model.toml`, or, when the folder holds versions
+/// (`models_dir/<name>/<version>/model.toml`), the newest of them.
 pub fn load_model(
     models_dir: &Path,
     name: &str,
     device: &Device,
 ) -> Result<Box<dyn Model>, ModelError> {
+    surge_protocol::validate_model_name(name)?;
+    let flat = models_dir.join(name).join(spec::SPEC_FILE).is_file();
+    if !flat {
+        if let Some(newest) = versions(models_dir, name)?.pop() {
+            return load_version(models_dir, name, &newest, device);
+        }
+    }
     let dir = model_dir(models_dir, name)?;
+    load_dir(dir, name, None, device)
+}
+
+/// Loads version `version` of model `name` from `models_dir/<name>/<version>/`; the
+/// folder's name must equal the `version` in its `model.toml`.
+pub fn load_version(
+    models_dir: &Path,
+    name: &str,
+    version: &str,
+    device: &Device,
+) -> Result<Box<dyn Model>, ModelError> {
+    surge_protocol::validate_model_name(name)?;
+    let root = models_dir
+        .canonicalize()
+        .map_err(|e| ModelError::io(models_dir, e))?;
+    let model_root = root.join(name);
+    let real = model_root
+        .canonicalize()
+        .map_err(|e| ModelError::io(&model_root, e))?;
+    if !real.starts_with(&root) {
+        return Err(ModelError::OutsideModelsDir {
+            path: model_root,
+            models_dir: root,
+        });
+    }
+    let dir = model_dir(&real, version)?;
+    load_dir(dir, name, Some(version), device)
+}
+
+/// The versions of model `name` laid out as `models_dir/<name>/<version>/model.toml`,
+/// oldest first (see [`compare_versions`]); empty for the flat layout.
+pub fn versions(models_dir: &Path, name: &str) -> Result<Vec<String>, ModelError> {
+    surge_protocol::validate_model_name(name)?;
+    let dir = models_dir.join(name);
+    let entries = std::fs::read_dir(&dir).map_err(|e| ModelError::io(&dir, e))?;
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(spec::SPEC_FILE).is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|v| surge_protocol::validate_model_name(v).is_ok())
+        .collect();
+    out.sort_by(|a, b| compare_versions(a, b));
+    Ok(out)
+}
+
+/// Orders version labels: dot-separated parts compared as numbers when both are
+/// numbers (so `1.10` is newer than `1.9`), as text otherwise; a label that is a
+/// prefix of another is older (`1.0` before `1.0.1`).
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut pa = a.split(['.', '-', '_']);
+    let mut pb = b.split(['.', '-', '_']);
+    loop {
+        match (pa.next(), pb.next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let o = match (
+                    x.trim_start_matches('v').parse::<u64>(),
+                    y.trim_start_matches('v').parse::<u64>(),
+                ) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => x.cmp(y),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+fn load_dir(
+    dir: PathBuf,
+    name: &str,
+    folder_version: Option<&str>,
+    device: &Device,
+) -> Result<Box<dyn Model>, ModelError> {
     let spec = spec::read_spec(&dir)?;
     let toml_path = dir.join(spec::SPEC_FILE);
     if let Some(declared) = &spec.name {
@@ -200,6 +287,18 @@ pub fn load_model(
     }
     surge_protocol::validate_model_name(&spec.version)
         .map_err(|e| ModelError::spec(&toml_path, "version", e.to_string()))?;
+    if let Some(folder) = folder_version {
+        if spec.version != folder {
+            return Err(ModelError::spec(
+                &toml_path,
+                "version",
+                format!(
+                    "says {:?} but the folder is named {folder:?}; they must match",
+                    spec.version
+                ),
+            ));
+        }
+    }
     // The weights file must be a plain name inside the folder: no path tricks.
     if spec.weights.contains('/') || spec.weights.contains('\\') || spec.weights.starts_with('.') {
         return Err(ModelError::spec(
@@ -263,15 +362,23 @@ pub fn load_model(
     (arch.load)(&ctx)
 }
 
-/// Names of the model folders in `models_dir` (sub-folders holding a `model.toml`),
-/// sorted.
+/// Names of the model folders in `models_dir` (sub-folders holding a `model.toml`, or
+/// version sub-folders that do), sorted.
 pub fn discover(models_dir: &Path) -> Result<Vec<String>, ModelError> {
     let entries = std::fs::read_dir(models_dir).map_err(|e| ModelError::io(models_dir, e))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| ModelError::io(models_dir, e))?;
         let path = entry.path();
-        if path.join(spec::SPEC_FILE).is_file() {
+        let versioned = || {
+            std::fs::read_dir(&path)
+                .map(|sub| {
+                    sub.filter_map(|e| e.ok())
+                        .any(|e| e.path().join(spec::SPEC_FILE).is_file())
+                })
+                .unwrap_or(false)
+        };
+        if path.join(spec::SPEC_FILE).is_file() || (path.is_dir() && versioned()) {
             if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
                 names.push(name.to_string());
             }
