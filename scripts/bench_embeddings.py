@@ -69,10 +69,11 @@ STEPS = """### Where the CPU time goes, and what each step bought
 Measured back to back on this machine on 2026-11-27, in process, 500 sentences, while
 two other engineers' builds and tests shared the two cores (load average 4–7): single
 runs of the same binary varied by up to 2×, so only same-minute comparisons mean much.
-Two full `make bench-embeddings` runs five minutes apart gave sentence-transformers 35
-and 97 sentences/s, Surge in process 52 and 46, Surge through the queue 69 and 52 (the
-table above is the later run). The fair reading: Surge is at about half of PyTorch's
-CPU throughput here, and the ≥ 1.0× target is **not met**.
+Three full runs within 40 minutes (sentence-transformers / Surge in process / Surge
+through the queue, sentences/s): 35 / 52 / 69 and 97 / 46 / 52 (dev build), 109 / 42 /
+54 (release build, the table above). Cold start in the four runs: 0.50, 0.47, 0.37 and
+1.22 s. The fair reading: Surge is at about half of PyTorch's CPU throughput here, and
+the ≥ 1.0× target is **not met**; cold start is within 1 s except under the heaviest load.
 
 - `perf record` of the forward pass: 59% in gemm's f32 microkernel (`fma::f32::x2x6`,
   AVX2), 7.5% in `erff` (GELU), 4% in candle's thread-pool barrier, the rest spread
