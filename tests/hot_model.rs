@@ -213,3 +213,112 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
     );
     cleanup(&prefix, &["breast-cancer", new_name]).await;
 }
+
+fn put_version(models: &Path, version: &str) {
+    let shipped = models_dir().join("breast-cancer");
+    let dir = models.join("breast-cancer").join(version);
+    copy_model(&shipped, &dir, "breast-cancer");
+    let toml = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_side_by_side_and_a_new_version_without_restart() {
+    let _conn = require_broker().await;
+    let prefix = unique_prefix("versions");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    put_version(&models, "1.0.0");
+    let port = free_port();
+    let log = dir.path().join("worker.log");
+    let mut worker = Command::new(bin("surge"))
+        .arg("worker")
+        .args(["--prefix", &prefix, "--models-dir"])
+        .arg(&models)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--watch-models-ms", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker not ready:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let input = dir.path().join("in.csv");
+    let rows = write_rows_csv(&input, 50);
+    let expected = reference_scores(&rows);
+    let columns = feature_names().join(",");
+    let score = |model: &str, out: &str| {
+        let output = dir.path().join(out);
+        let o = Command::new(bin("score-batch"))
+            .args(["--model", model, "--prefix", &prefix, "--columns", &columns])
+            .args(["--timeout", "60"])
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+            output,
+        )
+    };
+    let (ok, err, out) = score("breast-cancer@1.0.0", "a.csv");
+    assert!(ok, "{err}");
+    assert_exactly_once_and_correct(&read_output(&out), &expected);
+
+    put_version(&models, "1.1.0");
+    let dropped = Instant::now();
+    // Until the new version is served, asking for it is answered with an error; poll.
+    let (mut ok, mut err, mut out) = score("breast-cancer@1.1.0", "b.csv");
+    while !ok && dropped.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(250));
+        (ok, err, out) = score("breast-cancer@1.1.0", "b.csv");
+    }
+    assert!(
+        ok,
+        "version 1.1.0 was not served: {err}\nworker log:\n{}",
+        log_text()
+    );
+    assert_exactly_once_and_correct(&read_output(&out), &expected);
+    println!(
+        "versions: 1.1.0 dropped → answered in {:?}",
+        dropped.elapsed()
+    );
+    // The old version is still served beside it, and an unknown one is refused.
+    let (ok, err, _) = score("breast-cancer@1.0.0", "c.csv");
+    assert!(ok, "{err}");
+    let (ok, err, out) = score("breast-cancer@9.9", "d.csv");
+    assert!(!ok, "an unknown version must not be scored");
+    // score-batch writes every row, with the error in its last column.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.ends_with(",error"), "{text}");
+    let rows_out: Vec<&str> = lines.collect();
+    assert_eq!(rows_out.len(), 50, "every row answered: {text}");
+    assert!(
+        rows_out
+            .iter()
+            .all(|l| l.contains("no version") && l.contains("9.9") && l.contains("1.0.0, 1.1.0")),
+        "{err}\n{text}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    cleanup(&prefix, &["breast-cancer"]).await;
+}

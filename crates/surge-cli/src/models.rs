@@ -30,7 +30,20 @@ fn load_folder(dir: &Path, device: DeviceSpec) -> Result<Box<dyn Model>> {
         .to_string();
     let parent = dir.parent().context("the folder has no parent")?;
     let device = model::select_device(device)?;
-    Ok(model::load_model(parent, &name, &device)?)
+    let flat = model::load_model(parent, &name, &device);
+    if flat.is_ok() || !dir.join(model::spec::SPEC_FILE).is_file() {
+        return Ok(flat?);
+    }
+    // `models/<name>/<version>/`: the folder is a version of the model named by its
+    // parent.
+    let versioned = parent
+        .parent()
+        .zip(parent.file_name().and_then(|n| n.to_str()))
+        .map(|(root, model_name)| model::load_version(root, model_name, &name, &device));
+    match versioned {
+        Some(Ok(m)) => Ok(m),
+        _ => Ok(flat?),
+    }
 }
 
 fn describe_input(input: &InputSpec) -> String {
@@ -146,10 +159,16 @@ pub async fn list(models_dir: &Path, prefix: &str, device: DeviceSpec) -> Result
         match load_folder(&models_dir.join(name), device) {
             Ok(m) => {
                 let i = m.info();
+                let all = model::versions(models_dir, name).unwrap_or_default();
+                let versions = if all.is_empty() {
+                    i.version.clone()
+                } else {
+                    all.join(",")
+                };
                 println!(
                     "{:<24} {:<10} {:<16} {:<32} {:>8}  ok",
                     i.name,
-                    i.version,
+                    versions,
                     i.architecture,
                     describe_input(&i.input),
                     queued

@@ -1,6 +1,8 @@
 //! Hot discovery: a worker serving every model in its models directory notices a new
-//! model folder, validates it, and starts serving it, without a restart and without
-//! touching the jobs in flight.
+//! model folder, or a new version folder of a model (`models/<name>/<version>/`),
+//! validates it, and starts serving it, without a restart and without touching the jobs
+//! in flight. A new version becomes the default of jobs that name none once it is the
+//! newest.
 //!
 //! The directory is polled every `interval` (polling works on every file system,
 //! network and container mounts included). A folder is picked up only once it has
@@ -76,18 +78,48 @@ pub(crate) async fn watch(
             }
         };
         let serving = shared.engine.models();
-        for name in names.into_iter().filter(|n| !serving.contains_key(n)) {
-            let dir = cfg.models_dir.join(&name);
+        // Candidates: (model, version folder or None for the flat layout).
+        let mut candidates: Vec<(String, Option<String>)> = Vec::new();
+        for name in names {
+            if cfg
+                .models_dir
+                .join(&name)
+                .join(surge_model::spec::SPEC_FILE)
+                .is_file()
+            {
+                if !serving.contains_key(&name) {
+                    candidates.push((name, None));
+                }
+            } else if let Ok(versions) = surge_model::versions(&cfg.models_dir, &name) {
+                for v in versions {
+                    if !serving.contains_key(&crate::engine::key(&name, &v)) {
+                        candidates.push((name.clone(), Some(v)));
+                    }
+                }
+            }
+        }
+        for (name, version) in candidates {
+            let label = match &version {
+                Some(v) => crate::engine::key(&name, v),
+                None => name.clone(),
+            };
+            let dir = match &version {
+                Some(v) => cfg.models_dir.join(&name).join(v),
+                None => cfg.models_dir.join(&name),
+            };
             let Some(fp) = fingerprint(&dir) else {
                 continue;
             };
-            if rejected.get(&name) == Some(&fp) || !is_quiet(fp.newest, SystemTime::now(), quiet) {
+            if rejected.get(&label) == Some(&fp) || !is_quiet(fp.newest, SystemTime::now(), quiet) {
                 continue;
             }
             let (models_dir, device, n) = (cfg.models_dir.clone(), cfg.device, name.clone());
             let loaded = tokio::task::spawn_blocking(move || {
                 let device = surge_model::select_device(device)?;
-                surge_model::load_model(&models_dir, &n, &device)
+                match version {
+                    Some(v) => surge_model::load_version(&models_dir, &n, &v, &device),
+                    None => surge_model::load_model(&models_dir, &n, &device),
+                }
             })
             .await;
             match loaded {
@@ -95,7 +127,7 @@ pub(crate) async fn watch(
                     let version = model.info().version.clone();
                     match shared.engine.add(model).await {
                         Ok(()) => {
-                            rejected.remove(&name);
+                            rejected.remove(&label);
                             metrics::counter!(m::MODELS_DISCOVERED).increment(1);
                             info!(model = %name, %version, "new model folder validated; serving it");
                         }
@@ -105,7 +137,7 @@ pub(crate) async fn watch(
                 Ok(Err(e)) => {
                     error!(model = %name, error = %e, "new model folder failed validation; not serving it (fix it and it is tried again)");
                     metrics::counter!(m::MODELS_REJECTED, "model" => name.clone()).increment(1);
-                    rejected.insert(name, fp);
+                    rejected.insert(label, fp);
                 }
                 Err(e) => error!(model = %name, error = %e, "loading the model panicked"),
             }

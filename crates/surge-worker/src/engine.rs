@@ -33,7 +33,25 @@ enum Request {
     Add(Box<dyn Model>, oneshot::Sender<()>),
 }
 
-/// What the engine serves, by model name: a snapshot, cheap to clone.
+/// The engine's key of one version of a model: `name@version`.
+pub fn key(name: &str, version: &str) -> String {
+    format!("{name}@{version}")
+}
+
+/// Records `info` under `name@version`, and under `name` when it is the newest version
+/// known (the one a job naming no version gets).
+fn insert_info(map: &mut HashMap<String, ModelInfo>, info: &ModelInfo) {
+    map.insert(key(&info.name, &info.version), info.clone());
+    let newer = map.get(&info.name).is_none_or(|cur| {
+        surge_model::compare_versions(&info.version, &cur.version) != std::cmp::Ordering::Less
+    });
+    if newer {
+        map.insert(info.name.clone(), info.clone());
+    }
+}
+
+/// What the engine serves: by `name` (the newest version) and by `name@version`; a
+/// snapshot, cheap to clone.
 pub type ModelInfos = Arc<HashMap<String, ModelInfo>>;
 
 /// Handle to the model thread; cheap to clone.
@@ -48,13 +66,13 @@ impl Engine {
     /// Moves `models` onto a new thread and returns a handle to it. The thread ends
     /// when the last handle is dropped.
     pub fn start(models: Vec<Box<dyn Model>>) -> std::io::Result<Self> {
-        let infos = models
-            .iter()
-            .map(|m| (m.info().name.clone(), m.info().clone()))
-            .collect();
+        let mut infos = HashMap::new();
+        for m in &models {
+            insert_info(&mut infos, m.info());
+        }
         let mut by_name: HashMap<String, Box<dyn Model>> = models
             .into_iter()
-            .map(|m| (m.info().name.clone(), m))
+            .map(|m| (key(&m.info().name, &m.info().version), m))
             .collect();
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
@@ -63,7 +81,7 @@ impl Engine {
                 while let Ok(req) = rx.recv() {
                     let (model, inputs, reply) = match req {
                         Request::Add(m, done) => {
-                            by_name.insert(m.info().name.clone(), m);
+                            by_name.insert(key(&m.info().name, &m.info().version), m);
                             let _ = done.send(());
                             continue;
                         }
@@ -122,12 +140,25 @@ impl Engine {
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut map = (**guard).clone();
-        map.insert(info.name.clone(), info);
+        insert_info(&mut map, &info);
         *guard = Arc::new(map);
         Ok(())
     }
 
-    /// Scores one batch; returns the scores and the forward pass time in ms.
+    /// Names of the models served (one per queue), sorted.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .models()
+            .keys()
+            .filter(|k| !k.contains('@'))
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Scores one batch with `model` (an engine key, `name@version`); returns the
+    /// scores and the forward pass time in ms.
     pub async fn score(
         &self,
         model: &str,

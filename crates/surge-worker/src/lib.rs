@@ -149,22 +149,49 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// One version's load outcome.
+type Loaded = Result<Box<dyn surge_model::Model>, ModelError>;
+
+/// Every version of model `name`: each folder of the versioned layout, or the one flat
+/// folder.
+fn load_all_versions(
+    models_dir: &std::path::Path,
+    name: &str,
+    device: &surge_model::Device,
+) -> Result<Vec<Loaded>, ModelError> {
+    if models_dir
+        .join(name)
+        .join(surge_model::spec::SPEC_FILE)
+        .is_file()
+    {
+        return Ok(vec![surge_model::load_model(models_dir, name, device)]);
+    }
+    Ok(surge_model::versions(models_dir, name)?
+        .iter()
+        .map(|v| surge_model::load_version(models_dir, name, v, device))
+        .collect())
+}
+
 fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, WorkerError> {
     let device = surge_model::select_device(cfg.device)?;
     let mut models = Vec::new();
     if cfg.models.is_empty() {
         for name in surge_model::discover(&cfg.models_dir)? {
-            match surge_model::load_model(&cfg.models_dir, &name, &device) {
-                Ok(m) => models.push(m),
-                // One broken folder must not stop the others from being served.
-                Err(e) => {
-                    error!(model = %name, error = %e, "model failed validation; not serving it")
+            for loaded in load_all_versions(&cfg.models_dir, &name, &device)? {
+                match loaded {
+                    Ok(m) => models.push(m),
+                    // One broken folder must not stop the others from being served.
+                    Err(e) => {
+                        error!(model = %name, error = %e, "model failed validation; not serving it")
+                    }
                 }
             }
         }
     } else {
         for name in &cfg.models {
-            models.push(surge_model::load_model(&cfg.models_dir, name, &device)?);
+            for loaded in load_all_versions(&cfg.models_dir, name, &device)? {
+                models.push(loaded?);
+            }
         }
     }
     if models.is_empty() {

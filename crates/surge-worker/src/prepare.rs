@@ -78,7 +78,7 @@ pub fn prepare(
         encoding,
         result: Box::new(JobResult::failure(&job_id, model, kind, message, worker)),
     };
-    let job = match decode_job(body, encoding, limits) {
+    let mut job = match decode_job(body, encoding, limits) {
         Ok(job) => job,
         Err(e) => {
             return match e.answerable_kind() {
@@ -90,8 +90,16 @@ pub fn prepare(
             }
         }
     };
-    let Some(info) = models.get(&job.model) else {
-        let mut served: Vec<&str> = models.keys().map(String::as_str).collect();
+    // A name with '@' would address a version through the name: not a model name.
+    let newest = (!job.model.contains('@'))
+        .then(|| models.get(&job.model))
+        .flatten();
+    let Some(newest) = newest else {
+        let mut served: Vec<&str> = models
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !k.contains('@'))
+            .collect();
         served.sort_unstable();
         return answer(
             &job.model.clone(),
@@ -103,18 +111,31 @@ pub fn prepare(
             ),
         );
     };
-    if let Some(v) = &job.version {
-        if *v != info.version {
-            return answer(
-                &job.model.clone(),
-                ErrorKind::UnknownVersion,
-                format!(
-                    "model {} has no version {v:?} here (served: {:?})",
-                    job.model, info.version
-                ),
-            );
-        }
-    }
+    let info = match &job.version {
+        None => newest,
+        Some(v) => match models.get(&format!("{}@{v}", job.model)) {
+            Some(info) => info,
+            None => {
+                let prefix = format!("{}@", job.model);
+                let mut served: Vec<&str> = models
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .collect();
+                served.sort_unstable_by(|a, b| surge_model::compare_versions(a, b));
+                return answer(
+                    &job.model.clone(),
+                    ErrorKind::UnknownVersion,
+                    format!(
+                        "model {} has no version {v:?} here (served: {})",
+                        job.model,
+                        served.join(", ")
+                    ),
+                );
+            }
+        },
+    };
+    // From here on the job names the version that scores it.
+    job.version = Some(info.version.clone());
     if let Some(deadline) = job.deadline_ms {
         if now_ms > deadline {
             return answer(
@@ -169,7 +190,42 @@ mod tests {
             output_names: vec!["p".into()],
             dir: PathBuf::new(),
         };
-        HashMap::from([("m".to_string(), info)])
+        let old = ModelInfo {
+            version: "0.9.0".into(),
+            ..info.clone()
+        };
+        HashMap::from([
+            ("m".to_string(), info.clone()),
+            ("m@1.0.0".to_string(), info),
+            ("m@0.9.0".to_string(), old),
+        ])
+    }
+
+    #[test]
+    fn a_job_gets_the_version_it_names_or_the_newest() {
+        let version_of = |version: Option<&str>| {
+            let job = Job {
+                version: version.map(str::to_string),
+                ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+            };
+            let body = encode(&job, Encoding::Json).unwrap();
+            match prepare(&env(), &body, &models(), &Limits::default(), "w", 0) {
+                Disposition::Score { job, .. } => Ok(job.version),
+                Disposition::Answer { result, .. } => {
+                    Err(result.error.map(|e| e.message).unwrap_or_default())
+                }
+                Disposition::DeadLetter { reason, .. } => Err(reason),
+            }
+        };
+        assert_eq!(version_of(None), Ok(Some("1.0.0".into())));
+        assert_eq!(version_of(Some("0.9.0")), Ok(Some("0.9.0".into())));
+        let err = version_of(Some("9")).unwrap_err();
+        assert!(err.contains("served: 0.9.0, 1.0.0"), "{err}");
+        // A version smuggled into the name is not a model.
+        let job = Job::new("m@0.9.0", Inputs::Rows(vec![vec![1.0, 2.0]]));
+        let body = encode(&job, Encoding::Json).unwrap();
+        let d = prepare(&env(), &body, &models(), &Limits::default(), "w", 0);
+        assert!(matches!(d, Disposition::Answer { .. }));
     }
 
     fn env() -> Envelope {

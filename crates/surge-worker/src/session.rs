@@ -92,8 +92,7 @@ pub(crate) async fn run_session(
         )
         .await?;
         topology::declare_base(&publisher, &cfg.topology, t).await?;
-        let mut names: Vec<String> = shared.engine.models().keys().cloned().collect();
-        names.sort();
+        let names = shared.engine.model_names();
         let mut tasks = JoinSet::new();
         let mut serving = std::collections::BTreeSet::new();
         for model in names {
@@ -130,14 +129,12 @@ pub(crate) async fn run_session(
                     }
                 },
                 _ = look.tick(), if !shutdown.is_triggered() => {
-                    let mut fresh: Vec<String> = shared
+                    let fresh: Vec<String> = shared
                         .engine
-                        .models()
-                        .keys()
-                        .filter(|k| !serving.contains(*k))
-                        .cloned()
+                        .model_names()
+                        .into_iter()
+                        .filter(|k| !serving.contains(k))
                         .collect();
-                    fresh.sort();
                     if fresh.is_empty() {
                         continue;
                     }
@@ -162,6 +159,12 @@ pub(crate) async fn run_session(
     let _ =
         tokio::time::timeout(t.operation, conn.close(200, "surge worker stopping".into())).await;
     result
+}
+
+/// The engine key of a prepared job: `prepare` has set its version to the one that
+/// scores it.
+fn engine_key(job: &Job) -> String {
+    crate::engine::key(&job.model, job.version.as_deref().unwrap_or_default())
 }
 
 /// Declares `model`'s queue and starts consuming it on a channel of its own.
@@ -354,7 +357,7 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         now_ms(),
     );
     let fill = match &disposition {
-        Disposition::Score { job, .. } => match models.get(&job.model) {
+        Disposition::Score { job, .. } => match models.get(&engine_key(job)) {
             Some(info) => Fill::of(&job.inputs, &info.input),
             None => Fill {
                 rows: job.inputs.len(),
@@ -464,7 +467,7 @@ async fn process_batch(
                     }));
                     jobs.push(None);
                 } else {
-                    groups.entry(job.model.clone()).or_default().push(i);
+                    groups.entry(engine_key(&job)).or_default().push(i);
                     outcomes.push(None);
                     jobs.push(Some((job_id, encoding, job, queue_ms)));
                 }
