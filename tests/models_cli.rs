@@ -88,3 +88,77 @@ fn list_shows_every_folder_and_fails_on_an_invalid_one() {
         "{text}"
     );
 }
+
+#[test]
+fn new_scaffolds_a_folder_that_a_worker_serves_from_weights_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let weights = models_dir().join("breast-cancer/model.safetensors");
+    let w = weights.to_str().unwrap();
+    let (ok, text) = surge(&[
+        "models",
+        "new",
+        "scaffolded",
+        "--from-safetensors",
+        w,
+        "--models-dir",
+        d,
+        "--outputs",
+        "p_malignant",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("inputs 30, hidden [64, 32], outputs 1"),
+        "{text}"
+    );
+    let toml = std::fs::read_to_string(dir.path().join("scaffolded/model.toml")).unwrap();
+    assert!(
+        toml.contains("hidden = [64, 32]") && toml.contains("\"p_malignant\""),
+        "{toml}"
+    );
+    // Nothing left behind but the folder itself.
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+    let (ok, text) = surge(&[
+        "models",
+        "check",
+        dir.path().join("scaffolded").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    // Wrong feature count, an existing name, and weights that are no MLP are refused.
+    let (ok, text) = surge(&[
+        "models",
+        "new",
+        "other",
+        "--from-safetensors",
+        w,
+        "--models-dir",
+        d,
+        "--features",
+        "a,b",
+    ]);
+    assert!(!ok && text.contains("weights take 30"), "{text}");
+    let (ok, text) = surge(&[
+        "models",
+        "new",
+        "scaffolded",
+        "--from-safetensors",
+        w,
+        "--models-dir",
+        d,
+    ]);
+    assert!(!ok && text.contains("already exists"), "{text}");
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not safetensors").unwrap();
+    let (ok, _) = surge(&[
+        "models",
+        "new",
+        "junk",
+        "--from-safetensors",
+        junk.to_str().unwrap(),
+        "--models-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(!dir.path().join("junk").exists());
+}

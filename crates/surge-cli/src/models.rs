@@ -193,3 +193,129 @@ pub async fn list(models_dir: &Path, prefix: &str, device: DeviceSpec) -> Result
     }
     Ok(())
 }
+
+/// What `surge models new` needs.
+pub struct NewModel<'a> {
+    /// Models directory to create the folder in.
+    pub models_dir: &'a Path,
+    /// The new model's name (the folder name).
+    pub name: &'a str,
+    /// The weights to copy in.
+    pub weights: &'a Path,
+    /// Architecture (only `mlp` can be scaffolded from weights alone).
+    pub arch: &'a str,
+    /// Feature names; default `f0..fN`.
+    pub features: Vec<String>,
+    /// Output names; default `score` (one output) or `score_0..`.
+    pub outputs: Vec<String>,
+    /// Version label.
+    pub version: &'a str,
+    /// Output activation: sigmoid, softmax or none.
+    pub output_activation: &'a str,
+}
+
+/// `surge models new`: a model folder scaffolded from a weights file's shapes, then
+/// checked as a worker would.
+pub fn new_model(n: NewModel<'_>) -> Result<()> {
+    use std::fmt::Write as _;
+    surge_worker::protocol::validate_model_name(n.name)
+        .map_err(|e| anyhow::anyhow!("model name {:?}: {e}", n.name))?;
+    if n.arch != "mlp" {
+        bail!("only --arch mlp can be scaffolded from weights alone (a {:?} model needs its config files; see README)", n.arch);
+    }
+    let dir = n.models_dir.join(n.name);
+    if dir.exists() {
+        bail!(
+            "{} already exists; pick another name or remove it",
+            dir.display()
+        );
+    }
+    let w = model::weights::Weights::open(n.weights)?;
+    let (inputs, hidden, outputs) = model::mlp::layout(&w.shapes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", n.weights.display()))?;
+    let features = if n.features.is_empty() {
+        (0..inputs).map(|i| format!("f{i}")).collect()
+    } else if n.features.len() == inputs {
+        n.features
+    } else {
+        bail!(
+            "--features names {} features but the weights take {inputs}",
+            n.features.len()
+        );
+    };
+    let output_names = if !n.outputs.is_empty() {
+        if n.outputs.len() != outputs {
+            bail!(
+                "--outputs names {} outputs but the weights give {outputs}",
+                n.outputs.len()
+            );
+        }
+        n.outputs
+    } else if outputs == 1 {
+        vec!["score".to_string()]
+    } else {
+        (0..outputs).map(|i| format!("score_{i}")).collect()
+    };
+    let quoted = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut toml = String::new();
+    let _ = writeln!(
+        toml,
+        "# Scaffolded by `surge models new` from {}.",
+        n.weights.display()
+    );
+    let _ = writeln!(
+        toml,
+        "# Edit the feature and output names; add [preprocessing] mean/std if the"
+    );
+    let _ = writeln!(toml, "# network was trained on standardised inputs.");
+    let _ = writeln!(
+        toml,
+        "name = {:?}\nversion = {:?}\narchitecture = \"mlp\"",
+        n.name, n.version
+    );
+    let _ = writeln!(
+        toml,
+        "description = \"\"\nweights = \"model.safetensors\"\n"
+    );
+    let _ = writeln!(
+        toml,
+        "[input]\nkind = \"tabular\"\nfeatures = [{}]\n",
+        quoted(&features)
+    );
+    let _ = writeln!(toml, "[output]\nnames = [{}]\n", quoted(&output_names));
+    let hidden: Vec<String> = hidden.iter().map(|h| h.to_string()).collect();
+    let _ = writeln!(
+        toml,
+        "[mlp]\nhidden = [{}]\nactivation = \"relu\"\noutput_activation = {:?}",
+        hidden.join(", "),
+        n.output_activation
+    );
+    // Written in a hidden staging folder (workers skip hidden folders) and moved in
+    // whole, so a watching worker never sees half a folder.
+    let staging_root = n
+        .models_dir
+        .join(format!(".staging-{}", std::process::id()));
+    let staging = staging_root.join(n.name);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let written = (|| -> Result<()> {
+        std::fs::copy(n.weights, staging.join("model.safetensors"))
+            .with_context(|| format!("copying {}", n.weights.display()))?;
+        std::fs::write(staging.join("model.toml"), &toml)?;
+        check(&staging, DeviceSpec::Cpu).context("the scaffolded folder does not load")?;
+        std::fs::rename(&staging, &dir)
+            .with_context(|| format!("moving the new folder to {}", dir.display()))
+    })();
+    let _ = std::fs::remove_dir_all(&staging_root);
+    written?;
+    println!(
+        "created {} (inputs {inputs}, hidden [{}], outputs {outputs})",
+        dir.display(),
+        hidden.join(", ")
+    );
+    Ok(())
+}

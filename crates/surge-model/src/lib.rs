@@ -370,6 +370,14 @@ pub fn discover(models_dir: &Path) -> Result<Vec<String>, ModelError> {
     for entry in entries {
         let entry = entry.map_err(|e| ModelError::io(models_dir, e))?;
         let path = entry.path();
+        // Hidden folders are staging areas and editor leftovers, never models.
+        if entry
+            .file_name()
+            .to_str()
+            .is_none_or(|n| n.starts_with('.'))
+        {
+            continue;
+        }
         let versioned = || {
             std::fs::read_dir(&path)
                 .map(|sub| {

@@ -135,6 +135,49 @@ pub struct Mlp {
     device: Device,
 }
 
+/// The layer widths an MLP weights file implies: `(inputs, hidden, outputs)`, read from
+/// `layers.{i}.weight` (`[out, in]`) and `layers.{i}.bias` (`[out]`). Used to scaffold
+/// a `model.toml` from weights alone; says what is wrong when the file is no MLP.
+pub fn layout(shapes: &[(String, Vec<usize>)]) -> Result<(usize, Vec<usize>, usize), String> {
+    let get = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+    let mut widths = Vec::new();
+    let mut i = 0;
+    while let Some(w) = get(&format!("layers.{i}.weight")) {
+        let [out, inp] = w[..] else {
+            return Err(format!("layers.{i}.weight has shape {w:?}; want [out, in]"));
+        };
+        if let Some(prev) = widths.last() {
+            if *prev != inp {
+                return Err(format!(
+                    "layers.{i}.weight takes {inp} inputs but the layer before gives {prev}"
+                ));
+            }
+        } else {
+            widths.push(inp);
+        }
+        match get(&format!("layers.{i}.bias")) {
+            Some(b) if b == [out] => {}
+            other => return Err(format!("layers.{i}.bias is {other:?}; want [{out}]")),
+        }
+        widths.push(out);
+        i += 1;
+    }
+    if widths.len() < 2 {
+        return Err("no layers.0.weight: not an mlp weights file (tensors layers.{i}.weight and layers.{i}.bias)".into());
+    }
+    if shapes.len() != 2 * i {
+        let extra: Vec<&str> = shapes
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with("layers."))
+            .collect();
+        return Err(format!("tensors an mlp does not use: {extra:?}"));
+    }
+    let outputs = widths.pop().unwrap_or(0);
+    let inputs = widths.remove(0);
+    Ok((inputs, widths, outputs))
+}
+
 /// Loads an MLP from its folder (registered in [`crate::ARCHITECTURES`]).
 pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
     let section: MlpSection = ctx.section("mlp")?;

@@ -32,6 +32,17 @@ impl Weights {
         })
     }
 
+    /// The name and shape of every tensor in the file, sorted by name.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Takes tensor `name`, which must be f32, of shape `shape`, and finite; returns it
     /// on `device`.
     pub fn take(

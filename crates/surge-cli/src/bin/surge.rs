@@ -70,6 +70,33 @@ enum ModelsCmd {
         #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
         device: surge_worker::model::DeviceSpec,
     },
+    /// Scaffold a model folder from a weights file: the layer shapes give model.toml
+    /// (mlp only), the folder is checked, then moved into --models-dir whole.
+    New {
+        /// The new model's name (its folder and queue name).
+        name: String,
+        /// The weights (safetensors with layers.{i}.weight / layers.{i}.bias).
+        #[arg(long)]
+        from_safetensors: PathBuf,
+        /// Architecture.
+        #[arg(long, default_value = "mlp")]
+        arch: String,
+        /// Folder holding one sub-folder per model.
+        #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
+        models_dir: PathBuf,
+        /// Input feature names, comma-separated (default f0, f1, ...).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Output names, comma-separated (default score, or score_0, score_1, ...).
+        #[arg(long, value_delimiter = ',')]
+        outputs: Vec<String>,
+        /// Version label.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Output activation: sigmoid, softmax or none.
+        #[arg(long, default_value = "sigmoid")]
+        output_activation: String,
+    },
     /// Validate one model folder exactly as `surge worker` would, and run one test
     /// forward pass. Exits non-zero with what is wrong, and where.
     Check {
@@ -323,6 +350,25 @@ async fn main() {
             prefix,
             device,
         }) => surge_cli::models::list(&models_dir, &prefix, device).await,
+        Command::Models(ModelsCmd::New {
+            name,
+            from_safetensors,
+            arch,
+            models_dir,
+            features,
+            outputs,
+            version,
+            output_activation,
+        }) => surge_cli::models::new_model(surge_cli::models::NewModel {
+            models_dir: &models_dir,
+            name: &name,
+            weights: &from_safetensors,
+            arch: &arch,
+            features,
+            outputs,
+            version: &version,
+            output_activation: &output_activation,
+        }),
         Command::Models(ModelsCmd::Check { path, device }) => {
             surge_cli::models::check(&path, device)
         }
