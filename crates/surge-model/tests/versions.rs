@@ -12,7 +12,11 @@ fn shipped() -> std::path::PathBuf {
 fn put_version(models: &Path, folder: &str, declared: &str) {
     let dir = models.join("breast-cancer").join(folder);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(shipped().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        shipped().join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
     let toml = std::fs::read_to_string(shipped().join("model.toml")).unwrap();
     std::fs::write(
         dir.join("model.toml"),
@@ -38,7 +42,10 @@ fn the_newest_version_is_the_default_and_each_loads_by_name() {
     put_version(models, "1.9.0", "1.9.0");
     put_version(models, "1.10.0", "1.10.0");
     assert_eq!(discover(models).unwrap(), vec!["breast-cancer".to_string()]);
-    assert_eq!(versions(models, "breast-cancer").unwrap(), vec!["1.9.0", "1.10.0"]);
+    assert_eq!(
+        versions(models, "breast-cancer").unwrap(),
+        vec!["1.9.0", "1.10.0"]
+    );
     let newest = load_model(models, "breast-cancer", &Device::Cpu).unwrap();
     assert_eq!(newest.info().version, "1.10.0");
     let old = load_version(models, "breast-cancer", "1.9.0", &Device::Cpu).unwrap();
