@@ -85,7 +85,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
     let n_rows = figures::size(100_000, 20_000);
     let rows = write_rows_csv(&input, n_rows);
     let per_job = (n_rows / 1_000).to_string();
-    // Slowed down (each worker at most 1,670 rows/s, 830 reduced) so that the run
+    // Slowed down (each worker at most 1,670 rows/s, 625 reduced) so that the run
     // outlasts ten kill-and-restart cycles.
     let opts: &[&str] = if full {
         &[
@@ -103,7 +103,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
             "--prefetch",
             "20",
             "--batch-delay-ms",
-            "60",
+            "80",
         ]
     };
     let mut workers: Vec<WorkerProc> = (0..2)
