@@ -40,13 +40,13 @@ bench throughput --rows 1000000 --rows-per-job 256
 bench throughput --rows 2000000 --rows-per-job 4096
 bench latency --samples 500
 python3 scripts/bench_report.py "$RAW" "$WORKERS" > "$OUT/BENCHMARKS.core.md"
-# Keep the sections other benches wrote (between <!-- name:begin ... --> and
+# Keep the sections other benches wrote (between <!-- name:begin|start ... --> and
 # <!-- name:end --> markers): this script owns only the part above them.
 python3 - "$OUT/BENCHMARKS.core.md" <<'PY'
 import re, sys, os
 core = open(sys.argv[1]).read().rstrip("\n") + "\n"
 old = open("BENCHMARKS.md").read() if os.path.exists("BENCHMARKS.md") else ""
-blocks = [m.group(0) for m in re.finditer(r"<!-- (\w[\w-]*):begin.*?<!-- \1:end -->\n?", old, re.S)]
+blocks = [m.group(0) for m in re.finditer(r"<!-- (\w[\w-]*):(?:begin|start).*?<!-- \1:end -->\n?", old, re.S)]
 open("BENCHMARKS.md", "w").write(core + "".join("\n" + b.rstrip("\n") + "\n" for b in blocks))
 PY
 echo "wrote BENCHMARKS.md"
