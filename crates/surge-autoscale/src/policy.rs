@@ -94,6 +94,13 @@ pub enum Reason {
         /// Jobs in flight.
         in_flight: u64,
     },
+    /// The policy wanted another count; `--min`/`--max` bound it.
+    Bounded {
+        /// What the policy wanted.
+        wanted: u32,
+        /// Why it wanted it.
+        because: Box<Reason>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -115,6 +122,9 @@ impl fmt::Display for Reason {
             Reason::Idle => write!(f, "idle for the whole cooldown"),
             Reason::InFlight { in_flight } => {
                 write!(f, "{in_flight} jobs still in flight")
+            }
+            Reason::Bounded { wanted, because } => {
+                write!(f, "bounded by --min/--max (wanted {wanted}: {because})")
             }
         }
     }
@@ -219,7 +229,16 @@ impl PolicyConfig {
         } else {
             reason
         };
-        let desired = desired.clamp(self.min, self.max.max(self.min));
+        let bounded = desired.clamp(self.min, self.max.max(self.min));
+        let reason = if bounded == desired {
+            reason
+        } else {
+            Reason::Bounded {
+                wanted: desired,
+                because: Box::new(reason),
+            }
+        };
+        let desired = bounded;
         Decision {
             desired,
             need,
@@ -343,7 +362,14 @@ mod tests {
         let d = cfg().decide(&mut PolicyState::default(), &obs(0, 20_000, 0, 0, None));
         assert_eq!(d.desired, 8, "{d:?}");
         assert_eq!(d.need, 20);
-        assert!(matches!(d.reason, Reason::Work { work: 20_000, .. }));
+        let Reason::Bounded {
+            wanted: 20,
+            because,
+        } = &d.reason
+        else {
+            panic!("{d:?}")
+        };
+        assert!(matches!(**because, Reason::Work { work: 20_000, .. }));
         assert_eq!(d.time_to_drain, Some(200.0));
         // One job from zero starts one worker.
         let d = cfg().decide(&mut PolicyState::default(), &obs(0, 1, 0, 0, None));
@@ -455,6 +481,15 @@ mod tests {
             &[(0, 0, 0, None), (1, 100_000, 0, None), (500, 0, 0, None)],
         );
         assert_eq!(out, vec![2, 3, 2]);
+        let d = p.decide(&mut PolicyState::default(), &obs(0, 0, 0, 0, None));
+        assert!(
+            matches!(d.reason, Reason::Bounded { wanted: 0, .. }),
+            "{d:?}"
+        );
+        assert!(d
+            .reason
+            .to_string()
+            .starts_with("bounded by --min/--max (wanted 0"));
     }
 
     #[test]
