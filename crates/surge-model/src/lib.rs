@@ -190,7 +190,8 @@ pub fn load_model(
 ) -> Result<Box<dyn Model>, ModelError> {
     surge_protocol::validate_model_name(name)?;
     let flat = models_dir.join(name).join(spec::SPEC_FILE).is_file();
-    if !flat {
+    // A folder with neither layout is reported by `model_dir` below as not found.
+    if !flat && models_dir.join(name).is_dir() {
         if let Some(newest) = versions(models_dir, name)?.pop() {
             return load_version(models_dir, name, &newest, device);
         }
