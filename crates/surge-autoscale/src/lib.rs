@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
 use surge_protocol::Topology;
@@ -162,23 +160,11 @@ impl BrokerView {
             return None;
         }
         let queue = self.topology.job_queue(model);
-        let op = self.timeouts.operation;
+        let t = self.timeouts;
         let result = async {
             let ch = self.channel().await?;
-            let q = timed(
-                "queue.declare(passive)",
-                op,
-                ch.queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-            Ok::<_, BrokerError>((u64::from(q.message_count()), q.consumer_count()))
+            let d = topology::queue_depth(ch, &queue, &t).await?;
+            Ok::<_, BrokerError>((u64::from(d.ready), d.consumers))
         }
         .await;
         match result {

@@ -7,17 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use surge_autoscale::scrape::{http_get, sum_metric};
-use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::AmqpUrl;
 use surge_client::{score_jobs, ScoreConfig};
-use surge_protocol::codec::encode;
-use surge_protocol::{Encoding, Inputs, Job, Topology};
+use surge_protocol::{Inputs, Topology};
 
-use crate::{percentile, reply_channel, row, timeouts};
+use crate::{percentile, publish_row_job, reply_channel, row, timeouts};
 
 async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
     let text = http_get(addr, "/metrics", Duration::from_secs(2))
@@ -59,19 +55,8 @@ pub async fn cold_start(prefix: &str, autoscaler: SocketAddr, samples: usize) ->
     let mut times = Vec::new();
     for i in 0..samples {
         wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
-        let body = encode(
-            &Job::new("breast-cancer", Inputs::Rows(vec![row(i)])),
-            Encoding::Msgpack,
-        )?;
-        let id = format!("cold-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_reply_to(reply.as_str().into())
-            .with_content_type("application/msgpack".into())
-            .with_delivery_mode(2);
         let t0 = Instant::now();
-        let c = start_publish(&ch, &exchange, "breast-cancer", &body, props, &t).await?;
-        confirmed(c, &exchange, "breast-cancer", &t).await?;
+        publish_row_job(&ch, &exchange, &reply, &format!("cold-{i}"), i, &t).await?;
         let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
             .await
             .context("no result within 60 s of a job arriving at zero workers")?
@@ -110,21 +95,12 @@ pub async fn burst(
     let run = tokio::spawn(async move { score_jobs(&cfg, inputs).await });
     let (mut first, mut second) = (None, None);
     while second.is_none() && !run.is_finished() {
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let q = surge_broker::topology::queue_depth(&ch, &queue, &t).await?;
         let now = t0.elapsed().as_secs_f64();
-        if q.consumer_count() >= 1 && first.is_none() {
+        if q.consumers >= 1 && first.is_none() {
             first = Some(now);
         }
-        if q.consumer_count() >= 2 {
+        if q.consumers >= 2 {
             second = Some(now);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -164,6 +164,30 @@ async fn reply_channel(conn: &Connection, queue: &str) -> Result<(Channel, lapin
     Ok((ch, consumer))
 }
 
+/// Publishes one single-row breast-cancer job (row `i`) with id `id`, answered to
+/// `reply`, and waits for its confirm.
+async fn publish_row_job(
+    ch: &Channel,
+    exchange: &str,
+    reply: &str,
+    id: &str,
+    i: usize,
+    t: &Timeouts,
+) -> Result<()> {
+    let body = encode(
+        &Job::new("breast-cancer", Inputs::Rows(vec![row(i)])),
+        Encoding::Msgpack,
+    )?;
+    let props = BasicProperties::default()
+        .with_message_id(id.into())
+        .with_reply_to(reply.into())
+        .with_content_type("application/msgpack".into())
+        .with_delivery_mode(2);
+    let c = start_publish(ch, exchange, "breast-cancer", &body, props, t).await?;
+    confirmed(c, exchange, "breast-cancer", t).await?;
+    Ok(())
+}
+
 async fn latency(prefix: &str, samples: usize) -> Result<()> {
     let t = timeouts();
     let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
@@ -174,19 +198,8 @@ async fn latency(prefix: &str, samples: usize) -> Result<()> {
     let exchange = format!("{prefix}.jobs");
     let mut rtts = Vec::with_capacity(samples);
     for i in 0..samples + 20 {
-        let body = encode(
-            &Job::new("breast-cancer", Inputs::Rows(vec![row(i)])),
-            Encoding::Msgpack,
-        )?;
-        let id = format!("lat-{i}");
-        let props = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_reply_to(reply.as_str().into())
-            .with_content_type("application/msgpack".into())
-            .with_delivery_mode(2);
         let t0 = Instant::now();
-        let c = start_publish(&ch, &exchange, "breast-cancer", &body, props, &t).await?;
-        confirmed(c, &exchange, "breast-cancer", &t).await?;
+        publish_row_job(&ch, &exchange, &reply, &format!("lat-{i}"), i, &t).await?;
         let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .context("no result in 30 s")?;

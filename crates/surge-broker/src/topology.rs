@@ -124,3 +124,38 @@ pub async fn declare_model(
     )
     .await
 }
+
+/// What a passive declare says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Ready messages (not counting those delivered and unacked).
+    pub ready: u32,
+    /// Consumers.
+    pub consumers: u32,
+}
+
+/// Reads a queue's depth with a passive declare. A missing queue is an error, and the
+/// broker closes `ch` then: use a channel that may be lost.
+pub async fn queue_depth(
+    ch: &Channel,
+    queue: &str,
+    t: &Timeouts,
+) -> Result<QueueDepth, BrokerError> {
+    let q = timed(
+        "queue.declare(passive)",
+        t.operation,
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(QueueDepth {
+        ready: q.message_count(),
+        consumers: q.consumer_count(),
+    })
+}

@@ -114,21 +114,10 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
                 surge_worker::broker::timed("channel.open", t.operation, conn.create_channel())
                     .await
                     .ok()?;
-            let q = surge_worker::broker::timed(
-                "queue.declare(passive)",
-                t.operation,
-                ch.queue_declare(
-                    topo.job_queue(n).as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    lapin::types::FieldTable::default(),
-                ),
-            )
-            .await
-            .ok()?;
-            Some(q.message_count())
+            surge_worker::broker::topology::queue_depth(&ch, &topo.job_queue(n), &t)
+                .await
+                .ok()
+                .map(|d| d.ready)
         }
         .await;
         out.push(depth);

@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::Channel;
-use surge_broker::{timed, BrokerError, Timeouts};
+use surge_broker::{BrokerError, Timeouts};
 use surge_protocol::Topology;
 
 use crate::metrics as m;
@@ -78,20 +76,8 @@ pub(crate) async fn watch(
     loop {
         for model in &models {
             let queue = topology.job_queue(model);
-            let q = timed(
-                "queue.declare(passive)",
-                timeouts.operation,
-                channel.queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-            let backlog = u64::from(q.message_count());
+            let q = surge_broker::topology::queue_depth(&channel, &queue, &timeouts).await?;
+            let backlog = u64::from(q.ready);
             let now = Instant::now();
             let done = answered(model);
             let (est, last_done, last_backlog, last_at) = state
@@ -107,8 +93,8 @@ pub(crate) async fn watch(
             *last_at = now;
             let labels = [("model", model.clone())];
             metrics::gauge!(m::QUEUE_BACKLOG, &labels).set(backlog as f64);
-            metrics::gauge!(m::QUEUE_CONSUMERS, &labels).set(f64::from(q.consumer_count()));
-            if let Some(t) = est.time_to_drain(backlog, q.consumer_count()) {
+            metrics::gauge!(m::QUEUE_CONSUMERS, &labels).set(f64::from(q.consumers));
+            if let Some(t) = est.time_to_drain(backlog, q.consumers) {
                 metrics::gauge!(m::TIME_TO_DRAIN, &labels).set(t);
             }
         }
