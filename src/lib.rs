@@ -109,6 +109,23 @@ impl WorkerProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::launch(prefix, name, dir, &models_dir(), extra, env)
+    }
+
+    /// [`WorkerProc::spawn`] serving the model folders of `models` instead of the
+    /// shipped ones.
+    pub fn spawn_in(prefix: &str, name: &str, dir: &Path, models: &Path, extra: &[&str]) -> Self {
+        Self::launch(prefix, name, dir, models, extra, &[])
+    }
+
+    fn launch(
+        prefix: &str,
+        name: &str,
+        dir: &Path,
+        models: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let metrics_port = free_port();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
@@ -116,7 +133,7 @@ impl WorkerProc {
         let child = Command::new(bin("surge"))
             .arg("worker")
             .args(["--prefix", prefix, "--models-dir"])
-            .arg(models_dir())
+            .arg(models)
             .args([
                 "--metrics-addr",
                 &format!("127.0.0.1:{metrics_port}"),
@@ -169,13 +186,7 @@ impl WorkerProc {
 
     /// Sum of a counter over all its label sets in `/metrics`.
     pub fn metric_sum(&self, name: &str) -> f64 {
-        let Some((_, body)) = self.get("/metrics") else {
-            return 0.0;
-        };
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(self.metrics_port, name).unwrap_or(0.0)
     }
 
     /// Sends a signal (`TERM`, `KILL`).
@@ -219,6 +230,20 @@ impl Drop for WorkerProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Sum of a metric over all its label sets on the `/metrics` of 127.0.0.1:`port`;
+/// `None` when that does not answer 200.
+pub fn metric_at(port: u16, name: &str) -> Option<f64> {
+    let (200, body) = http_get(port, "/metrics")? else {
+        return None;
+    };
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 /// Minimal HTTP/1.0 GET on 127.0.0.1.
@@ -390,11 +415,24 @@ pub fn spawn_score_batch_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
+    spawn_score_batch_for("breast-cancer", prefix, input, output, extra, env)
+}
+
+/// [`spawn_score_batch_with_env`] for `model` (`name` or `name@version`; a copy of the
+/// breast-cancer network under another name, say).
+pub fn spawn_score_batch_for(
+    model: &str,
+    prefix: &str,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let columns = feature_names().join(",");
     Command::new(bin("score-batch"))
         .args([
             "--model",
-            "breast-cancer",
+            model,
             "--prefix",
             prefix,
             "--columns",

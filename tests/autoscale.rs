@@ -7,23 +7,6 @@ use std::time::{Duration, Instant};
 
 use surge_tests::*;
 
-/// Sum of a metric over all its label sets on the autoscaler's `/metrics`.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (status, body) = http_get(port, "/metrics")?;
-    if status != 200 {
-        return None;
-    }
-    Some(
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
-
 struct Autoscaler {
     child: Child,
     port: u16,
@@ -51,7 +34,7 @@ impl Autoscaler {
     }
 
     fn replicas(&self) -> f64 {
-        metric(self.port, "surge_autoscale_replicas").unwrap_or(-1.0)
+        metric_at(self.port, "surge_autoscale_replicas").unwrap_or(-1.0)
     }
 }
 
@@ -111,7 +94,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
             break s;
         }
         let r = auto.replicas();
-        let c = metric(port, "surge_autoscale_connected_replicas").unwrap_or(0.0);
+        let c = metric_at(port, "surge_autoscale_connected_replicas").unwrap_or(0.0);
         if r > 0.0 && first_worker_at.is_none() {
             first_worker_at = Some(burst.elapsed());
         }
@@ -145,7 +128,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
 
     // Back to zero once idle for the window and the cooldown, every worker drained.
     auto.wait_for("back to zero workers", Duration::from_secs(60), |a| {
-        a.replicas() == 0.0 && metric(a.port, "surge_autoscale_draining_replicas") == Some(0.0)
+        a.replicas() == 0.0 && metric_at(a.port, "surge_autoscale_draining_replicas") == Some(0.0)
     });
     let log_text = auto.log_text();
     assert!(log_text.contains("scaling decision"), "{log_text}");
@@ -157,7 +140,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         !log_text.contains("exited unexpectedly"),
         "no worker should have crashed:\n{log_text}"
     );
-    let billed = metric(port, "surge_autoscale_worker_seconds").unwrap_or(0.0);
+    let billed = metric_at(port, "surge_autoscale_worker_seconds").unwrap_or(0.0);
     println!("autoscale: {billed:.1} worker-seconds for the burst");
     assert!(billed > 0.0);
 

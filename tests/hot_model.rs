@@ -25,30 +25,22 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     let shipped = models_dir().join("breast-cancer");
     copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
 
-    let port = free_port();
-    let log = dir.path().join("worker.log");
-    let mut worker = Command::new(bin("surge"))
-        .arg("worker")
-        .args(["--prefix", &prefix, "--models-dir"])
-        .arg(&models)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        // Slow batches so the first model's run is still going when the new one lands.
-        .args(["--max-batch-rows", "50", "--batch-delay-ms", "10"])
-        .args(["--watch-models-ms", "500"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let start = Instant::now();
-    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "worker not ready:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Slow batches so the first model's run is still going when the new one lands.
+    let mut worker = WorkerProc::spawn_in(
+        &prefix,
+        "w-hot",
+        dir.path(),
+        &models,
+        &[
+            "--max-batch-rows",
+            "50",
+            "--batch-delay-ms",
+            "10",
+            "--watch-models-ms",
+            "500",
+        ],
+    );
+    worker.wait_ready(Duration::from_secs(30));
 
     // The first model keeps serving a run throughout.
     let input_a = dir.path().join("a.csv");
@@ -78,29 +70,22 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     let input_b = dir.path().join("b.csv");
     let output_b = dir.path().join("b-scores.csv");
     let rows_b = write_rows_csv(&input_b, 200);
-    let columns = feature_names().join(",");
-    let out_b = Command::new(bin("score-batch"))
-        .args([
-            "--model",
-            new_name,
-            "--prefix",
-            &prefix,
-            "--columns",
-            &columns,
-        ])
-        .args(["--timeout", "60", "--rows-per-job", "200"])
-        .arg("--input")
-        .arg(&input_b)
-        .arg("--output")
-        .arg(&output_b)
-        .output()
-        .unwrap();
+    let out_b = spawn_score_batch_for(
+        new_name,
+        &prefix,
+        &input_b,
+        &output_b,
+        &["--rows-per-job", "200"],
+        &[],
+    )
+    .wait_with_output()
+    .unwrap();
     let to_result = dropped.elapsed();
     assert!(
         out_b.status.success(),
         "the new model was not served: {}\nworker log:\n{}",
         String::from_utf8_lossy(&out_b.stderr),
-        log_text()
+        worker.log_text()
     );
     // The copy is the same network: the same scores.
     assert_exactly_once_and_correct(&read_output(&output_b), &reference_scores(&rows_b));
@@ -114,12 +99,12 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     );
     assert_exactly_once_and_correct(&read_output(&output_a), &reference_scores(&rows_a));
 
-    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    let (_, metrics) = worker.get("/metrics").unwrap();
     assert!(
         metrics.contains("surge_model_rejected_total{model=\"broken-model\"}"),
         "{metrics}"
     );
-    let text = log_text();
+    let text = worker.log_text();
     assert!(
         text.contains("new model folder validated; serving it"),
         "{text}"
@@ -130,10 +115,8 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     );
     assert!(!text.contains("serving a model found after start\" model=broken-model"));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let _ = worker.wait();
+    worker.signal("TERM");
+    worker.wait_exit(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer", new_name]).await;
 }
 
@@ -173,22 +156,8 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
     let input = dir.path().join("in.csv");
     let output = dir.path().join("out.csv");
     let rows = write_rows_csv(&input, 100);
-    let columns = feature_names().join(",");
-    let out = Command::new(bin("score-batch"))
-        .args([
-            "--model",
-            new_name,
-            "--prefix",
-            &prefix,
-            "--columns",
-            &columns,
-        ])
-        .args(["--timeout", "60"])
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .output()
+    let out = spawn_score_batch_for(new_name, &prefix, &input, &output, &[], &[])
+        .wait_with_output()
         .unwrap();
     assert!(
         out.status.success(),
@@ -233,42 +202,21 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     put_version(&models, "1.0.0");
-    let port = free_port();
-    let log = dir.path().join("worker.log");
-    let mut worker = Command::new(bin("surge"))
-        .arg("worker")
-        .args(["--prefix", &prefix, "--models-dir"])
-        .arg(&models)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .args(["--watch-models-ms", "500"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let start = Instant::now();
-    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "worker not ready:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut worker = WorkerProc::spawn_in(
+        &prefix,
+        "w-versions",
+        dir.path(),
+        &models,
+        &["--watch-models-ms", "500"],
+    );
+    worker.wait_ready(Duration::from_secs(30));
     let input = dir.path().join("in.csv");
     let rows = write_rows_csv(&input, 50);
     let expected = reference_scores(&rows);
-    let columns = feature_names().join(",");
     let score = |model: &str, out: &str| {
         let output = dir.path().join(out);
-        let o = Command::new(bin("score-batch"))
-            .args(["--model", model, "--prefix", &prefix, "--columns", &columns])
-            .args(["--timeout", "60"])
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&output)
-            .output()
+        let o = spawn_score_batch_for(model, &prefix, &input, &output, &[], &[])
+            .wait_with_output()
             .unwrap();
         (
             o.status.success(),
@@ -291,7 +239,7 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
     assert!(
         ok,
         "version 1.1.0 was not served: {err}\nworker log:\n{}",
-        log_text()
+        worker.log_text()
     );
     assert_exactly_once_and_correct(&read_output(&out), &expected);
     println!(
@@ -316,9 +264,7 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
             .all(|l| l.contains("no version") && l.contains("9.9") && l.contains("1.0.0, 1.1.0")),
         "{err}\n{text}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let _ = worker.wait();
+    worker.signal("TERM");
+    worker.wait_exit(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
