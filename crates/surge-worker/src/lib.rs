@@ -9,12 +9,14 @@
 //! * [`batcher`]: when a batch closes (pure).
 //! * [`engine`]: the model thread.
 //! * `session`: one connected session (consume → batch → score → publish → ack); the
-//!   reconnect loop in [`run`] starts a new one after any broker error.
+//!   reconnect loop in [`run`] starts a new one after any broker error; `answer`
+//!   publishes a batch's results (or dead letters) and acks.
 //! * [`http`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`; [`drain`]: backlog
 //!   and estimated time to drain, for scalers.
 //! * [`discovery`]: new model folders served without a restart.
 //! * [`shutdown`]: the signal every task watches.
 
+mod answer;
 pub mod batcher;
 pub mod discovery;
 pub mod drain;
