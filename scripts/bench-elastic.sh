@@ -7,23 +7,10 @@
 #   * worker-seconds spent from zero back to zero for 100,000 rows (the bill).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p surge-cli -p surge-bench
-BIN=target/release
-OUT=out/bench
-mkdir -p "$OUT"
 PREFIX="bench-elastic-$(date +%s)"
-RAW="$OUT/elastic.jsonl"
-: >"$RAW"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for q in "$PREFIX.jobs.breast-cancer" "$PREFIX.results" "$PREFIX.dead"; do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  done
-}
-trap cleanup EXIT
-bench() { RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" "$@" | tee -a "$RAW"; }
+RAW="out/bench/elastic.jsonl"
+mkdir -p out/bench
+source scripts/bench-lib.sh
 start_worker() {
   RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \
     --max-batch-rows 4096 >"$OUT/elastic-worker-$1.log" 2>&1 &
@@ -38,9 +25,7 @@ start_worker 2
 sleep 2
 bench throughput --rows 1000000 --rows-per-job 256 | sed 's/"bench":"throughput"/"bench":"replicas","replicas":2/' >>"$RAW.tmp"
 cat "$RAW.tmp" >>"$RAW" && rm -f "$RAW.tmp"
-for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-pids=()
+stop_started
 
 echo "== surge autoscale from zero (default --interval-ms 250)"
 PORT=19188

@@ -3,30 +3,17 @@
 # Writes BENCHMARKS.md (the figures) and out/bench/*.jsonl (the raw lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p surge-cli -p surge-bench
-BIN=target/release
-OUT=out/bench
-mkdir -p "$OUT"
 PREFIX="bench-$(date +%s)"
-RAW="$OUT/results.jsonl"
-: >"$RAW"
+RAW="out/bench/results.jsonl"
+mkdir -p out/bench
+source scripts/bench-lib.sh
 WORKERS=${SURGE_BENCH_WORKERS:-1}
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  for q in "$PREFIX.jobs.breast-cancer" "$PREFIX.results" "$PREFIX.dead"; do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  done
-}
-trap cleanup EXIT
 for i in $(seq 1 "$WORKERS"); do
   RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \
     --max-batch-rows 4096 >"$OUT/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 sleep 2
-bench() { RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" "$@" | tee -a "$RAW"; }
 echo "== echo ceiling (1-row-sized messages) and its latency"
 bench echo --messages 30000 --payload 200
 # Echoes the size of a 256-row and a 4096-row job's body: the broker's own ceiling there.
