@@ -451,3 +451,18 @@ pub fn spawn_score_batch_for(
         .spawn()
         .unwrap_or_else(|e| panic!("starting score-batch: {e}"))
 }
+
+/// Declares an auto-delete queue `name` for a test's replies (gone when its last
+/// consumer is).
+pub async fn declare_reply_queue(ch: &lapin::Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        lapin::options::QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declaring reply queue {name}: {e}"));
+}

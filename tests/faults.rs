@@ -396,16 +396,7 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
         .await
         .unwrap();
     let replies = format!("{prefix}.replies");
-    ch.queue_declare(
-        replies.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_reply_queue(&ch, &replies).await;
     // No worker yet: 100 jobs with a 300 ms TTL and 100 without, interleaved.
     let n: usize = 100;
     for i in 0..2 * n {

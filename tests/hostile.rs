@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
@@ -254,16 +253,7 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
         .await
         .unwrap();
     let reply = format!("{prefix}.replies");
-    ch.queue_declare(
-        reply.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_reply_queue(&ch, &reply).await;
     // Collect results and dead letters while publishing.
     let rch = conn.create_channel().await.unwrap();
     let mut results = rch

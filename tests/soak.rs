@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -97,16 +96,7 @@ async fn soak_at_half_capacity() {
         .await
         .unwrap();
     let reply = format!("{prefix}.soak-replies");
-    ch.queue_declare(
-        reply.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_reply_queue(&ch, &reply).await;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let tally: Arc<Mutex<Tally>> = Arc::default();
     let rch = conn.create_channel().await.unwrap();
