@@ -5,89 +5,21 @@
 //! The fixture was made by sentence-transformers (PyTorch) from the same files; see
 //! `fixtures/README.md`. The model folder is filled by `make models`.
 
-use std::path::PathBuf;
+mod common;
 
-use serde_json::Value;
+use common::{cosine, fixture, load, models_dir, score_fixture, MODEL};
 use surge_model::{load_model, Batch, Device, InputSpec, Model, ModelError};
-
-const MODEL: &str = "all-minilm-l6-v2";
-const MIN_COSINE: f32 = 0.9999;
-
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
-}
-
-fn load() -> Box<dyn Model> {
-    let dir = models_dir();
-    assert!(
-        dir.join(MODEL).join("model.safetensors").is_file(),
-        "{}/{MODEL}/model.safetensors is missing: run `make models` (make test does)",
-        dir.display()
-    );
-    load_model(&dir, MODEL, &Device::Cpu).unwrap_or_else(|e| panic!("loading {MODEL}: {e}"))
-}
-
-fn fixture() -> (Vec<String>, Vec<Vec<f32>>) {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let doc: Value = serde_json::from_str(&text).unwrap();
-    let cases = doc["cases"].as_array().unwrap();
-    let texts = cases
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect();
-    let embeddings = cases
-        .iter()
-        .map(|c| {
-            c["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
-    (texts, embeddings)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
 
 #[test]
 fn matches_sentence_transformers() {
     let model = load();
     assert_eq!(model.info().input, InputSpec::Text { max_length: 256 });
-    let (texts, reference) = fixture();
-    assert!(texts.len() >= 50);
-    let scores = model.score(&Batch::Texts(&texts)).unwrap();
-    assert_eq!(scores.width, 384);
-    assert_eq!(scores.len(), texts.len());
-    let mut worst = (1.0f32, 0usize);
-    for (i, want) in reference.iter().enumerate() {
-        let got = scores.row(i);
-        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "text {i}: norm {norm}");
-        let c = cosine(got, want);
-        if c < worst.0 {
-            worst = (c, i);
-        }
-    }
-    assert!(
-        worst.0 >= MIN_COSINE,
-        "text {} ({:?}): cosine {} < {MIN_COSINE}",
-        worst.1,
-        texts[worst.1].chars().take(60).collect::<String>(),
-        worst.0
-    );
+    let (scores, worst, at) = score_fixture(&*model);
     println!(
         "worst cosine to sentence-transformers: {} (text {})",
-        worst.0, worst.1
+        worst, at
     );
+    let (texts, _) = fixture();
     // A text gives the same embedding alone as inside a batch of others.
     for i in [0, 20, 56, 59] {
         let alone = model.score(&Batch::Texts(&texts[i..=i])).unwrap();

@@ -1,11 +1,12 @@
 //! The BERT encoder's forward pass: embeddings, then self-attention and feed-forward
-//! layers, with weights laid out for 2-D matrix products and a fused bias + GELU on CPU.
+//! layers, with weights laid out for 2-D matrix products. On CPU everything between the
+//! GEMMs runs as fused kernels ([`super::cpu`]); on other devices as Candle ops.
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::Dims;
+use super::{cpu, Dims};
 use crate::ModelError;
 
 /// One encoder layer, its weights laid out for 2-D GEMMs (`[in, out]`).
@@ -22,6 +23,38 @@ pub(super) struct Layer {
     ff2_b: Tensor,
     ln2_w: Tensor,
     ln2_b: Tensor,
+    /// The biases and norms as plain vectors, for the fused CPU kernels (CPU only).
+    host: Option<HostParams>,
+}
+
+/// A layer's small parameters on the host, read by the fused CPU kernels.
+struct HostParams {
+    qkv_b: Vec<f32>,
+    out_b: Vec<f32>,
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    ff1_b: Vec<f32>,
+    ff2_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+impl HostParams {
+    fn of(l: &Layer) -> candle_core::Result<Option<Self>> {
+        if !l.qkv_w.device().is_cpu() || l.qkv_w.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            qkv_b: l.qkv_b.to_vec1()?,
+            out_b: l.out_b.to_vec1()?,
+            ln1_w: l.ln1_w.to_vec1()?,
+            ln1_b: l.ln1_b.to_vec1()?,
+            ff1_b: l.ff1_b.to_vec1()?,
+            ff2_b: l.ff2_b.to_vec1()?,
+            ln2_w: l.ln2_w.to_vec1()?,
+            ln2_b: l.ln2_b.to_vec1()?,
+        }))
+    }
 }
 
 /// The BERT encoder: embeddings, then the layers.
@@ -71,7 +104,7 @@ impl Encoder {
                 0,
             )?;
             let tr = |x: Tensor| x.t()?.contiguous();
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv_w: tr(qkv_w)?,
                 qkv_b,
                 out_w: tr(w("attention.output.dense.weight")?)?,
@@ -84,7 +117,12 @@ impl Encoder {
                 ff2_b: w("output.dense.bias")?,
                 ln2_w: w("output.LayerNorm.weight")?,
                 ln2_b: w("output.LayerNorm.bias")?,
-            });
+                host: None,
+            };
+            if !generic_only() {
+                layer.host = HostParams::of(&layer)?;
+            }
+            layers.push(layer);
         }
         Ok(Self {
             word: take("embeddings.word_embeddings.weight")?,
@@ -100,16 +138,15 @@ impl Encoder {
         })
     }
 
-    /// Token states `[n * len, hidden]` of `n` sequences of `len` token ids (flat).
+    /// Token states `[n * len, hidden]` of `n = lengths.len()` sequences padded to `len`
+    /// tokens (`ids` flat, `n * len`; sequence `i` has `lengths[i]` real tokens).
     pub(super) fn forward(
         &self,
         ids: &Tensor,
-        n: usize,
+        lengths: &[usize],
         len: usize,
-        mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (heads, hd) = (self.heads, self.head_dim);
-        let hidden = heads * hd;
+        let (n, hidden) = (lengths.len(), self.heads * self.head_dim);
         let positions = self.position.narrow(0, 0, len)?;
         let x = self
             .word
@@ -119,95 +156,109 @@ impl Encoder {
             .broadcast_add(&self.token_type)?
             .reshape((n * len, hidden))?;
         let mut x = candle_nn::ops::layer_norm(&x, &self.ln_w, &self.ln_b, self.eps)?;
+        // The generic path masks padded keys with a huge negative added to their scores.
+        let mut mask = None;
         for l in &self.layers {
-            // [tokens, 3 * hidden] -> [3, n, heads, len, head_dim] in one copy.
-            let qkv = linear(&x, &l.qkv_w, &l.qkv_b)?
-                .reshape((n, len, 3, heads, hd))?
-                .permute((2, 0, 3, 1, 4))?
-                .contiguous()?;
-            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            let mut scores = q.matmul(&k.t()?)?;
-            if let Some(m) = mask {
-                scores = scores.broadcast_add(m)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((n * len, hidden))?;
-            let attended = linear(&context, &l.out_w, &l.out_b)?;
-            x = candle_nn::ops::layer_norm(&(attended + &x)?, &l.ln1_w, &l.ln1_b, self.eps)?;
-            let inner = bias_gelu(&x.matmul(&l.ff1_w)?, &l.ff1_b)?;
-            let out = linear(&inner, &l.ff2_w, &l.ff2_b)?;
-            x = candle_nn::ops::layer_norm(&(out + &x)?, &l.ln2_w, &l.ln2_b, self.eps)?;
+            x = match &l.host {
+                Some(h) => self.layer_cpu(l, h, &x, lengths, len)?,
+                None => {
+                    if mask.is_none() && lengths.iter().any(|&r| r != len) {
+                        mask = Some(padding_mask(lengths, len, x.device())?);
+                    }
+                    self.layer_generic(l, &x, n, len, mask.as_ref())?
+                }
+            };
         }
         Ok(x)
     }
-}
 
-/// `gelu(x + bias)` (erf GELU, as BERT uses) for `x` of shape `[rows, width]`.
-fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.is_contiguous() && x.dtype() == DType::F32 {
-        let b = bias.to_vec1::<f32>()?;
-        x.apply_op1_no_bwd(&BiasGelu(b))
-    } else {
-        x.broadcast_add(bias)?.gelu_erf()
-    }
-}
-
-/// The fused CPU kernel of [`bias_gelu`]: one pass over the activations instead of two,
-/// split over candle's threads. Same formula as candle's `gelu_erf`.
-struct BiasGelu(Vec<f32>);
-
-impl CustomOp1 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "bias-gelu"
-    }
-
-    fn cpu_fwd(
+    /// One layer on CPU: four GEMMs, with the fused kernels between them.
+    fn layer_cpu(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("bias-gelu takes f32");
+        l: &Layer,
+        h: &HostParams,
+        x: &Tensor,
+        lengths: &[usize],
+        len: usize,
+    ) -> candle_core::Result<Tensor> {
+        let attention = cpu::Attention {
+            bias: &h.qkv_b,
+            lengths,
+            len,
+            heads: self.heads,
+            head_dim: self.head_dim,
         };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bias-gelu takes a contiguous tensor");
+        let context = x.matmul(&l.qkv_w)?.apply_op1_no_bwd(&attention)?;
+        let norm1 = cpu::AddNorm {
+            bias: &h.out_b,
+            weight: &h.ln1_w,
+            norm_bias: &h.ln1_b,
+            eps: self.eps,
         };
-        let src = &data[start..end];
-        let width = self.0.len();
-        if width == 0 || !src.len().is_multiple_of(width) {
-            candle_core::bail!(
-                "bias-gelu: {} values do not split into rows of {width}",
-                src.len()
-            );
-        }
-        let mut out = vec![0f32; src.len()];
-        let rows = src.len() / width;
-        let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-        let per = rows.div_ceil(threads) * width;
-        let run = |src: &[f32], dst: &mut [f32]| {
-            for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
-                for ((x, y), b) in s.iter().zip(d.iter_mut()).zip(&self.0) {
-                    let v = x + b;
-                    *y = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)
-                        + 1.0)
-                        * 0.5
-                        * v;
-                }
-            }
+        let x = context.matmul(&l.out_w)?.apply_op2_no_bwd(x, &norm1)?;
+        let inner = x
+            .matmul(&l.ff1_w)?
+            .apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
+        let norm2 = cpu::AddNorm {
+            bias: &h.ff2_b,
+            weight: &h.ln2_w,
+            norm_bias: &h.ln2_b,
+            eps: self.eps,
         };
-        if threads <= 1 || src.len() < 1 << 16 {
-            run(src, &mut out);
-        } else {
-            std::thread::scope(|scope| {
-                for (s, d) in src.chunks(per).zip(out.chunks_mut(per)) {
-                    scope.spawn(move || run(s, d));
-                }
-            });
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        inner.matmul(&l.ff2_w)?.apply_op2_no_bwd(&x, &norm2)
     }
+
+    /// One layer with Candle ops, on any device.
+    fn layer_generic(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        n: usize,
+        len: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (heads, hd) = (self.heads, self.head_dim);
+        let hidden = heads * hd;
+        // [tokens, 3 * hidden] -> [3, n, heads, len, head_dim] in one copy.
+        let qkv = linear(x, &l.qkv_w, &l.qkv_b)?
+            .reshape((n, len, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n * len, hidden))?;
+        let attended = linear(&context, &l.out_w, &l.out_b)?;
+        let x = candle_nn::ops::layer_norm(&(attended + x)?, &l.ln1_w, &l.ln1_b, self.eps)?;
+        let inner = linear(&x, &l.ff1_w, &l.ff1_b)?.gelu_erf()?;
+        let out = linear(&inner, &l.ff2_w, &l.ff2_b)?;
+        candle_nn::ops::layer_norm(&(out + &x)?, &l.ln2_w, &l.ln2_b, self.eps)
+    }
+}
+
+/// Whether `SURGE_BERT_KERNELS=generic` asks for the Candle-op path on CPU too: a
+/// diagnostic knob, and how the tests hold the path other devices take to the fixture.
+fn generic_only() -> bool {
+    std::env::var("SURGE_BERT_KERNELS").is_ok_and(|v| v == "generic")
+}
+
+/// `[n, 1, 1, len]`, added to attention scores: 0 for real tokens, a huge negative for
+/// padding, so softmax gives padding no weight.
+fn padding_mask(
+    lengths: &[usize],
+    len: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let add: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&r| (0..len).map(move |t| if t < r { 0.0 } else { -1e30 }))
+        .collect();
+    Tensor::from_vec(add, (lengths.len(), 1, 1, len), device)
 }

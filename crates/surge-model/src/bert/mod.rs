@@ -33,9 +33,9 @@
 //!   [in, out]`, weights transposed once at load), not one small GEMM per sequence;
 //! * query, key and value are one fused GEMM, with the `1/√d` attention scale folded
 //!   into the query weights at load, and one copy lays out all three heads-first;
-//! * softmax and layer norm are candle's fused kernels; on CPU the bias add and the
-//!   (erf) GELU of the feed-forward layer are one fused pass ([`BiasGelu`]), split over
-//!   candle's threads.
+//! * on CPU, everything between the GEMMs is a fused kernel split over the thread pool
+//!   ([`cpu`]): attention straight from the QKV GEMM's output (padded keys skipped, not
+//!   masked), bias + residual + layer norm, and bias + GELU with a vectorisable erf.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,7 @@ use candle_core::{Device, Tensor, D};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+mod cpu;
 mod encoder;
 
 use encoder::Encoder;
@@ -356,18 +357,12 @@ impl BertEmbedder {
             keep[r * len..r * len + s.len()].fill(1.0);
         }
         let padded = ids.iter().any(|s| s.len() != len);
-        // Added to the attention scores: 0 for real tokens, a huge negative for padding.
-        let mask = if padded {
-            let add: Vec<f32> = keep.iter().map(|k| (1.0 - k) * -1e30).collect();
-            Some(Tensor::from_vec(add, (n, 1, 1, len), &self.device)?)
-        } else {
-            None
-        };
+        let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
         let input_ids = Tensor::from_vec(flat, n * len, &self.device)?;
-        let states = self
-            .encoder
-            .forward(&input_ids, n, len, mask.as_ref())?
-            .reshape((n, len, self.hidden))?;
+        let states =
+            self.encoder
+                .forward(&input_ids, &lengths, len)?
+                .reshape((n, len, self.hidden))?;
         let pooled = match self.pooling {
             Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean if !padded => states.mean(1)?,
