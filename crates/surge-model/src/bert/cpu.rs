@@ -53,18 +53,65 @@ macro_rules! simd {
     };
 }
 
+/// Lanes of the widest vector unit this code is written for (AVX-512: 16 f32).
+const LANES: usize = 16;
+
+/// `c[i, j] = Σ_k a[i, k] · b[k, j]` for `i < m`, `j < n`, `k < depth`, all row-major
+/// with row strides `lda`, `ldb` and `n`; `n` is a whole number of 16-lane blocks.
+/// Eight rows by one block at a time: eight independent accumulators kept in registers
+/// (a GEMM library's call overhead would dominate products this small).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn small_gemm(
+    m: usize,
+    n: usize,
+    depth: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+) {
+    const ROWS: usize = 8;
+    debug_assert!(n.is_multiple_of(LANES));
+    if m == 0 {
+        return;
+    }
+    for block in 0..n / LANES {
+        let col = block * LANES;
+        for i0 in (0..m).step_by(ROWS) {
+            // Past the last row, recompute the last row instead of branching per row.
+            let rows: [usize; ROWS] = std::array::from_fn(|r| (i0 + r).min(m - 1));
+            let mut acc = [[0f32; LANES]; ROWS];
+            for k in 0..depth {
+                let (bk, _) = b[k * ldb + col..k * ldb + col + LANES].as_chunks::<LANES>();
+                let bk = &bk[0];
+                for (acc, &i) in acc.iter_mut().zip(&rows) {
+                    let x = a[i * lda + k];
+                    for l in 0..LANES {
+                        acc[l] += x * bk[l];
+                    }
+                }
+            }
+            for (acc, &i) in acc.iter().zip(&rows).take(m - i0) {
+                c[i * n + col..i * n + col + LANES].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
 /// Sum of `xs` in 16 interleaved partial sums, which vectorise (a plain `.sum()` over
 /// f32 must add in order, one at a time).
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x;
+    let mut acc = [0f32; LANES];
+    let (chunks, tail) = xs.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
 /// The contiguous f32 values of a CPU tensor.
@@ -114,43 +161,46 @@ simd! {
         scratch: &mut Scratch,
     ) {
         let (hd, hidden) = (head_dim, heads * head_dim);
-        let Scratch { q, kt, v, p } = scratch;
+        // Both products below are small GEMMs whose output columns come in whole 16-lane
+        // blocks: keys are stored transposed, [hd, rp], and values as [real, hdp], with
+        // zeros past `real` keys and `hd` values (padding that is never read back).
+        let (rp, hdp) = (real.next_multiple_of(LANES), hd.next_multiple_of(LANES));
+        let Scratch { q, kt, v, p, c } = scratch;
         q.resize(real * hd, 0.0);
-        kt.resize(hd * real, 0.0);
-        v.resize(real * hd, 0.0);
-        p.resize(real, 0.0);
+        kt.resize(hd * rp, 0.0);
+        v.resize(real * hdp, 0.0);
+        p.resize(real * rp, 0.0);
+        c.resize(real * hdp, 0.0);
+        kt.fill(0.0);
+        v.fill(0.0);
         for h in 0..heads {
-            // This head's biased queries and values as [real, hd], keys as [hd, real]:
-            // then every inner loop below runs along contiguous memory, with no reduction.
+            // This head's biased queries, keys and values.
             let (qc, kc, vc) = (h * hd, hidden + h * hd, 2 * hidden + h * hd);
             for t in 0..real {
                 let row = &qkv[t * 3 * hidden..(t + 1) * 3 * hidden];
                 for d in 0..hd {
                     q[t * hd + d] = row[qc + d] + bias[qc + d];
-                    kt[d * real + t] = row[kc + d] + bias[kc + d];
-                    v[t * hd + d] = row[vc + d] + bias[vc + d];
+                    kt[d * rp + t] = row[kc + d] + bias[kc + d];
+                    v[t * hdp + d] = row[vc + d] + bias[vc + d];
                 }
             }
-            for i in 0..real {
-                p.fill(0.0);
-                for (d, &qd) in q[i * hd..(i + 1) * hd].iter().enumerate() {
-                    for (pj, k) in p.iter_mut().zip(&kt[d * real..(d + 1) * real]) {
-                        *pj += qd * k;
-                    }
+            // Scores [real, rp] = Q Kᵀ (the scale is folded into Q's weights).
+            small_gemm(real, rp, hd, q, hd, kt, rp, p);
+            for scores in p.chunks_exact_mut(rp) {
+                let scores = &mut scores[..real];
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
                 }
-                let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                for pj in p.iter_mut() {
-                    *pj = (*pj - max).exp();
+                let inv = 1.0 / sum(scores);
+                for s in scores.iter_mut() {
+                    *s *= inv;
                 }
-                let inv = 1.0 / sum(p);
-                let dst = &mut out[i * hidden + h * hd..i * hidden + (h + 1) * hd];
-                dst.fill(0.0);
-                for (pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
-                    let w = pj * inv;
-                    for (o, x) in dst.iter_mut().zip(vj) {
-                        *o += w * x;
-                    }
-                }
+            }
+            // Context [real, hdp] = P V, over the real keys only.
+            small_gemm(real, hdp, real, p, rp, v, hdp, c);
+            for (t, ctx) in c.chunks_exact(hdp).enumerate() {
+                out[t * hidden + h * hd..t * hidden + (h + 1) * hd].copy_from_slice(&ctx[..hd]);
             }
         }
         out[real * hidden..].fill(0.0);
@@ -164,6 +214,7 @@ struct Scratch {
     kt: Vec<f32>,
     v: Vec<f32>,
     p: Vec<f32>,
+    c: Vec<f32>,
 }
 
 impl CustomOp1 for Attention<'_> {
@@ -240,14 +291,14 @@ simd! {
             for v in o.iter_mut() {
                 *v -= mean;
             }
-            let mut sq = [0f32; 16];
-            let mut chunks = o.chunks_exact(16);
-            for c in &mut chunks {
-                for (a, v) in sq.iter_mut().zip(c) {
-                    *a += v * v;
+            let mut sq = [0f32; LANES];
+            let (chunks, tail) = o.as_chunks::<LANES>();
+            for c in chunks {
+                for l in 0..LANES {
+                    sq[l] += c[l] * c[l];
                 }
             }
-            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            let tail: f32 = tail.iter().map(|v| v * v).sum();
             let var = (sq.iter().sum::<f32>() + tail) / width as f32;
             let inv_std = 1.0 / (var + eps).sqrt();
             for ((v, w), b) in o.iter_mut().zip(weight).zip(norm_bias) {
