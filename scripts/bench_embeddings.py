@@ -64,32 +64,50 @@ def sh(cmd):
         return "?"
 
 
-STEPS = """### Where the CPU time goes, and what each step bought
+STEPS = """### What each step bought, and where the CPU time goes now
 
-Measured back to back on this machine on 2026-11-27, in process, 500 sentences, while
-two other engineers' builds and tests shared the two cores (load average 4–7): single
-runs of the same binary varied by up to 2×, so only same-minute comparisons mean much.
-Three full runs within 40 minutes (sentence-transformers / Surge in process / Surge
-through the queue, sentences/s): 35 / 52 / 69 and 97 / 46 / 52 (dev build), 109 / 42 /
-54 (release build, the table above). Cold start in the four runs: 0.50, 0.47, 0.37 and
-1.22 s. The fair reading: Surge is at about half of PyTorch's CPU throughput here, and
-the ≥ 1.0× target is **not met**; cold start is within 1 s except under the heaviest load.
+Measured on this machine on 2026-11-27 (quiet, load average under 2), in process, 2,000
+sentences, batch 64, release builds; two rounds, back to back, the same sentences:
 
-- `perf record` of the forward pass: 59% in gemm's f32 microkernel (`fma::f32::x2x6`,
-  AVX2), 7.5% in `erff` (GELU), 4% in candle's thread-pool barrier, the rest spread
-  thin. This CPU has AVX-512, which PyTorch's oneDNN/MKL kernels use; the `gemm` crate
-  only uses its AVX-512 kernels on nightly Rust. That is most of the remaining gap.
-- Length sorting and chunking (`bert.rs`): padded tokens fell from 2.43× the real
-  tokens (batches of 64 in file order) to 1.68× (sorted, greedy 2,048-token chunks) and
-  1.12× (sorted, chunk cuts chosen by a small dynamic programme); the last step alone
-  measured +13–30% sentences/s. Across a whole worker batch the padding is 1.03×.
-- Chunk budget: 2,048 padded tokens per forward pass beat 8,192 by about 2× (cache).
-- Threads: 2 instead of 1, 27 → 41 sentences/s (+49%); use `surge worker --threads 2`.
-- Own encoder instead of candle-transformers' `BertModel` (one 2-D GEMM per linear
-  layer over all tokens, fused QKV with the attention scale folded in, fused bias+GELU,
-  no mask when a chunk has no padding): 39.5 → 40.9 sentences/s, within noise; its
-  real gain is build time (candle-transformers compiles every model it ships).
+| build | 2 threads, sentences/s | 1 thread |
+|---|---:|---:|
+| before (commit caf2fc9): gemm's AVX2 kernels, Candle ops between the GEMMs | 154, 154 | 122 |
+| gemm's AVX-512 kernels (`gemm` feature `x86-v4`), Candle ops between the GEMMs | 223, 219 | – |
+| + fused CPU kernels between the GEMMs (`bert/cpu.rs`) | 464, 474 | 305 |
 
+Reproduce the first row with `git worktree add /tmp/base caf2fc9` and
+`CARGO_TARGET_DIR=/tmp/base-target cargo build --release -p surge-model --example
+embed_bench` there; the second with `SURGE_BERT_KERNELS=generic`; the third as is.
+The same invocation of sentence-transformers gave 218–248 sentences/s with 2 threads.
+
+- **AVX-512 GEMMs (+43%).** `perf` showed 59% of the time in gemm's AVX2 microkernel.
+  The `gemm` crate has AVX-512 kernels behind its `x86-v4` feature, which Candle does not
+  turn on; naming `gemm` in the workspace with that feature does. The kernels are chosen
+  at run time, so CPUs without AVX-512 keep AVX2.
+- **Fused kernels (2.1×).** With fast GEMMs, the Candle ops between them dominated: each
+  a full pass over memory, most on one thread, plus the head-first permute copies, a mask
+  tensor and one GEMM library call per `len × 32` attention matrix. Now four kernels
+  remain between the four GEMMs of a layer, each one pass split over the thread pool:
+  attention straight from the QKV GEMM's output (padded keys skipped, two small
+  register-blocked products per head: 15% of the time before blocking, 8% after),
+  bias + residual + layer norm (twice), and bias + GELU with a rational erf that
+  vectorises (libm's `erff` took 7.5% before). They are compiled for AVX-512, AVX2 and
+  the baseline and chosen at run time.
+- **Where the time goes now** (`perf record`, 2 threads): 61% gemm's AVX-512
+  microkernel, 6% its packing, 8% attention, 2% `expf`, 3% the other fused kernels,
+  about 5% thread wake-ups and scheduling.
+- Earlier steps, kept: length sorting plus dynamic-programming chunk cuts (padding from
+  2.43× the real tokens to 1.12×; +13–30%), 2,048-token chunks (2× faster than 8,192:
+  cache), and one 2-D GEMM per linear layer over all tokens with query, key and value
+  fused and the attention scale folded in.
+- Own encoder instead of candle-transformers' `BertModel`: the fused kernels need the
+  forward pass in our hands, and candle-transformers compiles every model it ships
+  (about 8 minutes of CI on two cores) for the one used here.
+- GPU: `cargo build --release -p surge-cli --features cuda` builds here with the CUDA 13
+  toolchain from PyPI (`bash ../shared/cuda/setup-cuda13.sh`, 7.5 minutes on 2 cores); on
+  CUDA the encoder takes the Candle-op path, which the tests run on CPU. No GPU was lent
+  to this work, so there is no GPU row yet: `BENCH_DEVICE=cuda BENCH_BIN_DIR=...
+  make bench-embeddings` adds one.
 """
 
 
