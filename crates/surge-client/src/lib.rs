@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -444,9 +444,15 @@ impl RunCtx<'_> {
         });
 
         let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
+        // Cancel the consumer, then close its channel, then (in `session`) the
+        // connection: closing under a live consumer makes lapin log a spurious
+        // channel-state error.
+        let _ = tokio::time::timeout(
+            t.operation,
+            cch.basic_cancel("score-batch".into(), BasicCancelOptions::default()),
+        )
+        .await;
         reader.abort();
-        // Close the consuming channel first: closing the connection under a live
-        // consumer makes lapin log a spurious channel-state error.
         let _ = tokio::time::timeout(t.operation, cch.close(200, "score-batch done".into())).await;
         if outcome.is_ok() {
             let _ = timed(
@@ -456,6 +462,9 @@ impl RunCtx<'_> {
             )
             .await;
         }
+        // Closed here rather than on drop, which lapin does in the background and which
+        // would race the connection's close.
+        let _ = tokio::time::timeout(t.operation, ch.close(200, "score-batch done".into())).await;
         outcome
     }
 

@@ -103,7 +103,8 @@ pub(crate) async fn run_session(
             )))
         };
         let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-        let mut _watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
+        let mut watch_ch = ch.clone();
+        let mut watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
         // Models found after start (hot discovery) join the running session.
         let mut look = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
@@ -138,9 +139,19 @@ pub(crate) async fn run_session(
                         serving.insert(model);
                     }
                     let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-                    _watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
+                    watch_ch = ch.clone();
+                    watcher = spawn_watcher(serving.iter().cloned().collect(), ch);
                 }
             }
+        }
+        // Drained: close the channels before the connection. Dropped instead, lapin
+        // closes them in the background, racing the connection's close, and logs a
+        // spurious channel-state error.
+        drop(watcher);
+        for ch in [&watch_ch, &publisher] {
+            let _ =
+                tokio::time::timeout(t.operation, ch.close(200, "surge worker stopping".into()))
+                    .await;
         }
         Ok(())
     }
@@ -327,6 +338,13 @@ async fn serve_queue(
         done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
     }
     info!(%queue, "drained");
+    // Closed here, not on drop, so it does not race the connection's close.
+    let _ = timed(
+        "channel.close",
+        cfg.timeouts.operation,
+        channel.close(200, "drained".into()),
+    )
+    .await;
     Ok(())
 }
 
