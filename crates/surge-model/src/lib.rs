@@ -363,6 +363,26 @@ fn load_dir(
     (arch.load)(&ctx)
 }
 
+/// Whether model `name` in `models_dir` takes texts (in any of its versions), read from
+/// its `model.toml` files alone, without loading weights. `false` when nothing can be
+/// read: loading the model reports why.
+pub fn takes_text(models_dir: &Path, name: &str) -> bool {
+    if surge_protocol::validate_model_name(name).is_err() {
+        return false;
+    }
+    let dir = models_dir.join(name);
+    let mut dirs = vec![dir.clone()];
+    dirs.extend(
+        versions(models_dir, name)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| dir.join(v)),
+    );
+    dirs.iter()
+        .filter_map(|d| spec::read_spec(d).ok())
+        .any(|s| matches!(s.input, spec::InputSection::Text { .. }))
+}
+
 /// Names of the model folders in `models_dir` (sub-folders holding a `model.toml`, or
 /// version sub-folders that do), sorted.
 pub fn discover(models_dir: &Path) -> Result<Vec<String>, ModelError> {

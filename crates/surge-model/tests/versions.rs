@@ -3,7 +3,9 @@
 use std::cmp::Ordering;
 use std::path::Path;
 
-use surge_model::{compare_versions, discover, load_model, load_version, versions, Device};
+use surge_model::{
+    compare_versions, discover, load_model, load_version, takes_text, versions, Device,
+};
 
 fn shipped() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/breast-cancer")
@@ -63,4 +65,28 @@ fn a_version_folder_must_match_its_declared_version() {
         .to_string();
     assert!(err.contains("version") && err.contains("2.0.0"), "{err}");
     assert!(load_version(dir.path(), "../etc", "1", &Device::Cpu).is_err());
+}
+
+#[test]
+fn takes_text_reads_the_specs_of_flat_and_versioned_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path();
+    put_version(models, "1.0.0", "1.0.0");
+    assert!(!takes_text(models, "breast-cancer"));
+    // A text model, flat, with only its model.toml: no weights are read.
+    let text = models.join("texts");
+    std::fs::create_dir(&text).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-minilm-l6-v2/model.toml"),
+        text.join("model.toml"),
+    )
+    .unwrap();
+    assert!(takes_text(models, "texts"));
+    // Versioned: a text version next to a tabular one.
+    let v2 = models.join("breast-cancer").join("2.0.0");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::copy(text.join("model.toml"), v2.join("model.toml")).unwrap();
+    assert!(takes_text(models, "breast-cancer"));
+    assert!(!takes_text(models, "missing"));
+    assert!(!takes_text(models, "../escape"));
 }
