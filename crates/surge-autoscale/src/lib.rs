@@ -194,21 +194,63 @@ struct Scaled {
     crashes_reported: u64,
 }
 
-/// Sub-folders of `dir` holding a `model.toml` whose name is a valid model name
-/// (workers validate the rest: a broken folder's workers fail to start and are retried
-/// with backoff, and only while jobs wait for it).
-pub fn model_folders(dir: &std::path::Path) -> Vec<String> {
+/// How long a model folder found while running must go unmodified before the
+/// autoscaler scales its queue: the quiet period of the workers' own hot discovery, so
+/// a folder still being copied never starts a worker.
+pub const NEW_FOLDER_QUIET: Duration = Duration::from_secs(2);
+
+/// Model folders in `dir`, sorted: sub-folders with a valid model name that hold a
+/// `model.toml`, or version sub-folders that do (`<name>/<version>/model.toml`), and in
+/// which nothing has changed for `quiet`. Workers validate the rest: a broken folder's
+/// workers fail to start and are retried with backoff, and only while jobs wait for it.
+pub fn model_folders(dir: &std::path::Path, quiet: Duration) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let now = std::time::SystemTime::now();
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("model.toml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| surge_protocol::validate_model_name(n).is_ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            surge_protocol::validate_model_name(&name).ok()?;
+            let newest = newest_change(&e.path())?;
+            is_quiet(newest, now, quiet).then_some(name)
+        })
         .collect();
     names.sort();
     names
+}
+
+/// The newest modification time in a model folder: its files and its version folders'
+/// files. `None` when it holds no `model.toml`, flat or in a version folder.
+fn newest_change(folder: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut is_model = folder.join("model.toml").is_file();
+    for entry in std::fs::read_dir(folder).ok()?.filter_map(|e| e.ok()) {
+        let Ok(meta) = entry.metadata() else { continue };
+        newest = newest.max(meta.modified().ok());
+        if meta.is_dir() {
+            is_model |= entry.path().join("model.toml").is_file();
+            for inner in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                newest = newest.max(inner.metadata().and_then(|m| m.modified()).ok());
+            }
+        }
+    }
+    is_model.then_some(newest).flatten()
+}
+
+/// Whether a folder last changed at `newest` has been quiet for `quiet` at `now`; a
+/// change in the future (a clock that went backwards) is not quiet.
+pub fn is_quiet(
+    newest: std::time::SystemTime,
+    now: std::time::SystemTime,
+    quiet: Duration,
+) -> bool {
+    now.duration_since(newest).is_ok_and(|d| d >= quiet)
 }
 
 /// Runs the autoscaler until `shutdown` resolves, then drains every worker.
@@ -278,7 +320,7 @@ pub async fn run(
         if let Some(dir) = &cfg.watch_models_dir {
             if last_scan.elapsed() >= Duration::from_secs(1) {
                 last_scan = Instant::now();
-                for name in model_folders(dir) {
+                for name in model_folders(dir, NEW_FOLDER_QUIET) {
                     if scaled.iter().any(|s| s.pool.model() == name) {
                         continue;
                     }
@@ -369,4 +411,67 @@ pub async fn run(
     }
     info!("autoscaler stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    /// Backdates every file of a folder tree (one level of version folders) by `age`.
+    fn age(dir: &std::path::Path, age: Duration) {
+        let when = SystemTime::now() - age;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                self::age(&entry.path(), age);
+            }
+            let f = std::fs::File::options()
+                .read(true)
+                .open(entry.path())
+                .unwrap();
+            f.set_modified(when).unwrap();
+        }
+    }
+
+    #[test]
+    fn model_folders_wait_until_a_folder_is_quiet_and_see_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("flat")).unwrap();
+        std::fs::write(dir.join("flat/model.toml"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("versioned/1.0.0")).unwrap();
+        std::fs::write(dir.join("versioned/1.0.0/model.toml"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("not-a-model/data")).unwrap();
+        std::fs::write(dir.join("not-a-model/data/readme"), "x").unwrap();
+        std::fs::create_dir_all(dir.join(".staging")).unwrap();
+        std::fs::write(dir.join(".staging/model.toml"), "x").unwrap();
+        // Just written: not quiet yet, unless no quiet period is asked for.
+        assert!(model_folders(dir, NEW_FOLDER_QUIET).is_empty());
+        assert_eq!(model_folders(dir, Duration::ZERO), ["flat", "versioned"]);
+        age(dir, Duration::from_secs(10));
+        assert_eq!(model_folders(dir, NEW_FOLDER_QUIET), ["flat", "versioned"]);
+        // A file still arriving in a version folder makes its model wait again.
+        std::fs::write(dir.join("versioned/1.0.0/model.safetensors"), "xx").unwrap();
+        assert_eq!(model_folders(dir, NEW_FOLDER_QUIET), ["flat"]);
+    }
+
+    #[test]
+    fn a_change_from_the_future_is_not_quiet() {
+        let now = SystemTime::now();
+        assert!(is_quiet(
+            now - Duration::from_secs(3),
+            now,
+            NEW_FOLDER_QUIET
+        ));
+        assert!(!is_quiet(
+            now - Duration::from_secs(1),
+            now,
+            NEW_FOLDER_QUIET
+        ));
+        assert!(!is_quiet(
+            now + Duration::from_secs(60),
+            now,
+            NEW_FOLDER_QUIET
+        ));
+    }
 }

@@ -183,7 +183,8 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
     let url = AmqpUrl::from_env()?;
     let watch_models_dir = args.models.is_empty().then(|| args.models_dir.clone());
     let models = if args.models.is_empty() {
-        surge_autoscale::model_folders(&args.models_dir)
+        // At start, every folder there is taken as it is.
+        surge_autoscale::model_folders(&args.models_dir, Duration::ZERO)
     } else {
         args.models
     };
