@@ -19,7 +19,7 @@ pub mod scrape;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::{Channel, Connection};
@@ -100,17 +100,8 @@ pub enum AutoscaleError {
     Broker(#[from] BrokerError),
 }
 
-static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
-
 fn install_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = surge_ops::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .clone()
+    surge_ops::install_recorder(surge_ops::PrometheusBuilder::new())
 }
 
 /// The broker side: one connection, one channel, reopened after any error.

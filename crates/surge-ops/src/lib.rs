@@ -1,13 +1,14 @@
 //! Operations endpoints shared by Surge's long-running processes (the worker and the
 //! autoscaler): `/metrics` in the Prometheus text format, `/healthz` and `/readyz`.
 //!
-//! Nothing here knows about jobs or brokers: each process installs its recorder (with
-//! its own histogram buckets), owns a readiness flag, and hands both to [`serve`].
+//! Nothing here knows about jobs or brokers: each process installs the recorder with
+//! its own histogram buckets ([`install_recorder`]), owns a readiness flag, and hands
+//! both to [`serve`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +17,32 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder built by `builder` (the first call
+/// wins; later calls return the same handle) and starts its upkeep. `None` when another
+/// recorder was installed first.
+pub fn install_recorder(builder: PrometheusBuilder) -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            // A recorder built this way keeps every histogram sample until upkeep folds
+            // it into the buckets; without upkeep a process nobody scrapes grows by tens
+            // of bytes per observation, for ever (the soak found it). Upkeep every 5 s.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
+            Some(handle)
+        })
+        .clone()
+}
 
 #[derive(Clone)]
 struct AppState {

@@ -1,8 +1,7 @@
 //! Metric names and the Prometheus recorder, installed once per process.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
+use surge_ops::{Matcher, PrometheusBuilder};
 
 /// Jobs answered, by `model` and `status` (`ok`, `error`, `expired`).
 pub const JOBS: &str = "surge_jobs_total";
@@ -36,39 +35,19 @@ pub const MODELS_REJECTED: &str = "surge_model_rejected_total";
 /// Reconnections after a lost connection.
 pub const RECONNECTS: &str = "surge_reconnects_total";
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide Prometheus recorder (once) and returns its handle, or
-/// `None` when another recorder was installed first.
+/// Installs the process-wide Prometheus recorder (once) with the worker's histogram
+/// buckets and returns its handle, or `None` when another recorder was installed first.
 pub fn install() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let seconds = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ];
-            let rows = [
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
-            ];
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-                .ok()?
-                .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &rows)
-                .ok()?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            // A recorder built this way keeps every histogram sample until upkeep folds
-            // it into the buckets; without upkeep a worker nobody scrapes grows by tens
-            // of bytes per job, for ever (the soak found it). Upkeep every 5 s.
-            let upkeep = handle.clone();
-            let _ = std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                });
-            Some(handle)
-        })
-        .clone()
+    let seconds = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let rows = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+    ];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+        .ok()?
+        .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &rows)
+        .ok()?;
+    surge_ops::install_recorder(builder)
 }
