@@ -5,6 +5,8 @@
 //! its own histogram buckets ([`install_recorder`]), owns a readiness flag, and hands
 //! both to [`serve`].
 
+pub mod rate;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use surge_broker::{BrokerError, Timeouts};
+use surge_ops::rate::RateEstimator;
 use surge_protocol::Topology;
 
 use crate::metrics as m;
@@ -32,36 +33,15 @@ fn answered(model: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// This worker's service rate, jobs/s, learned while its queue had a backlog (an
-/// exponentially weighted average, so one slow batch does not swing it).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DrainEstimate {
-    rate: Option<f64>,
-}
-
-impl DrainEstimate {
-    /// Feeds `answered` jobs over `elapsed`; only saturated periods (a backlog waited)
-    /// say how fast the worker can go.
-    pub fn observe(&mut self, answered: u64, elapsed: Duration, saturated: bool) {
-        let secs = elapsed.as_secs_f64();
-        if saturated && secs > 0.0 && answered > 0 {
-            let sample = answered as f64 / secs;
-            self.rate = Some(match self.rate {
-                None => sample,
-                Some(r) => r + 0.3 * (sample - r),
-            });
-        }
+/// Seconds for `consumers` workers like this one to drain `backlog` jobs at the rate
+/// `est` learned while the queue had a backlog: 0 with no backlog, `None` before any
+/// rate is known.
+fn drain_seconds(est: &RateEstimator, backlog: u64, consumers: u32) -> Option<f64> {
+    if backlog == 0 {
+        return Some(0.0);
     }
-
-    /// Seconds for `consumers` workers like this one to drain `backlog` jobs; 0 with
-    /// no backlog, `None` before any rate is known.
-    pub fn time_to_drain(&self, backlog: u64, consumers: u32) -> Option<f64> {
-        if backlog == 0 {
-            return Some(0.0);
-        }
-        self.rate
-            .map(|r| backlog as f64 / (r * f64::from(consumers.max(1))))
-    }
+    est.rate()
+        .and_then(|r| surge_ops::rate::time_to_drain(backlog, r, consumers))
 }
 
 /// Reads every model queue's depth each [`INTERVAL`] and sets the gauges; returns on
@@ -72,7 +52,7 @@ pub(crate) async fn watch(
     models: Vec<String>,
     timeouts: Timeouts,
 ) -> Result<(), BrokerError> {
-    let mut state: BTreeMap<String, (DrainEstimate, u64, u64, Instant)> = BTreeMap::new();
+    let mut state: BTreeMap<String, (RateEstimator, u64, u64, Instant)> = BTreeMap::new();
     loop {
         for model in &models {
             let queue = topology.job_queue(model);
@@ -82,10 +62,12 @@ pub(crate) async fn watch(
             let done = answered(model);
             let (est, last_done, last_backlog, last_at) = state
                 .entry(model.clone())
-                .or_insert_with(|| (DrainEstimate::default(), done, 0, now));
+                .or_insert_with(|| (RateEstimator::default(), done, 0, now));
+            // One worker (this one); only saturated periods say how fast it can go.
             est.observe(
                 done.saturating_sub(*last_done),
                 now.duration_since(*last_at),
+                1,
                 backlog > 0 && *last_backlog > 0,
             );
             *last_done = done;
@@ -94,7 +76,7 @@ pub(crate) async fn watch(
             let labels = [("model", model.clone())];
             metrics::gauge!(m::QUEUE_BACKLOG, &labels).set(backlog as f64);
             metrics::gauge!(m::QUEUE_CONSUMERS, &labels).set(f64::from(q.consumers));
-            if let Some(t) = est.time_to_drain(backlog, q.consumers) {
+            if let Some(t) = drain_seconds(est, backlog, q.consumers) {
                 metrics::gauge!(m::TIME_TO_DRAIN, &labels).set(t);
             }
         }
@@ -108,13 +90,13 @@ mod tests {
 
     #[test]
     fn drain_time_uses_the_rate_learned_under_load() {
-        let mut e = DrainEstimate::default();
-        assert_eq!(e.time_to_drain(0, 1), Some(0.0));
-        assert_eq!(e.time_to_drain(10, 1), None);
-        e.observe(500, Duration::from_secs(1), false);
-        assert_eq!(e.time_to_drain(10, 1), None, "idle periods teach nothing");
-        e.observe(200, Duration::from_secs(2), true);
-        assert_eq!(e.time_to_drain(1000, 2), Some(5.0));
-        assert_eq!(e.time_to_drain(1000, 0), Some(10.0));
+        let mut e = RateEstimator::default();
+        assert_eq!(drain_seconds(&e, 0, 1), Some(0.0));
+        assert_eq!(drain_seconds(&e, 10, 1), None);
+        e.observe(500, Duration::from_secs(1), 1, false);
+        assert_eq!(drain_seconds(&e, 10, 1), None, "idle periods teach nothing");
+        e.observe(200, Duration::from_secs(2), 1, true);
+        assert_eq!(drain_seconds(&e, 1000, 2), Some(5.0));
+        assert_eq!(drain_seconds(&e, 1000, 0), Some(10.0));
     }
 }
