@@ -33,7 +33,7 @@ w(f"Machine: {os.cpu_count()} cores ({cpu}), {mem} GiB RAM, RabbitMQ {rmq} on 12
 w("## Throughput end to end\n")
 w("`score-batch`'s library publishes jobs with confirms → quorum queue → `surge worker` (batches across jobs, "
   "`--max-batch-rows 4096`, `--threads 1`) → results published with confirms → ack → results deduplicated by job id.\n")
-w("`--threads 1` is the worker's default: measured on this machine, one candle thread beat candle's default pool "
+w("`--threads 1` is the worker's default for tabular models (text models get every core): measured on this machine, one candle thread beat candle's default pool "
   "(whose workers spin-wait and steal the broker's and client's CPU) at every job size: 4096 rows/job 354k → 458k rows/s, "
   "256 rows/job 248k → 311k, 1 row/job 3.1k → 3.9k jobs/s (measured back to back, one worker; see the closing note of stop 8).\n")
 w("| rows per job | rows | jobs | seconds | rows/s | jobs/s | echo of a same-size body, msgs/s | jobs/s ÷ echo |")
