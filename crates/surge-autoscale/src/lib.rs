@@ -185,6 +185,21 @@ struct Scaled {
     crashes_reported: u64,
 }
 
+impl Scaled {
+    /// A model's queue with an empty pool and nothing learned yet.
+    fn new(model: String, launch: WorkerLaunch) -> Self {
+        Self {
+            pool: Pool::new(model, launch),
+            state: PolicyState::default(),
+            rate: RateEstimator::default(),
+            last_desired: None,
+            last_backlog: 0,
+            last_tick: Instant::now(),
+            crashes_reported: 0,
+        }
+    }
+}
+
 /// How long a model folder found while running must go unmodified before the
 /// autoscaler scales its queue: the quiet period of the workers' own hot discovery, so
 /// a folder still being copied never starts a worker.
@@ -286,15 +301,7 @@ pub async fn run(
     let mut scaled: Vec<Scaled> = cfg
         .models
         .iter()
-        .map(|m| Scaled {
-            pool: Pool::new(m.clone(), cfg.launch.clone()),
-            state: PolicyState::default(),
-            rate: RateEstimator::default(),
-            last_desired: None,
-            last_backlog: 0,
-            last_tick: Instant::now(),
-            crashes_reported: 0,
-        })
+        .map(|m| Scaled::new(m.clone(), cfg.launch.clone()))
         .collect();
     info!(models = ?cfg.models, policy = ?cfg.policy, interval = ?cfg.interval, "autoscaler starting");
     let scrape_timeout = cfg
@@ -319,15 +326,7 @@ pub async fn run(
                     broker.models.push(name.clone());
                     // Reconnecting declares every queue, the new one included.
                     broker.conn = None;
-                    scaled.push(Scaled {
-                        pool: Pool::new(name, cfg.launch.clone()),
-                        state: PolicyState::default(),
-                        rate: RateEstimator::default(),
-                        last_desired: None,
-                        last_backlog: 0,
-                        last_tick: Instant::now(),
-                        crashes_reported: 0,
-                    });
+                    scaled.push(Scaled::new(name, cfg.launch.clone()));
                 }
             }
         }

@@ -19,6 +19,23 @@ use crate::metrics as m;
 use crate::session::{Item, Outcome};
 use crate::Shared;
 
+/// Returns a delivery to its queue (`basic.nack` with requeue) for another try.
+pub(crate) async fn requeue(
+    acker: &lapin::Acker,
+    t: std::time::Duration,
+) -> Result<(), BrokerError> {
+    timed(
+        "basic.nack",
+        t,
+        acker.nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        }),
+    )
+    .await
+    .map(drop)
+}
+
 fn dead_letter_props(
     props: BasicProperties,
     kind: &str,
@@ -62,15 +79,7 @@ pub(crate) async fn publish_and_ack(
         let Some(outcome) = outcome else {
             // Cannot happen: every item gets an outcome. Return it rather than lose it.
             warn!("a job had no outcome (a bug); returning it to its queue");
-            timed(
-                "basic.nack",
-                t.operation,
-                item.acker.nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                }),
-            )
-            .await?;
+            requeue(&item.acker, t.operation).await?;
             continue;
         };
         match outcome {
@@ -158,15 +167,7 @@ pub(crate) async fn publish_and_ack(
             }
             Err(BrokerError::Nacked { .. }) => {
                 warn!("the broker refused a result; returning the job to its queue");
-                timed(
-                    "basic.nack",
-                    t.operation,
-                    item.acker.nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    }),
-                )
-                .await?;
+                requeue(&item.acker, t.operation).await?;
             }
             Err(e) => return Err(e),
         }

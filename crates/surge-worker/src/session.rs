@@ -18,8 +18,7 @@ use std::time::Instant;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Consumer};
@@ -323,15 +322,7 @@ async fn serve_queue(
     )
     .await;
     for item in gathered {
-        let _ = timed(
-            "basic.nack",
-            cfg.timeouts.operation,
-            item.acker.nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            }),
-        )
-        .await;
+        let _ = crate::answer::requeue(&item.acker, cfg.timeouts.operation).await;
         metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
     }
     while let Some(done) = running.join_next().await {
