@@ -111,17 +111,8 @@ pub async fn take(
         .create_channel()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            format!("take-{}", uuid::Uuid::new_v4().simple())
-                .as_str()
-                .into(),
-            lapin::options::BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("consuming {queue}: {e}"));
+    let tag = format!("take-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = crate::consume(&ch, queue, &tag).await;
     let deadline = tokio::time::Instant::now() + within;
     let mut got = Vec::with_capacity(want);
     while got.len() < want {

@@ -221,6 +221,31 @@ impl WorkerProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Stops the worker gracefully (SIGTERM: drain, then exit) and asserts that it
+    /// exits successfully within `within`.
+    pub fn stop(&mut self, within: Duration) {
+        self.signal("TERM");
+        let status = self.wait_exit(within);
+        assert!(
+            status.success(),
+            "worker exit {status}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until the worker has answered at least `n` jobs (`surge_jobs_total`).
+    pub fn wait_for_jobs(&self, n: f64, within: Duration) {
+        let start = Instant::now();
+        while self.metric_sum("surge_jobs_total") < n {
+            assert!(
+                start.elapsed() < within,
+                "worker answered fewer than {n} jobs in {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for WorkerProc {
@@ -450,6 +475,56 @@ pub fn spawn_score_batch_for(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting score-batch: {e}"))
+}
+
+/// Consumes `queue` on `ch` under consumer tag `tag`, with default options.
+pub async fn consume(ch: &lapin::Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        lapin::options::BasicConsumeOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consuming {queue}: {e}"))
+}
+
+/// `rabbitmqctl` on the shared broker (only for objects the calling test owns); panics
+/// with its output when it fails.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A vhost (and users) a test made on the shared broker, deleted however the test
+/// ends.
+pub struct OwnedVhost {
+    /// The vhost's name.
+    pub vhost: String,
+    /// Users to delete with it.
+    pub users: Vec<String>,
+}
+
+impl Drop for OwnedVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.vhost])
+            .output();
+        for u in &self.users {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_user", u])
+                .output();
+        }
+    }
 }
 
 /// Declares an auto-delete queue `name` for a test's replies (gone when its last

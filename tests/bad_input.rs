@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
@@ -337,15 +336,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     // Results.
     let want = answered.len() + goods.len();
     let mut results: HashMap<String, JobResult> = HashMap::new();
-    let mut consumer = ch
-        .basic_consume(
-            reply.as_str().into(),
-            "t".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&ch, &reply, "t").await;
     while results.len() < want {
         let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
@@ -404,15 +395,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     }
 
     // Dead letters, with their reasons.
-    let mut dl = ch
-        .basic_consume(
-            format!("{prefix}.dead").as_str().into(),
-            "t-dead".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut dl = consume(&ch, &format!("{prefix}.dead"), "t-dead").await;
     let mut seen: HashMap<String, (String, String)> = HashMap::new();
     while seen.len() < dead.len() {
         let d = tokio::time::timeout(Duration::from_secs(30), dl.next())
@@ -472,12 +455,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     let r = decode_result(&d.data, Encoding::Msgpack, &Limits::default()).unwrap();
     assert_eq!((r.job_id.as_str(), r.status), ("after", Status::Ok));
 
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(20)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 

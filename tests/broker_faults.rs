@@ -15,18 +15,6 @@ use surge_tests::figures::{self, parse_summary};
 use surge_tests::node::{NodeOptions, PrivateNode};
 use surge_tests::*;
 
-fn wait_for_jobs(w: &WorkerProc, n: f64, within: Duration) {
-    let start = Instant::now();
-    while w.metric_sum("surge_jobs_total") < n {
-        assert!(
-            start.elapsed() < within,
-            "worker answered fewer than {n} jobs in {within:?}; log:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Dead letters of the run, printed by reason.
 async fn dead_count(url: &str, prefix: &str) -> u32 {
     let url = surge_broker::AmqpUrl::new(url).unwrap();
@@ -72,7 +60,7 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         &["--rows-per-job", "10", "--job-timeout", "120"],
         &env,
     );
-    wait_for_jobs(&w, 20.0, Duration::from_secs(60));
+    w.wait_for_jobs(20.0, Duration::from_secs(60));
     let t0 = Instant::now();
     node.stop_node();
     assert!(
@@ -103,12 +91,7 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         w.log_text().contains("reconnecting"),
         "the worker never noticed the stop"
     );
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(30));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

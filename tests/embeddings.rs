@@ -145,11 +145,6 @@ async fn texts_through_score_batch_match_sentence_transformers() {
     }
     assert_eq!(n, cases.len());
 
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(20)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(20));
     cleanup(&prefix, &[MODEL]).await;
 }

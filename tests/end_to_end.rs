@@ -78,8 +78,7 @@ async fn score_batch_waits_for_workers_that_start_later() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_exactly_once_and_correct(&read_output(&output), &reference_scores(&rows));
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(20)).success());
+    w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 
@@ -131,8 +130,7 @@ async fn json_lines_in_and_out() {
         let p = l["malignant_probability"].as_f64().unwrap() as f32;
         assert!((p - expected[i]).abs() <= 1e-6);
     }
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(20)).success());
+    w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 
@@ -163,7 +161,6 @@ async fn python_pika_client_gets_a_result() {
         serde_json::json!(["malignant_probability"])
     );
     assert_eq!(result["outputs"].as_array().map(Vec::len), Some(2));
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(20)).success());
+    w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }

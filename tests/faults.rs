@@ -13,7 +13,6 @@
 //! at full size (100,000 rows). The broker stopped and started, and a batch held past
 //! `consumer_timeout`, need a node of their own: `tests/broker_faults.rs`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -35,18 +34,6 @@ const SLOW: &[&str] = &[
     "--batch-delay-ms",
     "25",
 ];
-
-fn wait_for_jobs(w: &WorkerProc, n: f64, within: Duration) {
-    let start = Instant::now();
-    while w.metric_sum("surge_jobs_total") < n {
-        assert!(
-            start.elapsed() < within,
-            "worker answered fewer than {n} jobs in {within:?}; log:\n{}",
-            w.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Waits for score-batch, asserts it succeeded, prints and asserts the figures.
 async fn finish_run(
@@ -119,7 +106,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
         &["--rows-per-job", &per_job, "--job-timeout", "30"],
     );
     let started = Instant::now();
-    wait_for_jobs(&workers[0], 5.0, Duration::from_secs(60));
+    workers[0].wait_for_jobs(5.0, Duration::from_secs(60));
     let mut kills = 0;
     for k in 1..=10 {
         let i = k % 2;
@@ -153,8 +140,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
     .await;
     assert_eq!(s.failed, 0, "no row may fail");
     for mut w in workers {
-        w.signal("TERM");
-        assert!(w.wait_exit(Duration::from_secs(30)).success());
+        w.stop(Duration::from_secs(30));
     }
     cleanup(&prefix, &["breast-cancer"]).await;
 }
@@ -172,7 +158,7 @@ async fn sigterm_mid_run_drains_gracefully() {
     a.wait_ready(Duration::from_secs(30));
     b.wait_ready(Duration::from_secs(30));
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "10"]);
-    wait_for_jobs(&a, 30.0, Duration::from_secs(60));
+    a.wait_for_jobs(30.0, Duration::from_secs(60));
     a.signal("TERM");
     let t0 = Instant::now();
     let status = a.wait_exit(Duration::from_secs(30));
@@ -193,8 +179,7 @@ async fn sigterm_mid_run_drains_gracefully() {
     )
     .await;
     assert_eq!(s.failed, 0);
-    b.signal("TERM");
-    assert!(b.wait_exit(Duration::from_secs(30)).success());
+    b.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 
@@ -230,7 +215,7 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
         &output,
         &["--rows-per-job", "10", "--job-timeout", "60"],
     );
-    wait_for_jobs(&w, 20.0, Duration::from_secs(60));
+    w.wait_for_jobs(20.0, Duration::from_secs(60));
 
     // Freeze for 8 s: four heartbeat intervals, twice lapin's detection window.
     proxy.freeze();
@@ -279,12 +264,7 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
     assert_eq!(s.failed, 0);
     assert_eq!(w.pid(), pid, "same process throughout");
     assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 
@@ -374,8 +354,7 @@ async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
     assert_eq!(s.failed, 0);
     assert_eq!(queue_len(&conn, &topo.job_queue("breast-cancer")).await, 0);
     assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    w.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
 
@@ -473,54 +452,39 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
         answered.len(),
         dead.len()
     );
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    w.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
-}
-
-/// `rabbitmqctl` on the shared broker (only for objects this test owns).
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Deletes the test's vhost however the test ends.
-struct Vhost(String);
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.0])
-            .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
     let _conn = require_broker().await;
     // A vhost of the test's own, so its policy cannot touch anyone else's queues.
-    let vhost = Vhost(unique_prefix("maxlen"));
-    rabbitmqctl(&["add_vhost", &vhost.0]);
-    rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
+    let owned = OwnedVhost {
+        vhost: unique_prefix("maxlen"),
+        users: Vec::new(),
+    };
+    rabbitmqctl(&["add_vhost", &owned.vhost]);
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &owned.vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
     rabbitmqctl(&[
         "set_policy",
         "-p",
-        &vhost.0,
+        &owned.vhost,
         "--apply-to",
         "queues",
         "surge-maxlen",
         "^surge\\.jobs\\.",
         r#"{"max-length":50,"overflow":"reject-publish"}"#,
     ]);
-    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0);
+    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
     let env = [("AMQP_URL", url.as_str())];
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
@@ -557,6 +521,5 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         "  the broker refused {refused} publishes; score-batch republished each until it fitted"
     );
     assert_exactly_once_and_correct(&got, &reference_scores(&rows));
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    w.stop(Duration::from_secs(30));
 }

@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use surge_protocol::codec::{decode_result, encode};
@@ -256,25 +254,9 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
     declare_reply_queue(&ch, &reply).await;
     // Collect results and dead letters while publishing.
     let rch = conn.create_channel().await.unwrap();
-    let mut results = rch
-        .basic_consume(
-            reply.as_str().into(),
-            "t-results".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut results = consume(&rch, &reply, "t-results").await;
     let dch = conn.create_channel().await.unwrap();
-    let mut dead = dch
-        .basic_consume(
-            topo.dead_queue().as_str().into(),
-            "t-dead".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut dead = consume(&dch, &topo.dead_queue(), "t-dead").await;
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut kinds: Vec<&'static str> = Vec::with_capacity(total);
@@ -426,11 +408,6 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
         figures::queue_len(&conn, &topo.job_queue("breast-cancer")).await,
         0
     );
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }

@@ -10,7 +10,6 @@
 //!   line; the worker's credentials cannot publish to `surge.jobs`.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -146,49 +145,11 @@ async fn amqps_with_a_private_ca_and_client_certificates() {
         "{}",
         bad.log_text()
     );
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(30));
 }
 
 const PRODUCER_PASSWORD: &str = "producer-dev-password";
 const WORKER_PASSWORD: &str = "worker-dev-password";
-
-/// `rabbitmqctl` on the shared broker (only for objects this test owns).
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The test's vhost and users, deleted however the test ends.
-struct Owned {
-    vhost: String,
-    users: Vec<String>,
-}
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.vhost])
-            .output();
-        for u in &self.users {
-            let _ = Command::new("rabbitmqctl")
-                .args(["delete_user", u])
-                .output();
-        }
-    }
-}
 
 /// Imports `compose/rabbitmq/definitions.json` with its vhost renamed to `vhost` and
 /// its users prefixed with `tag`; returns the renamed users.
@@ -223,7 +184,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
     let _conn = require_broker().await;
     let tag = unique_prefix("roles");
     let dir = tempfile::tempdir().unwrap();
-    let mut owned = Owned {
+    let mut owned = OwnedVhost {
         vhost: tag.clone(),
         users: Vec::new(),
     };
@@ -332,12 +293,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
     .await
     .unwrap();
 
-    w.signal("TERM");
-    assert!(
-        w.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        w.log_text()
-    );
+    w.stop(Duration::from_secs(30));
     // No password in any line any process wrote.
     let logs = [w.log_text(), stderr.into_owned(), stdout.into_owned()];
     let lines: usize = logs.iter().map(|l| l.lines().count()).sum();

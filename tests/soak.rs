@@ -11,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use surge_protocol::codec::{decode_result, encode};
 use surge_protocol::{now_ms, Encoding, Inputs, Job, Limits, Status, Topology};
@@ -100,15 +97,7 @@ async fn soak_at_half_capacity() {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let tally: Arc<Mutex<Tally>> = Arc::default();
     let rch = conn.create_channel().await.unwrap();
-    let mut results = rch
-        .basic_consume(
-            reply.as_str().into(),
-            "soak".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut results = consume(&rch, &reply, "soak").await;
     let (s2, t2) = (sent.clone(), tally.clone());
     let collector = tokio::spawn(async move {
         while let Some(Ok(d)) = results.next().await {
@@ -267,7 +256,6 @@ async fn soak_at_half_capacity() {
         "worker RSS not flat within ±10 % after warm-up: {summary}"
     );
     assert_eq!(w.pid(), pid);
-    w.signal("TERM");
-    assert!(w.wait_exit(Duration::from_secs(30)).success());
+    w.stop(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
