@@ -69,7 +69,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
 
     let good = |x: f32| {
         encode(
-            &Job::new("breast-cancer", Inputs::Rows(vec![row(x), row(x * 2.0)])),
+            &Job::new("breast-cancer", Inputs::rows(&[row(x), row(x * 2.0)])),
             Encoding::Msgpack,
         )
         .unwrap()
@@ -97,7 +97,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
                 body: encode(
                     &Job::new(
                         "breast-cancer",
-                        Inputs::Rows(vec![row(1.0), {
+                        Inputs::rows(&[row(1.0), {
                             let mut r = row(1.0);
                             r[3] = f32::NAN;
                             r
@@ -115,7 +115,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
                 name: "inf",
                 content_type: Some(MSGPACK),
                 body: encode(
-                    &Job::new("breast-cancer", Inputs::Rows(vec![row(f32::INFINITY)])),
+                    &Job::new("breast-cancer", Inputs::rows(&[row(f32::INFINITY)])),
                     Encoding::Msgpack,
                 )
                 .unwrap(),
@@ -175,7 +175,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
                 name: "too-many-rows",
                 content_type: Some(MSGPACK),
                 body: encode(
-                    &Job::new("breast-cancer", Inputs::Rows(vec![row(1.0); 1001])),
+                    &Job::new("breast-cancer", Inputs::rows(&vec![row(1.0); 1001])),
                     Encoding::Msgpack,
                 )
                 .unwrap(),
@@ -429,7 +429,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     assert_eq!(w.metric_sum("surge_errors_total"), answered.len() as f64);
     assert_eq!(w.metric_sum("surge_dead_lettered_total"), dead.len() as f64);
     let last = encode(
-        &Job::new("breast-cancer", Inputs::Rows(vec![row(3.0)])),
+        &Job::new("breast-cancer", Inputs::rows(&[row(3.0)])),
         Encoding::Msgpack,
     )
     .unwrap();

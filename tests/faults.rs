@@ -270,7 +270,7 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
 
 fn job_body(x: f32) -> Vec<u8> {
     encode(
-        &Job::new("breast-cancer", Inputs::Rows(vec![vec![x; 30]])),
+        &Job::new("breast-cancer", Inputs::rows(&[vec![x; 30]])),
         Encoding::Msgpack,
     )
     .unwrap()

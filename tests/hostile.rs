@@ -51,7 +51,7 @@ struct Msg {
 }
 
 fn msgpack_job(model: &str, rows: Vec<Vec<f32>>) -> Vec<u8> {
-    encode(&Job::new(model, Inputs::Rows(rows)), Encoding::Msgpack).unwrap()
+    encode(&Job::new(model, Inputs::rows(&rows)), Encoding::Msgpack).unwrap()
 }
 
 /// The i-th message of the flood: every 10th is a good job, the rest cycle through

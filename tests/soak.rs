@@ -82,7 +82,7 @@ async fn soak_at_half_capacity() {
         .take(100)
         .map(|c| {
             encode(
-                &Job::new("breast-cancer", Inputs::Rows(c.to_vec())),
+                &Job::new("breast-cancer", Inputs::rows(c)),
                 Encoding::Msgpack,
             )
             .unwrap()

@@ -150,10 +150,10 @@ pub async fn bill(prefix: &str, autoscaler: SocketAddr, rows: usize, per_job: us
 fn jobs(rows: usize, per_job: usize) -> Vec<Inputs> {
     (0..rows.div_ceil(per_job))
         .map(|j| {
-            Inputs::Rows(
-                (j * per_job..((j + 1) * per_job).min(rows))
+            Inputs::rows(
+                &(j * per_job..((j + 1) * per_job).min(rows))
                     .map(row)
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         })
         .collect()

@@ -120,10 +120,10 @@ async fn throughput(prefix: &str, rows: usize, per_job: usize) -> Result<()> {
     cfg.timeout = Some(Duration::from_secs(600));
     let inputs: Vec<Inputs> = (0..rows.div_ceil(per_job))
         .map(|j| {
-            Inputs::Rows(
-                (j * per_job..((j + 1) * per_job).min(rows))
+            Inputs::rows(
+                &(j * per_job..((j + 1) * per_job).min(rows))
                     .map(row)
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         })
         .collect();
@@ -175,7 +175,7 @@ async fn publish_row_job(
     t: &Timeouts,
 ) -> Result<()> {
     let body = encode(
-        &Job::new("breast-cancer", Inputs::Rows(vec![row(i)])),
+        &Job::new("breast-cancer", Inputs::rows(&[row(i)])),
         Encoding::Msgpack,
     )?;
     let props = BasicProperties::default()
@@ -357,7 +357,7 @@ async fn echo_latency(prefix: &str, samples: usize) -> Result<()> {
     let reply = format!("{queue}.reply");
     let (_rch, mut consumer) = reply_channel(&conn, &reply).await?;
     let body = encode(
-        &Job::new("breast-cancer", Inputs::Rows(vec![row(0)])),
+        &Job::new("breast-cancer", Inputs::rows(&[row(0)])),
         Encoding::Msgpack,
     )?;
     let mut rtts = Vec::with_capacity(samples);

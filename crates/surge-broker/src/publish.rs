@@ -6,6 +6,15 @@ use lapin::{Confirmation, PublisherConfirm};
 
 use crate::{timed, BrokerError, Timeouts};
 
+/// True for RabbitMQ's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to...`, the
+/// RPC pattern of pika and amqplib). It is not a queue, so a `mandatory` publish to it
+/// is returned as unroutable even though it is delivered: publish to it without
+/// `mandatory`. If its consumer has gone, the broker drops the message; that is the
+/// pattern's own contract.
+pub fn is_direct_reply_to(exchange: &str, routing_key: &str) -> bool {
+    exchange.is_empty() && routing_key.starts_with("amq.rabbitmq.reply-to")
+}
+
 /// Publishes with `mandatory` (an unroutable message comes back instead of vanishing)
 /// on a channel in confirm mode. Returns the pending confirmation, so that many
 /// publishes can be in flight before their confirms are awaited with [`confirmed`].
@@ -18,7 +27,7 @@ pub async fn start_publish(
     t: &Timeouts,
 ) -> Result<PublisherConfirm, BrokerError> {
     let opts = BasicPublishOptions {
-        mandatory: true,
+        mandatory: !is_direct_reply_to(exchange, routing_key),
         ..BasicPublishOptions::default()
     };
     timed(
@@ -64,4 +73,18 @@ pub async fn publish_confirmed(
 ) -> Result<(), BrokerError> {
     let pending = start_publish(ch, exchange, routing_key, body, props, t).await?;
     confirmed(pending, exchange, routing_key, t).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn direct_reply_to_is_recognised_only_on_the_default_exchange() {
+        assert!(super::is_direct_reply_to("", "amq.rabbitmq.reply-to"));
+        assert!(super::is_direct_reply_to(
+            "",
+            "amq.rabbitmq.reply-to.g1h2AA=="
+        ));
+        assert!(!super::is_direct_reply_to("", "surge.results"));
+        assert!(!super::is_direct_reply_to("x", "amq.rabbitmq.reply-to"));
+    }
 }

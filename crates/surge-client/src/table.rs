@@ -213,7 +213,7 @@ impl Table {
                     }
                     rows.push(row);
                 }
-                Ok(Inputs::Rows(rows))
+                Ok(Inputs::rows(&rows))
             }
         }
     }
@@ -322,7 +322,7 @@ mod tests {
         let sel = t.select(&["a".into(), "b".into()], None).unwrap();
         assert_eq!(
             t.inputs(&sel, 0, 2).unwrap(),
-            Inputs::Rows(vec![vec![1.0, 2.0], vec![3.0, 4.5]])
+            Inputs::rows(&[vec![1.0, 2.0], vec![3.0, 4.5]])
         );
         let mut out = Vec::new();
         let outcomes = [

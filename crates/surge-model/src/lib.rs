@@ -12,6 +12,7 @@
 //! * [`device`] picks `cpu`, `cuda[:N]` (with the `cuda` cargo feature) or `auto`.
 
 pub mod bert;
+mod conform;
 pub mod device;
 mod error;
 pub mod mlp;

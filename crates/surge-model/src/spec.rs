@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use surge_protocol::Inputs;
 
 use crate::ModelError;
 
@@ -118,51 +117,6 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// Checks a job's inputs against this model before they reach a batch, so one bad
-    /// job is answered alone and never fails its batch mates. The message says which
-    /// row is wrong and how.
-    pub fn check_inputs(&self, inputs: &Inputs) -> Result<(), String> {
-        if inputs.is_empty() {
-            return Err("inputs is empty; send at least one row".to_string());
-        }
-        match (&self.input, inputs) {
-            (InputSpec::Tabular { features }, Inputs::Rows(rows)) => {
-                let dim = features.len();
-                for (i, row) in rows.iter().enumerate() {
-                    if row.len() != dim {
-                        return Err(format!(
-                            "row {i} has {} values; model {} expects {dim} ({}, ...)",
-                            row.len(),
-                            self.name,
-                            features
-                                .iter()
-                                .take(3)
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
-                    }
-                    if let Some(j) = row.iter().position(|x| !x.is_finite()) {
-                        return Err(format!(
-                            "row {i}, feature {j} ({}) is {}; inputs must be finite numbers",
-                            features[j], row[j]
-                        ));
-                    }
-                }
-                Ok(())
-            }
-            (InputSpec::Text { .. }, Inputs::Texts(_)) => Ok(()),
-            (InputSpec::Tabular { .. }, Inputs::Texts(_)) => Err(format!(
-                "model {} takes rows of numbers, not texts",
-                self.name
-            )),
-            (InputSpec::Text { .. }, Inputs::Rows(_)) => Err(format!(
-                "model {} takes texts, not rows of numbers",
-                self.name
-            )),
-        }
-    }
-
     /// The input dimension of a tabular model.
     pub fn dimension(&self) -> Option<usize> {
         match &self.input {

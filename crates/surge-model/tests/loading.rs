@@ -189,11 +189,8 @@ fn valid_tiny_folder_loads_and_scores() {
     assert!(matches!(err, ModelError::BadBatch(_)), "{err:?}");
 
     // Inputs are checked before they reach a batch.
-    assert_eq!(
-        info.check_inputs(&Inputs::Rows(vec![vec![1.0, 2.0]])),
-        Ok(())
-    );
-    assert!(info.check_inputs(&Inputs::Rows(vec![vec![1.0]])).is_err());
+    assert_eq!(info.check_inputs(&Inputs::rows(&[vec![1.0, 2.0]])), Ok(()));
+    assert!(info.check_inputs(&Inputs::rows(&[vec![1.0]])).is_err());
     assert!(info.check_inputs(&Inputs::Texts(texts)).is_err());
 }
 

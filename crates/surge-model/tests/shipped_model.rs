@@ -113,11 +113,11 @@ fn check_inputs_refuses_wrong_dimension_and_nan() {
     let info = model.info();
     let (_, rows) = sample();
 
-    assert_eq!(info.check_inputs(&Inputs::Rows(rows[..3].to_vec())), Ok(()));
+    assert_eq!(info.check_inputs(&Inputs::rows(&rows[..3])), Ok(()));
 
     let mut short = rows[..2].to_vec();
     short[1].pop();
-    let err = info.check_inputs(&Inputs::Rows(short)).unwrap_err();
+    let err = info.check_inputs(&Inputs::rows(&short)).unwrap_err();
     assert!(
         err.contains("row 1") && err.contains("29") && err.contains("30"),
         "{err}"
@@ -125,12 +125,12 @@ fn check_inputs_refuses_wrong_dimension_and_nan() {
 
     let mut long = rows[..1].to_vec();
     long[0].push(1.0);
-    let err = info.check_inputs(&Inputs::Rows(long)).unwrap_err();
+    let err = info.check_inputs(&Inputs::rows(&long)).unwrap_err();
     assert!(err.contains("row 0") && err.contains("31"), "{err}");
 
     let mut nan = rows[..2].to_vec();
     nan[0][4] = f32::NAN;
-    let err = info.check_inputs(&Inputs::Rows(nan)).unwrap_err();
+    let err = info.check_inputs(&Inputs::rows(&nan)).unwrap_err();
     assert!(
         err.contains("row 0") && err.contains("mean_smoothness") && err.contains("NaN"),
         "{err}"
@@ -138,9 +138,9 @@ fn check_inputs_refuses_wrong_dimension_and_nan() {
 
     let mut inf = rows[..1].to_vec();
     inf[0][0] = f32::INFINITY;
-    assert!(info.check_inputs(&Inputs::Rows(inf)).is_err());
+    assert!(info.check_inputs(&Inputs::rows(&inf)).is_err());
 
-    assert!(info.check_inputs(&Inputs::Rows(Vec::new())).is_err());
+    assert!(info.check_inputs(&Inputs::rows(&[])).is_err());
     assert!(info
         .check_inputs(&Inputs::Texts(vec!["a tumour".to_string()]))
         .is_err());

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::message::{ErrorKind, Job, JobResult, PROTOCOL_VERSION};
+use crate::message::{ErrorKind, Job, JobRef, JobResult, PROTOCOL_VERSION};
 use crate::scan::{check_json_depth, check_msgpack, ScanError};
 
 /// Content type of MessagePack bodies.
@@ -194,6 +194,31 @@ fn encoding_name(encoding: Encoding) -> &'static str {
     }
 }
 
+/// Encodes a job, with its rows packed as `rows_f32` + `cols` when `packed` and the
+/// encoding can carry bytes (MessagePack). JSON always gets the `inputs` list.
+pub fn encode_job(job: &Job, encoding: Encoding, packed: bool) -> Result<Vec<u8>, EncodeError> {
+    encode_job_ref(job.as_ref(), encoding, packed)
+}
+
+/// [`encode_job`] for a borrowed job.
+pub fn encode_job_ref(
+    job: JobRef<'_>,
+    encoding: Encoding,
+    packed: bool,
+) -> Result<Vec<u8>, EncodeError> {
+    encode(&job.wire(packed && encoding == Encoding::Msgpack), encoding)
+}
+
+/// True when the body's top-level value is a map (JSON object, MessagePack map), the
+/// only shape a message may have. serde would also read a struct from an array, by
+/// field order; that must not become part of the contract.
+fn is_map(body: &[u8], encoding: Encoding) -> bool {
+    match encoding {
+        Encoding::Json => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        Encoding::Msgpack => matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf)),
+    }
+}
+
 /// Size cap, structure scan, then serde. Schema errors come back as
 /// [`DecodeError::Invalid`]; broken bytes as [`DecodeError::Malformed`].
 fn decode_guarded<T: DeserializeOwned>(
@@ -207,14 +232,42 @@ fn decode_guarded<T: DeserializeOwned>(
             max: limits.max_message_bytes,
         });
     }
+    let first = decode_unchecked(body, encoding, limits);
+    if first.is_err() && encoding == Encoding::Json {
+        // JSON has no NaN or infinity, but Python's json.dumps writes `NaN` and
+        // `Infinity`, and `1e999` overflows: read them as null, which the input check
+        // then refuses with the row and feature named, instead of dead-lettering the
+        // whole job as malformed.
+        if let Some(clean) = crate::scan::json_non_finite_to_null(body) {
+            if let Ok(v) = decode_unchecked(&clean, encoding, limits) {
+                return Ok(v);
+            }
+        }
+    }
+    first
+}
+
+fn decode_unchecked<T: DeserializeOwned>(
+    body: &[u8],
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<T, DecodeError> {
     match encoding {
         Encoding::Msgpack => {
             check_msgpack(body, limits.max_depth).map_err(|e| scan_error(e, encoding))?;
+            if !is_map(body, encoding) {
+                return Err(not_a_map());
+            }
             // The scan proved the bytes well-formed, so what serde refuses is the schema.
             rmp_serde::from_slice(body).map_err(|e| DecodeError::Invalid(e.to_string()))
         }
         Encoding::Json => {
             check_json_depth(body, limits.max_depth).map_err(|e| scan_error(e, encoding))?;
+            if !is_map(body, encoding)
+                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+            {
+                return Err(not_a_map());
+            }
             serde_json::from_slice(body).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => DecodeError::Invalid(e.to_string()),
                 _ => DecodeError::Malformed {
@@ -224,6 +277,27 @@ fn decode_guarded<T: DeserializeOwned>(
             })
         }
     }
+}
+
+fn not_a_map() -> DecodeError {
+    DecodeError::Invalid(
+        "the body must be a map of named fields (a JSON object or a MessagePack map), not a list or a scalar".into(),
+    )
+}
+
+/// Just the model of a body, to fill `model` in an error answer.
+#[derive(Deserialize)]
+struct ModelProbe {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// The `model` field of a body that did not decode as a job, when it can be read; so
+/// an error answer names the model the producer asked for.
+pub fn probe_model(body: &[u8], encoding: Encoding, limits: &Limits) -> Option<String> {
+    decode_guarded::<ModelProbe>(body, encoding, limits)
+        .ok()
+        .and_then(|p| p.model)
 }
 
 /// Just the version of a body, to tell "a v2 job" from "a broken v1 job".

@@ -4,6 +4,7 @@
 //!
 //! * [`message`]: the job and result bodies, field by field.
 //! * [`codec`]: JSON and MessagePack encoding, with every decode guarded by [`Limits`].
+//! * [`rows`]: tabular rows held flat, from `inputs` lists or packed `rows_f32` blocks.
 //! * [`scan`]: pure, iterative structure checks that run *before* serde sees a byte,
 //!   so that a depth bomb or a length bomb is an error, never a stack overflow or a
 //!   huge allocation.
@@ -16,14 +17,16 @@
 pub mod codec;
 pub mod message;
 pub mod names;
+pub mod rows;
 pub mod scan;
 pub mod topology;
 
 pub use codec::{DecodeError, Encoding, Limits};
 pub use message::{
-    ErrorKind, Inputs, Job, JobResult, ResultError, Status, Timings, PROTOCOL_VERSION,
+    ErrorKind, Inputs, Job, JobRef, JobResult, ResultError, Status, Timings, PROTOCOL_VERSION,
 };
 pub use names::{validate_model_name, NameError};
+pub use rows::Rows;
 pub use topology::Topology;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.

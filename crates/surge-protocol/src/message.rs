@@ -9,42 +9,196 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::rows::{rest_of_rows, FirstRow, Packed, PackedOut, Rows, RowsBuilderHandle};
+
 /// The protocol version this crate speaks; it travels as `v` in every body.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A scoring job: what a producer publishes to the jobs exchange.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire the rows travel as `inputs` (a list) or packed as `rows_f32` + `cols`
+/// (see [`crate::rows`]); decoded, both are [`Inputs::Rows`]. Serialising a `Job`
+/// writes the list form; [`crate::codec::encode_job`] writes the packed one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "JobIn")]
 pub struct Job {
     /// Protocol version; must be [`PROTOCOL_VERSION`].
     pub v: u32,
     /// Model to score with; also the routing key.
     pub model: String,
     /// Model version to use; the newest served version when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// The rows (tabular models) or texts (text models) to score.
     pub inputs: Inputs,
+    /// Names of the values of each row, in row order. When present the worker maps
+    /// them to the model's features by name: column order does not matter, extra
+    /// columns are ignored and missing ones are named in an `invalid_input` answer.
+    pub columns: Option<Vec<String>>,
     /// Unix epoch milliseconds after which the job must not be scored; it is answered
     /// `expired` instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
     /// Unix epoch milliseconds when the producer published the job; lets the worker
     /// report how long the job waited in the queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_ms: Option<u64>,
 }
 
 impl Job {
-    /// A v1 job with no version, deadline or timestamp.
+    /// A v1 job with no version, column names, deadline or timestamp.
     pub fn new(model: impl Into<String>, inputs: Inputs) -> Self {
         Self {
             v: PROTOCOL_VERSION,
             model: model.into(),
             version: None,
             inputs,
+            columns: None,
             deadline_ms: None,
             sent_ms: None,
         }
+    }
+
+    /// The job, borrowed, for encoding.
+    pub fn as_ref(&self) -> JobRef<'_> {
+        JobRef {
+            v: self.v,
+            model: &self.model,
+            version: self.version.as_deref(),
+            inputs: &self.inputs,
+            columns: self.columns.as_deref(),
+            deadline_ms: self.deadline_ms,
+            sent_ms: self.sent_ms,
+        }
+    }
+}
+
+/// A job that borrows its inputs, so that a producer publishing (and republishing) a
+/// job never copies them; encode it with [`crate::codec::encode_job`].
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    /// Protocol version; [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Model to score with.
+    pub model: &'a str,
+    /// Model version; the newest when `None`.
+    pub version: Option<&'a str>,
+    /// The rows or texts.
+    pub inputs: &'a Inputs,
+    /// Names of the values of each row (see [`Job::columns`]).
+    pub columns: Option<&'a [String]>,
+    /// Unix ms after which the job must not be scored.
+    pub deadline_ms: Option<u64>,
+    /// Unix ms when the job was published.
+    pub sent_ms: Option<u64>,
+}
+
+impl<'a> JobRef<'a> {
+    /// The wire form, with rows packed as `rows_f32` + `cols` when `packed` and the
+    /// job holds rows.
+    pub(crate) fn wire(&self, packed: bool) -> JobOut<'a> {
+        let (inputs, rows_f32, cols) = match (self.inputs, packed) {
+            (Inputs::Rows(r), true) => (None, Some(PackedOut(r.to_le_bytes())), Some(r.cols())),
+            (inputs, _) => (Some(inputs), None, None),
+        };
+        JobOut {
+            v: self.v,
+            model: self.model,
+            version: self.version,
+            columns: self.columns,
+            inputs,
+            rows_f32,
+            cols,
+            deadline_ms: self.deadline_ms,
+            sent_ms: self.sent_ms,
+        }
+    }
+}
+
+impl Serialize for Job {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_ref().wire(false).serialize(s)
+    }
+}
+
+/// A job on its way out, borrowing the job.
+#[derive(Serialize)]
+pub(crate) struct JobOut<'a> {
+    v: u32,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a Inputs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_f32: Option<PackedOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cols: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_ms: Option<u64>,
+}
+
+/// A job as it arrives: rows as `inputs` or as `rows_f32` + `cols`.
+#[derive(Deserialize)]
+struct JobIn {
+    v: u32,
+    model: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    inputs: Option<Inputs>,
+    #[serde(default)]
+    rows_f32: Option<Packed>,
+    #[serde(default)]
+    cols: Option<u64>,
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    sent_ms: Option<u64>,
+}
+
+impl TryFrom<JobIn> for Job {
+    type Error = String;
+
+    fn try_from(j: JobIn) -> Result<Self, String> {
+        let inputs = match (j.inputs, j.rows_f32, j.cols) {
+            (Some(_), Some(_), _) => {
+                return Err("the job carries both inputs and rows_f32; send one".into())
+            }
+            (Some(inputs), None, _) => inputs,
+            (None, Some(_), None) => {
+                return Err("rows_f32 needs cols, the number of values per row".into())
+            }
+            (None, Some(p), Some(cols)) => {
+                let cols = usize::try_from(cols).unwrap_or(usize::MAX);
+                let mut rows = Rows::from_flat(p.values, cols);
+                if p.stray_bytes > 0 {
+                    rows = Rows::with_shape_error(
+                        rows,
+                        format!(
+                            "rows_f32 ends with {} stray bytes; its length must be a multiple of 4 (little-endian f32)",
+                            p.stray_bytes
+                        ),
+                    );
+                }
+                Inputs::Rows(rows)
+            }
+            (None, None, _) => {
+                return Err("missing field `inputs` (or `rows_f32` and `cols`)".into())
+            }
+        };
+        Ok(Job {
+            v: j.v,
+            model: j.model,
+            version: j.version,
+            inputs,
+            columns: j.columns,
+            deadline_ms: j.deadline_ms,
+            sent_ms: j.sent_ms,
+        })
     }
 }
 
@@ -52,13 +206,18 @@ impl Job {
 /// numbers) or all strings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inputs {
-    /// Tabular rows, each a list of numbers.
-    Rows(Vec<Vec<f32>>),
+    /// Tabular rows, held flat.
+    Rows(Rows),
     /// Texts, one per item.
     Texts(Vec<String>),
 }
 
 impl Inputs {
+    /// Rows from a list of rows.
+    pub fn rows(rows: &[Vec<f32>]) -> Self {
+        Inputs::Rows(Rows::from_rows(rows))
+    }
+
     /// Number of rows or texts.
     pub fn len(&self) -> usize {
         match self {
@@ -84,13 +243,7 @@ impl Inputs {
 impl Serialize for Inputs {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Inputs::Rows(rows) => {
-                let mut seq = s.serialize_seq(Some(rows.len()))?;
-                for r in rows {
-                    seq.serialize_element(r)?;
-                }
-                seq.end()
-            }
+            Inputs::Rows(rows) => rows.serialize(s),
             Inputs::Texts(texts) => {
                 let mut seq = s.serialize_seq(Some(texts.len()))?;
                 for t in texts {
@@ -102,9 +255,9 @@ impl Serialize for Inputs {
     }
 }
 
-/// One item of `inputs`, told apart by its wire type.
+/// The first item of `inputs`, told apart by its wire type.
 enum Item {
-    Row(Vec<f32>),
+    Row(FirstRow),
     Text(String),
 }
 
@@ -122,13 +275,8 @@ impl<'de> Deserialize<'de> for Item {
             fn visit_string<E: de::Error>(self, v: String) -> Result<Item, E> {
                 Ok(Item::Text(v))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
-                // Never trust a length prefix for preallocation: cap it.
-                let mut row = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                while let Some(x) = seq.next_element::<f32>()? {
-                    row.push(x);
-                }
-                Ok(Item::Row(row))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Item, A::Error> {
+                FirstRow::visit(seq).map(Item::Row)
             }
         }
         d.deserialize_any(ItemVisitor)
@@ -144,36 +292,48 @@ impl<'de> Deserialize<'de> for Inputs {
                 f.write_str("a list of rows (lists of numbers) or a list of strings")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
-                let cap = seq.size_hint().unwrap_or(0).min(1024);
-                let mut out: Option<Inputs> = None;
-                let mut index = 0usize;
-                while let Some(item) = seq.next_element::<Item>()? {
-                    match (&mut out, item) {
-                        (None, Item::Row(r)) => {
-                            let mut v = Vec::with_capacity(cap);
-                            v.push(r);
-                            out = Some(Inputs::Rows(v));
-                        }
-                        (None, Item::Text(t)) => {
-                            let mut v = Vec::with_capacity(cap);
-                            v.push(t);
-                            out = Some(Inputs::Texts(v));
-                        }
-                        (Some(Inputs::Rows(v)), Item::Row(r)) => v.push(r),
-                        (Some(Inputs::Texts(v)), Item::Text(t)) => v.push(t),
-                        (Some(existing), _) => {
-                            return Err(de::Error::custom(format!(
-                                "inputs[{index}] does not match inputs[0]: a job holds only {}",
-                                existing.kind()
-                            )))
-                        }
+                // Never trust a length prefix for preallocation: cap it.
+                let hint = seq.size_hint().unwrap_or(0).min(1024);
+                match seq.next_element::<Item>()? {
+                    None => Ok(Inputs::Rows(Rows::default())),
+                    Some(Item::Row(first)) => {
+                        rest_of_rows(seq, RowsBuilderHandle::starting_with(first.0, hint))
+                            .map(Inputs::Rows)
                     }
-                    index += 1;
+                    Some(Item::Text(first)) => {
+                        let mut texts = Vec::with_capacity(hint);
+                        texts.push(first);
+                        while let Some(t) = seq.next_element::<TextItem>()? {
+                            texts.push(t.0);
+                        }
+                        Ok(Inputs::Texts(texts))
+                    }
                 }
-                Ok(out.unwrap_or(Inputs::Rows(Vec::new())))
             }
         }
         d.deserialize_seq(InputsVisitor)
+    }
+}
+
+/// An item after a first text: it must be a text too.
+struct TextItem(String);
+
+impl<'de> Deserialize<'de> for TextItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TextItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a text like inputs[0]: a job holds only rows or only texts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TextItem, E> {
+                Ok(TextItem(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<TextItem, E> {
+                Ok(TextItem(v))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -196,8 +196,82 @@ pub fn check_json_depth(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
     Ok(())
 }
 
+/// Rewrites the non-finite numbers some JSON writers emit (`NaN`, `Infinity`,
+/// `-Infinity`, and literals like `1e999` that overflow a double) to `null`, outside
+/// strings. Returns `None` when there is nothing to rewrite.
+pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut changed = false;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < buf.len() {
+        let b = buf[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let is_token_start = b == b'-' || b == b'+' || b.is_ascii_alphanumeric();
+        if !is_token_start {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let end = buf[i..]
+            .iter()
+            .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')))
+            .map_or(buf.len(), |p| i + p);
+        let token = &buf[i..end];
+        let non_finite = match token {
+            b"NaN" | b"-NaN" | b"Infinity" | b"-Infinity" | b"+Infinity" | b"inf" | b"-inf" => true,
+            t if t.first().is_some_and(|c| c.is_ascii_digit() || *c == b'-') => {
+                std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .is_some_and(|v| !v.is_finite())
+            }
+            _ => false,
+        };
+        if non_finite {
+            out.extend_from_slice(b"null");
+            changed = true;
+        } else {
+            out.extend_from_slice(token);
+        }
+        i = end;
+    }
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_finite_json_literals_become_null_outside_strings() {
+        let got = super::json_non_finite_to_null(
+            br#"{"a":[NaN, -Infinity, 1e999, 2.5e3, -1e-999], "s":"NaN \" Infinity", "t":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            r#"{"a":[null, null, null, 2.5e3, -1e-999], "s":"NaN \" Infinity", "t":true}"#
+        );
+        assert_eq!(super::json_non_finite_to_null(br#"{"a":[1,2]}"#), None);
+    }
+
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@ const BOTH: [Encoding; 2] = [Encoding::Json, Encoding::Msgpack];
 fn sample_jobs() -> Vec<Job> {
     let mut full = Job::new(
         "breast-cancer",
-        Inputs::Rows(vec![vec![1.5, -2.0, 0.0], vec![3.25, 4.0, 1e-3]]),
+        Inputs::rows(&[vec![1.5, -2.0, 0.0], vec![3.25, 4.0, 1e-3]]),
     );
     full.version = Some("1.0.0".into());
     full.deadline_ms = Some(1_900_000_000_000);
@@ -22,7 +22,7 @@ fn sample_jobs() -> Vec<Job> {
             "all-minilm-l6-v2",
             Inputs::Texts(vec!["hello".into(), "wörld, \"quoted\"".into()]),
         ),
-        Job::new("m", Inputs::Rows(vec![])),
+        Job::new("m", Inputs::rows(&[])),
     ]
 }
 
@@ -84,7 +84,7 @@ fn json_documented_example_decodes() {
     let job = decode_job(body, Encoding::Json, &Limits::default()).unwrap();
     assert_eq!(
         job.inputs,
-        Inputs::Rows(vec![vec![17.99, 10.38], vec![20.0, 17.0]])
+        Inputs::rows(&[vec![17.99, 10.38], vec![20.0, 17.0]])
     );
 }
 
@@ -242,7 +242,7 @@ fn too_many_rows_is_answerable() {
         max_rows: 2,
         ..Limits::default()
     };
-    let job = Job::new("m", Inputs::Rows(vec![vec![1.0]; 3]));
+    let job = Job::new("m", Inputs::rows(&vec![vec![1.0]; 3]));
     for enc in BOTH {
         let err = decode_job(&encode(&job, enc).unwrap(), enc, &limits).unwrap_err();
         assert_eq!(err, DecodeError::TooManyRows { rows: 3, max: 2 });

@@ -97,7 +97,7 @@ pub(crate) async fn publish_and_ack(
                     .with_delivery_mode(2)
                     .with_timestamp(now_ms() / 1000);
                 let confirm = start_publish(publisher, "", &item.reply_to, &body, props, t).await?;
-                pending.push((index, confirm, Some(result), None));
+                pending.push((index, confirm, Some(result), None, body.len()));
             }
             Outcome::DeadLetter { kind, reason } => {
                 let (body, props) = item.original.clone().unwrap_or_default();
@@ -105,20 +105,20 @@ pub(crate) async fn publish_and_ack(
                 let props = dead_letter_props(props, kind, &reason, &shared.worker_id, queue);
                 let confirm =
                     start_publish(publisher, &dead_exchange, queue, &body, props, t).await?;
-                pending.push((index, confirm, None, Some(kind)));
+                pending.push((index, confirm, None, Some(kind), body.len()));
             }
         }
     }
     let items = &items;
     let confirms = futures_util::future::join_all(pending.into_iter().map(
-        |(index, confirm, result, dead)| async move {
+        |(index, confirm, result, dead, size)| async move {
             let exchange = if dead.is_some() { "dead" } else { "" };
             let res = confirmed(confirm, exchange, &items[index].reply_to, t).await;
-            (index, res, result, dead)
+            (index, res, result, dead, size)
         },
     ))
     .await;
-    for (index, res, result, dead) in confirms {
+    for (index, res, result, dead, size) in confirms {
         let item = &items[index];
         match res {
             Ok(()) => {
@@ -140,7 +140,8 @@ pub(crate) async fn publish_and_ack(
                 // in the dead-letter queue rather than drop the answer silently.
                 let (body, props) = item.original.clone().unwrap_or_default();
                 let reason = format!("the reply_to queue {routing_key:?} does not exist; the result could not be delivered");
-                warn!(%reason, "dead-lettering a job");
+                let job = result.as_ref().map_or("", |r| r.job_id.as_str());
+                warn!(%job, result_bytes = size, %reason, "the broker returned a result; dead-lettering its job");
                 let props = dead_letter_props(
                     props,
                     "unroutable_result",

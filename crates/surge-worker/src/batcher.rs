@@ -180,7 +180,7 @@ mod tests {
         let tab = InputSpec::Tabular {
             features: vec!["a".into()],
         };
-        assert_eq!(Fill::of(&Inputs::Rows(vec![vec![1.0]; 3]), &tab), rows(3));
+        assert_eq!(Fill::of(&Inputs::rows(&vec![vec![1.0]; 3]), &tab), rows(3));
     }
 
     #[test]

@@ -51,3 +51,5 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?;
     surge_ops::install_recorder(builder)
 }
+/// Jobs whose send time was in the future (the producer's clock is ahead).
+pub const CLOCK_AHEAD: &str = "surge_jobs_clock_ahead_total";

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use surge_model::ModelInfo;
-use surge_protocol::codec::decode_job;
+use surge_protocol::codec::{decode_job, probe_model};
 use surge_protocol::{Encoding, ErrorKind, Inputs, Job, JobResult, Limits};
 
 /// The AMQP properties Surge reads, already taken out of the delivery.
@@ -15,8 +15,9 @@ pub struct Envelope {
     pub message_id: Option<String>,
     /// `content_type`.
     pub content_type: Option<String>,
-    /// AMQP `timestamp` (seconds), used for queue wait when the body has no `sent_ms`.
-    pub timestamp_s: Option<u64>,
+    /// AMQP `timestamp`, used for queue wait when the body has no `sent_ms`. The AMQP
+    /// spec says seconds; many clients put milliseconds: see [`sent_at_ms`].
+    pub timestamp: Option<u64>,
 }
 
 /// What to do with a delivery.
@@ -32,6 +33,9 @@ pub enum Disposition {
         job: Job,
         /// Milliseconds the job waited in the queue, when known.
         queue_ms: Option<f64>,
+        /// How far in the future the job's send time was (the producer's clock is
+        /// ahead of this worker's), in ms; 0 normally. `queue_ms` is then 0.
+        clock_ahead_ms: u64,
     },
     /// Answer at once with this (error or expired) result.
     Answer {
@@ -82,12 +86,16 @@ pub fn prepare(
         Ok(job) => job,
         Err(e) => {
             return match e.answerable_kind() {
-                Some(kind) => answer("", kind, e.to_string()),
+                Some(kind) => {
+                    // The job did not decode, but its model may still be readable.
+                    let model = probe_model(body, encoding, limits).unwrap_or_default();
+                    answer(&model, kind, e.to_string())
+                }
                 None => Disposition::DeadLetter {
                     kind: e.kind_name(),
                     reason: e.to_string(),
                 },
-            }
+            };
         }
     };
     // A name with '@' would address a version through the name: not a model name.
@@ -148,18 +156,39 @@ pub fn prepare(
             );
         }
     }
-    if let Err(msg) = info.check_inputs(&job.inputs) {
-        return answer(&job.model.clone(), ErrorKind::InvalidInput, msg);
+    let inputs = std::mem::replace(&mut job.inputs, Inputs::Texts(Vec::new()));
+    match info.conform(inputs, job.columns.as_deref()) {
+        Ok(inputs) => job.inputs = inputs,
+        Err(msg) => return answer(&job.model.clone(), ErrorKind::InvalidInput, msg),
     }
-    let sent = job
-        .sent_ms
-        .or(env.timestamp_s.map(|s| s.saturating_mul(1000)));
+    // The rows are in feature order now.
+    job.columns = None;
+    let sent = job.sent_ms.or(env.timestamp.map(sent_at_ms));
     let queue_ms = sent.map(|s| now_ms.saturating_sub(s) as f64);
+    let clock_ahead_ms = sent.map_or(0, |s| s.saturating_sub(now_ms));
     Disposition::Score {
         job_id,
         encoding,
         job,
         queue_ms,
+        clock_ahead_ms,
+    }
+}
+
+/// Above this an AMQP `timestamp` is read as milliseconds: in seconds it would be the
+/// year 5138, in milliseconds it is after March 1973.
+const TIMESTAMP_MS_ABOVE: u64 = 100_000_000_000;
+
+/// The send time, in Unix ms, of an AMQP `timestamp`. The spec says seconds, but pika,
+/// amqplib and others pass whatever the caller gives, often milliseconds: a value that
+/// can only be milliseconds is read as such. A seconds value has one-second resolution;
+/// it is read as the middle of its second, so queue wait is off by at most 0.5 s
+/// (send `sent_ms` for exact figures).
+pub fn sent_at_ms(timestamp: u64) -> u64 {
+    if timestamp > TIMESTAMP_MS_ABOVE {
+        timestamp
+    } else {
+        timestamp.saturating_mul(1000).saturating_add(500)
     }
 }
 
@@ -206,7 +235,7 @@ mod tests {
         let version_of = |version: Option<&str>| {
             let job = Job {
                 version: version.map(str::to_string),
-                ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                ..Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]))
             };
             let body = encode(&job, Encoding::Json).unwrap();
             match prepare(&env(), &body, &models(), &Limits::default(), "w", 0) {
@@ -222,7 +251,7 @@ mod tests {
         let err = version_of(Some("9")).unwrap_err();
         assert!(err.contains("served: 0.9.0, 1.0.0"), "{err}");
         // A version smuggled into the name is not a model.
-        let job = Job::new("m@0.9.0", Inputs::Rows(vec![vec![1.0, 2.0]]));
+        let job = Job::new("m@0.9.0", Inputs::rows(&[vec![1.0, 2.0]]));
         let body = encode(&job, Encoding::Json).unwrap();
         let d = prepare(&env(), &body, &models(), &Limits::default(), "w", 0);
         assert!(matches!(d, Disposition::Answer { .. }));
@@ -232,7 +261,7 @@ mod tests {
         Envelope {
             message_id: Some("j1".into()),
             content_type: Some("application/json".into()),
-            timestamp_s: None,
+            timestamp: None,
         }
     }
 
@@ -255,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_valid_job_is_scored() {
-        let mut job = Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]));
+        let mut job = Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]));
         job.sent_ms = Some(900);
         match run(&job) {
             Disposition::Score {
@@ -269,43 +298,201 @@ mod tests {
     }
 
     #[test]
+    fn amqp_timestamps_in_seconds_or_milliseconds_give_the_queue_wait() {
+        let job = Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]));
+        let body = encode(&job, Encoding::Json).unwrap();
+        let now = 1_764_000_000_250u64;
+        let wait = |ts: u64| match prepare(
+            &Envelope {
+                timestamp: Some(ts),
+                ..env()
+            },
+            &body,
+            &models(),
+            &Limits::default(),
+            "w",
+            now,
+        ) {
+            Disposition::Score {
+                queue_ms,
+                clock_ahead_ms,
+                ..
+            } => (queue_ms, clock_ahead_ms),
+            other => panic!("{other:?}"),
+        };
+        // Milliseconds, as pika and amqplib users often send: read as such.
+        assert_eq!(wait(now - 1_500), (Some(1_500.0), 0));
+        // Seconds, as the spec says: the middle of the second, off by at most 0.5 s.
+        assert_eq!(wait(now / 1000 - 2), (Some(1_750.0), 0));
+        // A producer whose clock is ahead: 0 wait, and the skew is reported.
+        assert_eq!(wait(now + 3_000), (Some(0.0), 3_000));
+    }
+
+    #[test]
+    fn errors_name_the_model_whenever_it_was_readable() {
+        let limits = Limits {
+            max_rows: 1,
+            ..Limits::default()
+        };
+        for body in [
+            &br#"{"v":1,"model":"m","inputs":[[1,2],[3,4]]}"#[..],
+            br#"{"v":1,"model":"m","inputs":"oops"}"#,
+            br#"{"v":1,"model":"m","inputs":[[1,2]],"version":7}"#,
+        ] {
+            match prepare(&env(), body, &models(), &limits, "w", 0) {
+                Disposition::Answer { result, .. } => assert_eq!(result.model, "m"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_list_body_is_not_a_job() {
+        let d = prepare(
+            &env(),
+            br#"[1,"m",null,[[1,2]]]"#,
+            &models(),
+            &Limits::default(),
+            "w",
+            0,
+        );
+        assert_eq!(kind_of(&d), Some(ErrorKind::InvalidJob), "{d:?}");
+        let job = Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]));
+        let mp = rmp_serde::to_vec(&job).unwrap(); // positional: an array
+        let env = Envelope {
+            content_type: Some("application/msgpack".into()),
+            ..env()
+        };
+        let d = prepare(&env, &mp, &models(), &Limits::default(), "w", 0);
+        assert_eq!(kind_of(&d), Some(ErrorKind::InvalidJob), "{d:?}");
+    }
+
+    #[test]
+    fn non_finite_json_and_msgpack_values_are_invalid_input_with_row_and_feature() {
+        for body in [
+            &br#"{"v":1,"model":"m","inputs":[[1,2],[3,null]]}"#[..],
+            br#"{"v":1,"model":"m","inputs":[[1,2],[3,NaN]]}"#,
+            br#"{"v":1,"model":"m","inputs":[[1,2],[3,Infinity]]}"#,
+            br#"{"v":1,"model":"m","inputs":[[1,2],[3,-Infinity]]}"#,
+            br#"{"v":1,"model":"m","inputs":[[1,2],[3,1e999]]}"#,
+            br#"{"v":1,"model":"m","inputs":[[1,2],[3,1e39]]}"#,
+        ] {
+            let d = prepare(&env(), body, &models(), &Limits::default(), "w", 0);
+            let msg = match &d {
+                Disposition::Answer { result, .. } => result.error.clone().unwrap(),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+            };
+            assert_eq!(msg.kind, ErrorKind::InvalidInput, "{msg:?}");
+            assert!(msg.message.contains("row 1, feature 1 (b)"), "{msg:?}");
+        }
+        // MessagePack nil, as @msgpack/msgpack writes null.
+        let mut body = Vec::new();
+        rmp::encode::write_map_len(&mut body, 3).unwrap();
+        rmp::encode::write_str(&mut body, "v").unwrap();
+        rmp::encode::write_uint(&mut body, 1).unwrap();
+        rmp::encode::write_str(&mut body, "model").unwrap();
+        rmp::encode::write_str(&mut body, "m").unwrap();
+        rmp::encode::write_str(&mut body, "inputs").unwrap();
+        rmp::encode::write_array_len(&mut body, 1).unwrap();
+        rmp::encode::write_array_len(&mut body, 2).unwrap();
+        rmp::encode::write_nil(&mut body).unwrap();
+        rmp::encode::write_f64(&mut body, 1.0).unwrap();
+        let env = Envelope {
+            content_type: Some("application/msgpack".into()),
+            ..env()
+        };
+        let d = prepare(&env, &body, &models(), &Limits::default(), "w", 0);
+        let err = match d {
+            Disposition::Answer { result, .. } => result.error.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert!(err.message.contains("row 0, feature 0 (a)"), "{err:?}");
+    }
+
+    #[test]
+    fn packed_rows_are_scored_and_their_shape_checked() {
+        use surge_protocol::codec::encode_job;
+        use surge_protocol::Rows;
+        let env = Envelope {
+            content_type: Some("application/msgpack".into()),
+            ..env()
+        };
+        let job = Job::new("m", Inputs::rows(&[vec![1.0, 2.0], vec![3.0, 4.0]]));
+        let body = encode_job(&job, Encoding::Msgpack, true).unwrap();
+        match prepare(&env, &body, &models(), &Limits::default(), "w", 0) {
+            Disposition::Score { job, .. } => {
+                assert_eq!(job.inputs, Inputs::rows(&[vec![1.0, 2.0], vec![3.0, 4.0]]))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A block that is not whole rows, the wrong cols, a NaN: invalid_input.
+        for rows in [
+            Rows::from_flat(vec![1.0, 2.0, 3.0], 2),
+            Rows::from_flat(vec![1.0, 2.0, 3.0], 3),
+            Rows::from_flat(vec![1.0, f32::NAN], 2),
+            Rows::from_flat(vec![1.0, 2.0], 0),
+        ] {
+            let job = Job::new("m", Inputs::Rows(rows));
+            let body = encode_job(&job, Encoding::Msgpack, true).unwrap();
+            let d = prepare(&env, &body, &models(), &Limits::default(), "w", 0);
+            assert_eq!(kind_of(&d), Some(ErrorKind::InvalidInput), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn columns_in_another_order_give_the_same_rows() {
+        let mut job = Job::new("m", Inputs::rows(&[vec![9.0, 2.0, 1.0]]));
+        job.columns = Some(vec!["extra".into(), "b".into(), "a".into()]);
+        match run(&job) {
+            Disposition::Score { job, .. } => {
+                assert_eq!(job.inputs, Inputs::rows(&[vec![1.0, 2.0]]))
+            }
+            other => panic!("{other:?}"),
+        }
+        job.columns = Some(vec!["extra".into(), "b".into(), "c".into()]);
+        let d = run(&job);
+        assert_eq!(kind_of(&d), Some(ErrorKind::InvalidInput));
+    }
+
+    #[test]
     fn each_bad_input_gets_its_kind() {
         let cases = [
             (
-                Job::new("m", Inputs::Rows(vec![vec![1.0]])),
+                Job::new("m", Inputs::rows(&[vec![1.0]])),
                 ErrorKind::InvalidInput,
             ),
             (
-                Job::new("m", Inputs::Rows(vec![vec![1.0, f32::NAN]])),
+                Job::new("m", Inputs::rows(&[vec![1.0, f32::NAN]])),
                 ErrorKind::InvalidInput,
             ),
-            (Job::new("m", Inputs::Rows(vec![])), ErrorKind::InvalidInput),
+            (Job::new("m", Inputs::rows(&[])), ErrorKind::InvalidInput),
             (
                 Job::new("m", Inputs::Texts(vec!["x".into()])),
                 ErrorKind::InvalidInput,
             ),
             (
-                Job::new("nope", Inputs::Rows(vec![vec![1.0, 2.0]])),
+                Job::new("nope", Inputs::rows(&[vec![1.0, 2.0]])),
                 ErrorKind::UnknownModel,
             ),
             (
                 Job {
                     version: Some("9".into()),
-                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                    ..Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]))
                 },
                 ErrorKind::UnknownVersion,
             ),
             (
                 Job {
                     deadline_ms: Some(999),
-                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                    ..Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]))
                 },
                 ErrorKind::Expired,
             ),
             (
                 Job {
                     v: 7,
-                    ..Job::new("m", Inputs::Rows(vec![vec![1.0, 2.0]]))
+                    ..Job::new("m", Inputs::rows(&[vec![1.0, 2.0]]))
                 },
                 ErrorKind::UnsupportedVersion,
             ),

@@ -230,7 +230,7 @@ fn envelope(props: &BasicProperties) -> Envelope {
     Envelope {
         message_id: props.message_id().as_ref().map(|s| s.to_string()),
         content_type: props.content_type().as_ref().map(|s| s.to_string()),
-        timestamp_s: *props.timestamp(),
+        timestamp: *props.timestamp(),
     }
 }
 
@@ -453,7 +453,11 @@ async fn process_batch(
                 encoding,
                 job,
                 queue_ms,
+                clock_ahead_ms,
             } => {
+                if clock_ahead_ms > 0 {
+                    note_clock_ahead(&job_id, clock_ahead_ms);
+                }
                 // Deadlines are checked again: the job may have expired while gathered.
                 if job.deadline_ms.is_some_and(|d| now > d) {
                     let r = JobResult::failure(
@@ -550,6 +554,21 @@ async fn process_batch(
     crate::answer::publish_and_ack(shared, queue, publisher, items, outcomes).await
 }
 
+/// Says, once per process, that a producer's clock runs ahead of this worker's; its
+/// jobs then report a queue wait of 0.
+fn note_clock_ahead(job_id: &str, ahead_ms: u64) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    metrics::counter!(m::CLOCK_AHEAD).increment(1);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        warn!(
+            job = %job_id,
+            ahead_ms,
+            "a job was sent {ahead_ms} ms in the future: the producer's clock is ahead of this worker's, so queue_ms reads 0 (said once; counted in {})",
+            m::CLOCK_AHEAD
+        );
+    }
+}
+
 fn gather_inputs<'a>(inputs: impl Iterator<Item = &'a Inputs>) -> BatchInputs {
     let mut values = Vec::new();
     let mut texts = Vec::new();
@@ -557,10 +576,8 @@ fn gather_inputs<'a>(inputs: impl Iterator<Item = &'a Inputs>) -> BatchInputs {
     for inp in inputs {
         match inp {
             Inputs::Rows(rows) => {
-                for r in rows {
-                    dim = r.len();
-                    values.extend_from_slice(r);
-                }
+                dim = rows.cols();
+                values.extend_from_slice(rows.values());
             }
             Inputs::Texts(t) => texts.extend(t.iter().cloned()),
         }
