@@ -451,6 +451,30 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// An `ok` result: `outputs` holds one entry per input, in input order.
+    pub fn ok(
+        job_id: impl Into<String>,
+        model: impl Into<String>,
+        version: impl Into<String>,
+        output_names: Vec<String>,
+        outputs: Vec<Vec<f32>>,
+        worker: impl Into<String>,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            job_id: job_id.into(),
+            model: model.into(),
+            version: Some(version.into()),
+            status: Status::Ok,
+            output_names,
+            outputs,
+            error: None,
+            worker: worker.into(),
+            timings,
+        }
+    }
+
     /// An `error` (or, for [`ErrorKind::Expired`], `expired`) result.
     pub fn failure(
         job_id: impl Into<String>,

@@ -1,23 +1,87 @@
 //! What goes back to the broker for a batch: every result published with `mandatory`
-//! and confirms (or the message dead-lettered with its reason), and each job acked only
-//! once its outcome is confirmed.
+//! and confirms, in one burst (or the message dead-lettered with its reason), and each
+//! job acked only once its outcome is confirmed: with one `multiple` ack per run of
+//! settled deliveries ([`AckFrontier`]), never past a delivery still open.
+
+use std::sync::Arc;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, LongString};
-use lapin::{BasicProperties, Channel};
+use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::{Acker, BasicProperties};
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, BrokerError};
-use surge_model::Scores;
 use surge_protocol::codec::encode;
 use surge_protocol::topology::{
     HEADER_ERROR_KIND, HEADER_REASON, HEADER_SOURCE_QUEUE, HEADER_WORKER,
 };
-use surge_protocol::{now_ms, Job, JobResult, Status, Timings, PROTOCOL_VERSION};
+use surge_protocol::{now_ms, Encoding, JobResult, Status};
+use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use crate::batcher::{AckFrontier, Fill};
 use crate::metrics as m;
-use crate::session::{Item, Outcome};
+use crate::prepare::Disposition;
+use crate::session::{QueueCtx, SessionError};
 use crate::Shared;
+
+/// One delivery on its way through a batch.
+pub(crate) struct Item {
+    pub(crate) acker: Acker,
+    /// The delivery's tag on its consumer channel.
+    pub(crate) tag: u64,
+    pub(crate) reply_to: String,
+    pub(crate) correlation_id: Option<ShortString>,
+    pub(crate) disposition: Disposition,
+    /// The body and properties, for a dead letter.
+    pub(crate) original: (Vec<u8>, BasicProperties),
+    /// Rows and estimated text tokens, for the batch budgets.
+    pub(crate) fill: Fill,
+}
+
+/// What goes back to the broker for one item.
+pub(crate) enum Outcome {
+    /// A result to publish to the job's `reply_to`.
+    Result {
+        encoding: Encoding,
+        result: Box<JobResult>,
+    },
+    /// The message, to the dead-letter exchange.
+    DeadLetter { kind: &'static str, reason: String },
+}
+
+/// The acks of one consumer channel. The lock is held while an ack is sent, so acks
+/// leave in tag order and a `multiple` ack never follows one that covered it.
+pub(crate) type Acks = Arc<Mutex<AckFrontier>>;
+
+/// Marks `tag` settled and sends the `multiple` ack that this makes possible, if any.
+async fn settle(
+    q: &QueueCtx,
+    tag: u64,
+    ack: bool,
+    t: std::time::Duration,
+) -> Result<(), BrokerError> {
+    let mut frontier = q.acks.lock().await;
+    if let Some(upto) = frontier.settle(tag, ack) {
+        timed(
+            "basic.ack",
+            t,
+            q.channel
+                .basic_ack(upto, BasicAckOptions { multiple: true }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Returns a delivery to its queue (`basic.nack` with requeue) and marks it settled.
+pub(crate) async fn requeue_item(
+    q: &QueueCtx,
+    item: &Item,
+    t: std::time::Duration,
+) -> Result<(), BrokerError> {
+    requeue(&item.acker, t).await?;
+    settle(q, item.tag, false, t).await
+}
 
 /// Returns a delivery to its queue (`basic.nack` with requeue) for another try.
 pub(crate) async fn requeue(
@@ -63,29 +127,31 @@ fn dead_letter_props(
     props.with_headers(headers).with_delivery_mode(2)
 }
 
-/// Publishes every outcome (all in flight at once), then acks each job whose outcome
-/// was confirmed. A broker error returns early: the unacked jobs are redelivered.
+/// Publishes every outcome (all in flight at once), then settles each job whose
+/// outcome was confirmed. A broker error returns early: the unacked jobs are
+/// redelivered.
 pub(crate) async fn publish_and_ack(
     shared: &Shared,
-    queue: &str,
-    publisher: &Channel,
+    q: &QueueCtx,
     items: Vec<Item>,
     outcomes: Vec<Option<Outcome>>,
-) -> Result<(), BrokerError> {
+) -> Result<(), SessionError> {
     let t = &shared.config.timeouts;
+    let queue = q.queue.as_str();
+    let publisher = &q.publisher;
     let dead_exchange = shared.config.topology.dead_exchange();
     let mut pending = Vec::with_capacity(items.len());
     for (index, (item, outcome)) in items.iter().zip(outcomes).enumerate() {
         let Some(outcome) = outcome else {
             // Cannot happen: every item gets an outcome. Return it rather than lose it.
             warn!("a job had no outcome (a bug); returning it to its queue");
-            requeue(&item.acker, t.operation).await?;
+            requeue_item(q, item, t.operation).await?;
             continue;
         };
         match outcome {
             Outcome::Result { encoding, result } => {
                 let body =
-                    encode(&result, encoding).map_err(|e| BrokerError::Url(e.to_string()))?;
+                    encode(&*result, encoding).map_err(|e| SessionError::Encode(e.to_string()))?;
                 let corr = item
                     .correlation_id
                     .clone()
@@ -100,12 +166,13 @@ pub(crate) async fn publish_and_ack(
                 pending.push((index, confirm, Some(result), None, body.len()));
             }
             Outcome::DeadLetter { kind, reason } => {
-                let (body, props) = item.original.clone().unwrap_or_default();
+                let (body, props) = item.original.clone();
                 warn!(kind, %reason, "dead-lettering an undecodable message");
+                let size = body.len();
                 let props = dead_letter_props(props, kind, &reason, &shared.worker_id, queue);
                 let confirm =
                     start_publish(publisher, &dead_exchange, queue, &body, props, t).await?;
-                pending.push((index, confirm, None, Some(kind), body.len()));
+                pending.push((index, confirm, None, Some(kind), size));
             }
         }
     }
@@ -123,22 +190,17 @@ pub(crate) async fn publish_and_ack(
         match res {
             Ok(()) => {
                 if let Some(r) = &result {
-                    record_result(r);
+                    record_result(&q.answered, r);
                 }
                 if let Some(kind) = dead {
                     metrics::counter!(m::DEAD_LETTERED, "reason" => kind).increment(1);
                 }
-                timed(
-                    "basic.ack",
-                    t.operation,
-                    item.acker.ack(BasicAckOptions::default()),
-                )
-                .await?;
+                settle(q, item.tag, true, t.operation).await?;
             }
             Err(BrokerError::Returned { routing_key, .. }) => {
                 // Nobody listens at reply_to any more: keep the job, with the reason,
                 // in the dead-letter queue rather than drop the answer silently.
-                let (body, props) = item.original.clone().unwrap_or_default();
+                let (body, props) = item.original.clone();
                 let reason = format!("the reply_to queue {routing_key:?} does not exist; the result could not be delivered");
                 let job = result.as_ref().map_or("", |r| r.job_id.as_str());
                 warn!(%job, result_bytes = size, %reason, "the broker returned a result; dead-lettering its job");
@@ -159,18 +221,13 @@ pub(crate) async fn publish_and_ack(
                 )
                 .await?;
                 metrics::counter!(m::DEAD_LETTERED, "reason" => "unroutable_result").increment(1);
-                timed(
-                    "basic.ack",
-                    t.operation,
-                    item.acker.ack(BasicAckOptions::default()),
-                )
-                .await?;
+                settle(q, item.tag, true, t.operation).await?;
             }
             Err(BrokerError::Nacked { .. }) => {
                 warn!("the broker refused a result; returning the job to its queue");
-                requeue(&item.acker, t.operation).await?;
+                requeue_item(q, item, t.operation).await?;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
     }
@@ -178,52 +235,18 @@ pub(crate) async fn publish_and_ack(
     Ok(())
 }
 
-pub(crate) fn record_result(r: &JobResult) {
+pub(crate) fn record_result(answered: &crate::drain::Answered, r: &JobResult) {
     let status = match r.status {
         Status::Ok => "ok",
         Status::Error => "error",
         Status::Expired => "expired",
     };
     metrics::counter!(m::JOBS, "model" => r.model.clone(), "status" => status).increment(1);
-    crate::drain::count_answered(&r.model);
+    answered.count(&r.model);
     match &r.error {
         None => {
             metrics::counter!(m::ROWS, "model" => r.model.clone()).increment(r.outputs.len() as u64)
         }
         Some(e) => metrics::counter!(m::ERRORS, "kind" => e.kind.as_str()).increment(1),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn ok_result(
-    worker: &str,
-    job_id: String,
-    job: &Job,
-    info: &surge_model::ModelInfo,
-    scores: &Scores,
-    offset: usize,
-    n: usize,
-    inference_ms: f64,
-    batch_rows: usize,
-    queue_ms: Option<f64>,
-) -> JobResult {
-    let outputs: Vec<Vec<f32>> = (offset..offset + n)
-        .map(|r| scores.row(r).to_vec())
-        .collect();
-    JobResult {
-        v: PROTOCOL_VERSION,
-        job_id,
-        model: job.model.clone(),
-        version: Some(info.version.clone()),
-        status: Status::Ok,
-        output_names: info.output_names.clone(),
-        outputs,
-        error: None,
-        worker: worker.to_string(),
-        timings: Timings {
-            queue_ms,
-            inference_ms,
-            batch_rows: batch_rows as u32,
-        },
     }
 }

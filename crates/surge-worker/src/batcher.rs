@@ -124,9 +124,162 @@ impl BatchPolicy {
     }
 }
 
+/// The batch being gathered for one queue: its jobs, what they hold, when the oldest
+/// came, and the policy that says when it must go to the model.
+#[derive(Debug)]
+pub struct Gathering<T> {
+    policy: BatchPolicy,
+    items: Vec<T>,
+    fill: Fill,
+    oldest: Option<Instant>,
+}
+
+impl<T> Gathering<T> {
+    /// An empty batch under `policy`.
+    pub fn new(policy: BatchPolicy) -> Self {
+        Self {
+            policy,
+            items: Vec::new(),
+            fill: Fill::default(),
+            oldest: None,
+        }
+    }
+
+    /// True when nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// What the batch holds.
+    pub fn fill(&self) -> Fill {
+        self.fill
+    }
+
+    /// Whether a job of `job` may join; when not, close the batch first.
+    pub fn fits(&self, job: Fill) -> bool {
+        self.policy.fits(self.fill, job)
+    }
+
+    /// Adds a job; returns whether the batch must close now (a budget is reached, or
+    /// the oldest job has waited long enough).
+    pub fn push(&mut self, item: T, job: Fill, now: Instant) -> bool {
+        self.fill = self.fill.plus(job);
+        self.oldest.get_or_insert(now);
+        self.items.push(item);
+        self.policy.should_close(self.fill, self.oldest, now)
+    }
+
+    /// When the batch must close at the latest; `None` when empty.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|o| self.policy.deadline(o))
+    }
+
+    /// Whether to close once every ready delivery was taken (see
+    /// [`BatchPolicy::close_when_drained`]).
+    pub fn close_when_drained(&self, model_idle: bool) -> bool {
+        self.policy.close_when_drained(self.fill, model_idle)
+    }
+
+    /// Takes the gathered jobs, leaving an empty batch.
+    pub fn take(&mut self) -> Vec<T> {
+        self.fill = Fill::default();
+        self.oldest = None;
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// Which deliveries of one channel may be acknowledged with one `basic.ack` carrying
+/// `multiple`: the longest run of delivery tags, from the lowest still open, that are
+/// all settled. Batches of the same channel finish out of order (one is scored while
+/// the previous one publishes), so a `multiple` ack must never reach past a delivery
+/// whose result is not yet confirmed.
+#[derive(Debug)]
+pub struct AckFrontier {
+    /// The lowest tag not yet covered by an ack sent.
+    next: u64,
+    /// Tags above `next` that are settled: `true` when they await an ack, `false` when
+    /// they were settled another way (requeued), which a `multiple` ack may pass.
+    settled: std::collections::BTreeMap<u64, bool>,
+}
+
+impl Default for AckFrontier {
+    fn default() -> Self {
+        // AMQP delivery tags start at 1 on every channel.
+        Self {
+            next: 1,
+            settled: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl AckFrontier {
+    /// Records that `tag` is settled (`ack`: its result is confirmed and it awaits an
+    /// ack; otherwise it was nacked). Returns the tag to ack with `multiple`, when the
+    /// run from the lowest open tag has grown and holds a tag awaiting an ack.
+    pub fn settle(&mut self, tag: u64, ack: bool) -> Option<u64> {
+        if tag < self.next {
+            return None;
+        }
+        self.settled.insert(tag, ack);
+        let mut upto = None;
+        while let Some(ack) = self.settled.remove(&self.next) {
+            if ack {
+                upto = Some(self.next);
+            }
+            self.next += 1;
+        }
+        upto
+    }
+
+    /// Tags settled but not yet covered by an ack (waiting on a lower open tag).
+    pub fn waiting(&self) -> usize {
+        self.settled.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gathering_batch_closes_on_its_budget_and_resets_when_taken() {
+        let p = BatchPolicy {
+            max_rows: 10,
+            max_wait: Duration::from_millis(5),
+            max_tokens: 0,
+        };
+        let mut g = Gathering::new(p);
+        let t0 = Instant::now();
+        assert!(g.is_empty() && g.deadline().is_none());
+        assert!(!g.push("a", rows(4), t0));
+        assert_eq!(g.deadline(), Some(t0 + Duration::from_millis(5)));
+        assert!(g.fits(rows(6)) && !g.fits(rows(7)));
+        assert!(g.push("b", rows(6), t0));
+        assert_eq!(g.take(), vec!["a", "b"]);
+        assert!(g.is_empty() && g.fill() == Fill::default() && g.deadline().is_none());
+        // A job bigger than the budget still joins an empty batch, and closes it.
+        assert!(g.fits(rows(50)));
+        assert!(g.push("c", rows(50), t0));
+    }
+
+    #[test]
+    fn multiple_acks_never_pass_an_unconfirmed_delivery() {
+        let mut f = AckFrontier::default();
+        // Batch 2 (tags 4..=6) is confirmed before batch 1 (1..=3): nothing yet.
+        assert_eq!(f.settle(4, true), None);
+        assert_eq!(f.settle(5, true), None);
+        assert_eq!(f.settle(6, true), None);
+        assert_eq!(f.waiting(), 3);
+        assert_eq!(f.settle(1, true), Some(1));
+        // Tag 2 was requeued (nacked on its own): the run may pass it.
+        assert_eq!(f.settle(2, false), None);
+        assert_eq!(f.settle(3, true), Some(6));
+        assert_eq!(f.waiting(), 0);
+        // A run of only requeued tags sends no ack; a stale tag is ignored.
+        assert_eq!(f.settle(7, false), None);
+        assert_eq!(f.settle(3, true), None);
+        assert_eq!(f.settle(8, true), Some(8));
+    }
 
     fn rows(rows: usize) -> Fill {
         Fill { rows, tokens: 0 }

@@ -16,21 +16,25 @@ use crate::metrics as m;
 /// How often the queues are read.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Jobs this process answered, by model (read by the drain estimate).
-static ANSWERED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Jobs a session answered, by model (read by the drain estimate). Owned by the
+/// session: a new session learns its rate afresh.
+#[derive(Debug, Default)]
+pub(crate) struct Answered(Mutex<BTreeMap<String, u64>>);
 
-/// Counts one answered job of `model`.
-pub(crate) fn count_answered(model: &str) {
-    if let Ok(mut map) = ANSWERED.lock() {
-        *map.entry(model.to_string()).or_default() += 1;
+impl Answered {
+    /// Counts one answered job of `model`.
+    pub(crate) fn count(&self, model: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            *map.entry(model.to_string()).or_default() += 1;
+        }
     }
-}
 
-fn answered(model: &str) -> u64 {
-    ANSWERED
-        .lock()
-        .map(|m| m.get(model).copied().unwrap_or(0))
-        .unwrap_or(0)
+    fn of(&self, model: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(model).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
 }
 
 /// Seconds for `consumers` workers like this one to drain `backlog` jobs at the rate
@@ -51,6 +55,7 @@ pub(crate) async fn watch(
     topology: Topology,
     models: Vec<String>,
     timeouts: Timeouts,
+    answered: std::sync::Arc<Answered>,
 ) -> Result<(), BrokerError> {
     let mut state: BTreeMap<String, (RateEstimator, u64, u64, Instant)> = BTreeMap::new();
     loop {
@@ -59,7 +64,7 @@ pub(crate) async fn watch(
             let q = surge_broker::topology::queue_depth(&channel, &queue, &timeouts).await?;
             let backlog = u64::from(q.ready);
             let now = Instant::now();
-            let done = answered(model);
+            let done = answered.of(model);
             let (est, last_done, last_backlog, last_at) = state
                 .entry(model.clone())
                 .or_insert_with(|| (RateEstimator::default(), done, 0, now));

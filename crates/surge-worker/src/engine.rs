@@ -23,11 +23,40 @@ pub enum BatchInputs {
     Texts(Vec<String>),
 }
 
+/// A forward pass's outputs, already split per job.
+#[derive(Debug)]
+pub struct Scored {
+    /// For each job, in the order given, one output per input.
+    pub per_job: Vec<Vec<Vec<f32>>>,
+    /// Forward pass time, ms.
+    pub ms: f64,
+}
+
+/// Splits `scores` into consecutive jobs of `sizes` inputs each; `None` when the
+/// scores do not cover them exactly.
+pub fn split(scores: &Scores, sizes: &[usize]) -> Option<Vec<Vec<Vec<f32>>>> {
+    if sizes.iter().sum::<usize>() != scores.len() {
+        return None;
+    }
+    let mut at = 0;
+    Some(
+        sizes
+            .iter()
+            .map(|&n| {
+                let job = (at..at + n).map(|r| scores.row(r).to_vec()).collect();
+                at += n;
+                job
+            })
+            .collect(),
+    )
+}
+
 enum Request {
     Score {
         model: String,
         inputs: BatchInputs,
-        reply: oneshot::Sender<Result<(Scores, f64), ModelError>>,
+        sizes: Vec<usize>,
+        reply: oneshot::Sender<Result<Scored, ModelError>>,
     },
     /// A model found after start (hot discovery); replaces one of the same name.
     Add(Box<dyn Model>, oneshot::Sender<()>),
@@ -79,7 +108,7 @@ impl Engine {
             .name("surge-model".into())
             .spawn(move || {
                 while let Ok(req) = rx.recv() {
-                    let (model, inputs, reply) = match req {
+                    let (model, inputs, sizes, reply) = match req {
                         Request::Add(m, done) => {
                             by_name.insert(key(&m.info().name, &m.info().version), m);
                             let _ = done.send(());
@@ -88,8 +117,9 @@ impl Engine {
                         Request::Score {
                             model,
                             inputs,
+                            sizes,
                             reply,
-                        } => (model, inputs, reply),
+                        } => (model, inputs, sizes, reply),
                     };
                     let started = std::time::Instant::now();
                     let out = match by_name.get(&model) {
@@ -105,8 +135,19 @@ impl Engine {
                         }
                     };
                     let ms = started.elapsed().as_secs_f64() * 1e3;
+                    let out = out.and_then(|s| {
+                        split(&s, &sizes)
+                            .map(|per_job| Scored { per_job, ms })
+                            .ok_or_else(|| {
+                                ModelError::Inference(format!(
+                                    "the model returned {} outputs for {} inputs",
+                                    s.len(),
+                                    sizes.iter().sum::<usize>()
+                                ))
+                            })
+                    });
                     // The caller may have given up (shutdown); nothing to do then.
-                    let _ = reply.send(out.map(|s| (s, ms)));
+                    let _ = reply.send(out);
                 }
             })?;
         Ok(Self {
@@ -157,18 +198,21 @@ impl Engine {
         names
     }
 
-    /// Scores one batch with `model` (an engine key, `name@version`); returns the
-    /// scores and the forward pass time in ms.
+    /// Scores one batch with `model` (an engine key, `name@version`): the inputs of
+    /// consecutive jobs of `sizes` inputs each. Returns each job's outputs and the
+    /// forward pass time.
     pub async fn score(
         &self,
         model: &str,
         inputs: BatchInputs,
-    ) -> Result<(Scores, f64), ModelError> {
+        sizes: Vec<usize>,
+    ) -> Result<Scored, ModelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Score {
                 model: model.to_string(),
                 inputs,
+                sizes,
                 reply,
             })
             .map_err(|_| ModelError::Inference("the model thread has stopped".into()))?;

@@ -280,7 +280,7 @@ async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) -> Result<(
         let started = std::time::Instant::now();
         match session::run_session(shared.clone(), shutdown.clone()).await {
             Ok(()) => break,
-            Err(e @ surge_broker::BrokerError::Mismatch { .. }) => {
+            Err(session::SessionError::Broker(e @ surge_broker::BrokerError::Mismatch { .. })) => {
                 error!(error = %e, "cannot serve: the broker holds a conflicting queue");
                 return Err(e.into());
             }

@@ -20,15 +20,17 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Consumer};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
 use surge_broker::{timed, topology, BrokerError};
-use surge_protocol::{now_ms, Encoding, ErrorKind, Inputs, Job, JobResult};
+use surge_protocol::{now_ms, ErrorKind, Inputs, Job, JobResult, Timings};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
-use crate::batcher::Fill;
+use crate::answer::{Acks, Item, Outcome};
+use crate::batcher::{AckFrontier, Fill, Gathering};
+use crate::drain::Answered;
 use crate::engine::BatchInputs;
 use crate::metrics as m;
 use crate::prepare::{prepare, Disposition, Envelope};
@@ -39,38 +41,52 @@ use crate::Shared;
 /// publishing) at once: one scoring while the previous one publishes.
 const PIPELINE_DEPTH: usize = 2;
 
-/// One delivery on its way through a batch.
-pub(crate) struct Item {
-    pub(crate) acker: Acker,
-    pub(crate) reply_to: String,
-    pub(crate) correlation_id: Option<ShortString>,
-    pub(crate) disposition: Disposition,
-    /// Kept only for messages that may be dead-lettered.
-    pub(crate) original: Option<(Vec<u8>, BasicProperties)>,
-    /// Rows and estimated text tokens, for the batch budgets.
-    pub(crate) fill: Fill,
-}
-
-/// A job to score: id, answer encoding, the job, its queue wait.
-type ScoreJob = (String, Encoding, Job, Option<f64>);
-
-/// What goes back to the broker for one item.
-pub(crate) enum Outcome {
-    Result {
-        encoding: Encoding,
-        result: JobResult,
+/// Why a session ended other than by shutdown. The caller reconnects, except after a
+/// [`BrokerError::Mismatch`], which retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The broker or the connection failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The broker cancelled a consumer (its queue was deleted, or the node holding it
+    /// went away).
+    #[error("the broker cancelled the consumer of {queue} (queue deleted, or its node down)")]
+    ConsumerCancelled {
+        /// The queue.
+        queue: String,
     },
-    DeadLetter {
-        kind: &'static str,
+    /// A task of the session panicked: a bug.
+    #[error("a {what} task failed: {reason}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// The panic.
         reason: String,
     },
+    /// A result could not be encoded (a non-serialisable value: a bug).
+    #[error("could not encode a result: {0}")]
+    Encode(String),
+}
+
+/// What the batch tasks of one queue share.
+pub(crate) struct QueueCtx {
+    /// The job queue.
+    pub(crate) queue: String,
+    /// The consumer's channel: acks go here.
+    pub(crate) channel: Channel,
+    /// The confirm-mode channel results and dead letters are published on.
+    pub(crate) publisher: Channel,
+    /// Which deliveries may be acked together.
+    pub(crate) acks: Acks,
+    /// Jobs answered in this session, for the drain estimate.
+    pub(crate) answered: Arc<Answered>,
 }
 
 /// Runs one connected session until shutdown (`Ok`) or a broker error (`Err`).
 pub(crate) async fn run_session(
     shared: Arc<Shared>,
     shutdown: Shutdown,
-) -> Result<(), BrokerError> {
+) -> Result<(), SessionError> {
     let cfg = &shared.config;
     let t = &cfg.timeouts;
     let conn =
@@ -85,10 +101,11 @@ pub(crate) async fn run_session(
         .await?;
         topology::declare_base(&publisher, &cfg.topology, t).await?;
         let names = shared.engine.model_names();
+        let answered = Arc::new(Answered::default());
         let mut tasks = JoinSet::new();
         let mut serving = std::collections::BTreeSet::new();
         for model in names {
-            start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown).await?;
+            start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown, &answered).await?;
             serving.insert(model);
         }
         shared.ready.store(true, Ordering::Relaxed);
@@ -99,6 +116,7 @@ pub(crate) async fn run_session(
                 cfg.topology.clone(),
                 models,
                 *t,
+                answered.clone(),
             )))
         };
         let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
@@ -118,7 +136,7 @@ pub(crate) async fn run_session(
                     Some(Err(join_error)) => {
                         tasks.abort_all();
                         warn!(error = %join_error, "a queue task panicked; restarting the session");
-                        return Err(BrokerError::Url(format!("queue task failed: {join_error}")));
+                        return Err(SessionError::Task { what: "queue", reason: join_error.to_string() });
                     }
                 },
                 _ = look.tick(), if !shutdown.is_triggered() => {
@@ -132,7 +150,7 @@ pub(crate) async fn run_session(
                         continue;
                     }
                     for model in fresh {
-                        start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown)
+                        start_consumer(&shared, &conn, &publisher, &model, &mut tasks, &shutdown, &answered)
                             .await?;
                         info!(%model, "serving a model found after start");
                         serving.insert(model);
@@ -176,8 +194,9 @@ async fn start_consumer(
     conn: &lapin::Connection,
     publisher: &Channel,
     model: &str,
-    tasks: &mut JoinSet<Result<(), BrokerError>>,
+    tasks: &mut JoinSet<Result<(), SessionError>>,
     shutdown: &Shutdown,
+    answered: &Arc<Answered>,
 ) -> Result<(), BrokerError> {
     let cfg = &shared.config;
     let t = &cfg.timeouts;
@@ -206,14 +225,14 @@ async fn start_consumer(
     )
     .await?;
     info!(%queue, prefetch, "consuming");
-    tasks.spawn(serve_queue(
-        shared.clone(),
+    let ctx = Arc::new(QueueCtx {
         queue,
-        ch,
-        consumer,
-        publisher.clone(),
-        shutdown.clone(),
-    ));
+        channel: ch,
+        publisher: publisher.clone(),
+        acks: Arc::new(tokio::sync::Mutex::new(AckFrontier::default())),
+        answered: answered.clone(),
+    });
+    tasks.spawn(serve_queue(shared.clone(), ctx, consumer, shutdown.clone()));
     Ok(())
 }
 
@@ -238,29 +257,28 @@ fn envelope(props: &BasicProperties) -> Envelope {
 /// batch to a pipeline task.
 async fn serve_queue(
     shared: Arc<Shared>,
-    queue: String,
-    channel: Channel,
+    q: Arc<QueueCtx>,
     mut consumer: Consumer,
-    publisher: Channel,
     mut shutdown: Shutdown,
-) -> Result<(), BrokerError> {
+) -> Result<(), SessionError> {
     let cfg = &shared.config;
-    let policy = cfg.policy;
     let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));
-    let mut running: JoinSet<Result<(), BrokerError>> = JoinSet::new();
-    let mut gathered: Vec<Item> = Vec::new();
-    let mut fill = Fill::default();
-    let mut oldest: Option<Instant> = None;
+    let mut running: JoinSet<Result<(), SessionError>> = JoinSet::new();
+    let mut batch: Gathering<Item> = Gathering::new(cfg.policy);
+    let task_failed = |e: tokio::task::JoinError| SessionError::Task {
+        what: "batch",
+        reason: e.to_string(),
+    };
     loop {
-        let deadline = oldest.map(|o| tokio::time::Instant::from_std(policy.deadline(o)));
+        let deadline = batch.deadline().map(tokio::time::Instant::from_std);
         let mut close = false;
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
             Some(done) = running.join_next(), if !running.is_empty() => {
-                done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
+                done.map_err(task_failed)??;
                 // A pipeline slot freed up: a waiting batch need not wait any longer.
-                close = policy.close_when_drained(fill, pipeline.available_permits() == PIPELINE_DEPTH);
+                close = batch.close_when_drained(pipeline.available_permits() == PIPELINE_DEPTH);
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => close = true,
             next = consumer.next() => {
@@ -268,20 +286,16 @@ async fn serve_queue(
                 loop {
                     let delivery = match next {
                         Some(Ok(d)) => d,
-                        Some(Err(source)) => return Err(BrokerError::Amqp { what: "consume", source }),
-                        None => return Err(BrokerError::Url(format!("consumer of {queue} was cancelled by the broker"))),
+                        Some(Err(source)) => return Err(BrokerError::Amqp { what: "consume", source }.into()),
+                        None => return Err(SessionError::ConsumerCancelled { queue: q.queue.clone() }),
                     };
                     metrics::gauge!(m::IN_FLIGHT).increment(1.0);
                     let item = make_item(&shared, delivery);
-                    if !policy.fits(fill, item.fill) {
-                        dispatch(&shared, &queue, &publisher, &pipeline, &mut running, std::mem::take(&mut gathered)).await;
-                        fill = Fill::default();
-                        oldest = None;
+                    if !batch.fits(item.fill) {
+                        dispatch(&shared, &q, &pipeline, &mut running, batch.take()).await;
                     }
-                    fill = fill.plus(item.fill);
-                    oldest.get_or_insert_with(Instant::now);
-                    gathered.push(item);
-                    if policy.should_close(fill, oldest, Instant::now()) {
+                    let fill = item.fill;
+                    if batch.push(item, fill, Instant::now()) {
                         close = true;
                         break;
                     }
@@ -294,46 +308,36 @@ async fn serve_queue(
                 // Nothing more is ready: with the model idle, waiting would only add
                 // latency; with it busy, the batch keeps growing for free.
                 let model_idle = pipeline.available_permits() == PIPELINE_DEPTH;
-                close = close || policy.close_when_drained(fill, model_idle);
+                close = close || batch.close_when_drained(model_idle);
             }
         }
-        if close && !gathered.is_empty() {
-            dispatch(
-                &shared,
-                &queue,
-                &publisher,
-                &pipeline,
-                &mut running,
-                std::mem::take(&mut gathered),
-            )
-            .await;
-            fill = Fill::default();
-            oldest = None;
+        if close && !batch.is_empty() {
+            dispatch(&shared, &q, &pipeline, &mut running, batch.take()).await;
         }
     }
 
     // Graceful drain: stop deliveries, return what has not started, finish the rest.
-    info!(%queue, "draining: cancelling the consumer");
+    info!(queue = %q.queue, "draining: cancelling the consumer");
     let tag = consumer.tag();
     let _ = timed(
         "basic.cancel",
         cfg.timeouts.operation,
-        channel.basic_cancel(tag, BasicCancelOptions::default()),
+        q.channel.basic_cancel(tag, BasicCancelOptions::default()),
     )
     .await;
-    for item in gathered {
-        let _ = crate::answer::requeue(&item.acker, cfg.timeouts.operation).await;
+    for item in batch.take() {
+        let _ = crate::answer::requeue_item(&q, &item, cfg.timeouts.operation).await;
         metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
     }
     while let Some(done) = running.join_next().await {
-        done.map_err(|e| BrokerError::Url(format!("batch task failed: {e}")))??;
+        done.map_err(task_failed)??;
     }
-    info!(%queue, "drained");
+    info!(queue = %q.queue, "drained");
     // Closed here, not on drop, so it does not race the connection's close.
     let _ = timed(
         "channel.close",
         cfg.timeouts.operation,
-        channel.close(200, "drained".into()),
+        q.channel.close(200, "drained".into()),
     )
     .await;
     Ok(())
@@ -377,9 +381,10 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         .unwrap_or_else(|| cfg.topology.results_queue());
     let correlation_id = delivery.properties.correlation_id().clone();
     // Kept (moved, not copied) in case the job must be dead-lettered after all.
-    let original = Some((delivery.data, delivery.properties));
+    let original = (delivery.data, delivery.properties);
     Item {
         acker: delivery.acker,
+        tag: delivery.delivery_tag,
         reply_to,
         correlation_id,
         disposition,
@@ -391,18 +396,16 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
 /// Waits for a pipeline slot (back-pressure on consumption), then runs the batch.
 async fn dispatch(
     shared: &Arc<Shared>,
-    queue: &str,
-    publisher: &Channel,
+    q: &Arc<QueueCtx>,
     pipeline: &Arc<Semaphore>,
-    running: &mut JoinSet<Result<(), BrokerError>>,
+    running: &mut JoinSet<Result<(), SessionError>>,
     batch: Vec<Item>,
 ) {
     let Ok(permit) = pipeline.clone().acquire_owned().await else {
         return;
     };
     let shared = shared.clone();
-    let publisher = publisher.clone();
-    let queue = queue.to_string();
+    let q = q.clone();
     let ids: Vec<String> = batch
         .iter()
         .filter_map(|i| match &i.disposition {
@@ -412,10 +415,10 @@ async fn dispatch(
         })
         .collect();
     let span =
-        tracing::info_span!("batch", queue = %queue, jobs = %ids.join(","), size = batch.len());
+        tracing::info_span!("batch", queue = %q.queue, jobs = %ids.join(","), size = batch.len());
     running.spawn(
         async move {
-            let r = process_batch(&shared, &queue, &publisher, batch).await;
+            let r = process_batch(&shared, &q, batch).await;
             drop(permit);
             r
         }
@@ -423,21 +426,29 @@ async fn dispatch(
     );
 }
 
+/// A job of a batch that is to be scored.
+struct ToScore {
+    job_id: String,
+    encoding: surge_protocol::Encoding,
+    job: Job,
+    queue_ms: Option<f64>,
+}
+
 /// Scores the jobs of a batch that need it (one forward pass per model), then publishes
 /// every outcome and acks each job whose outcome the broker confirmed.
 async fn process_batch(
     shared: &Shared,
-    queue: &str,
-    publisher: &Channel,
+    q: &QueueCtx,
     batch: Vec<Item>,
-) -> Result<(), BrokerError> {
+) -> Result<(), SessionError> {
     if !shared.config.batch_delay.is_zero() {
         tokio::time::sleep(shared.config.batch_delay).await;
     }
+    let worker = shared.worker_id.as_str();
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let now = now_ms();
-    let mut jobs: Vec<Option<ScoreJob>> = Vec::with_capacity(batch.len());
+    let mut jobs: Vec<Option<ToScore>> = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     for (i, mut item) in batch.into_iter().enumerate() {
         let disposition = std::mem::replace(
@@ -447,7 +458,7 @@ async fn process_batch(
                 reason: String::new(),
             },
         );
-        match disposition {
+        let (outcome, job) = match disposition {
             Disposition::Score {
                 job_id,
                 encoding,
@@ -465,31 +476,37 @@ async fn process_batch(
                         &job.model,
                         ErrorKind::Expired,
                         "deadline passed before scoring",
-                        &shared.worker_id,
+                        worker,
                     );
-                    outcomes.push(Some(Outcome::Result {
-                        encoding,
-                        result: r,
-                    }));
-                    jobs.push(None);
+                    (
+                        Some(Outcome::Result {
+                            encoding,
+                            result: Box::new(r),
+                        }),
+                        None,
+                    )
                 } else {
                     groups.entry(engine_key(&job)).or_default().push(i);
-                    outcomes.push(None);
-                    jobs.push(Some((job_id, encoding, job, queue_ms)));
+                    (
+                        None,
+                        Some(ToScore {
+                            job_id,
+                            encoding,
+                            job,
+                            queue_ms,
+                        }),
+                    )
                 }
             }
             Disposition::Answer { encoding, result } => {
-                outcomes.push(Some(Outcome::Result {
-                    encoding,
-                    result: *result,
-                }));
-                jobs.push(None);
+                (Some(Outcome::Result { encoding, result }), None)
             }
             Disposition::DeadLetter { kind, reason } => {
-                outcomes.push(Some(Outcome::DeadLetter { kind, reason }));
-                jobs.push(None);
+                (Some(Outcome::DeadLetter { kind, reason }), None)
             }
-        }
+        };
+        outcomes.push(outcome);
+        jobs.push(job);
         items.push(item);
     }
 
@@ -497,61 +514,84 @@ async fn process_batch(
         let info = shared.engine.models().get(&model).cloned();
         let inputs = gather_inputs(
             idx.iter()
-                .filter_map(|&i| jobs[i].as_ref().map(|j| &j.2.inputs)),
+                .filter_map(|&i| jobs[i].as_ref().map(|j| &j.job.inputs)),
         );
-        let total_rows = inputs_len(&inputs);
-        let scored = shared.engine.score(&model, inputs).await;
+        let sizes: Vec<usize> = idx
+            .iter()
+            .filter_map(|&i| jobs[i].as_ref().map(|j| j.job.inputs.len()))
+            .collect();
+        let total_rows: usize = sizes.iter().sum();
+        let scored = shared.engine.score(&model, inputs, sizes).await;
         metrics::histogram!(m::BATCH_ROWS).record(total_rows as f64);
-        let mut offset = 0usize;
-        for &i in &idx {
-            let Some((job_id, encoding, job, queue_ms)) = jobs[i].take() else {
-                continue;
-            };
-            let n = job.inputs.len();
-            let result = match (&scored, &info) {
-                (Ok((scores, ms)), Some(info)) => {
-                    metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone())
-                        .record(ms / 1e3);
-                    crate::answer::ok_result(
-                        &shared.worker_id,
-                        job_id,
-                        &job,
-                        info,
-                        scores,
-                        offset,
-                        n,
-                        *ms,
-                        total_rows,
-                        queue_ms,
-                    )
-                }
-                (Err(e), _) => {
-                    warn!(error = %e, job = %job_id, "forward pass failed");
-                    JobResult::failure(
-                        job_id,
-                        &model,
+        let (mut per_job, ms, failure) = match (scored, &info) {
+            (Ok(s), Some(_)) => {
+                metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone())
+                    .record(s.ms / 1e3);
+                (s.per_job.into_iter(), s.ms, None)
+            }
+            (Err(e), _) => {
+                warn!(error = %e, model = %model, "forward pass failed");
+                (
+                    Vec::new().into_iter(),
+                    0.0,
+                    Some((
                         ErrorKind::Internal,
                         format!("the worker failed to score this job: {e}"),
-                        &shared.worker_id,
-                    )
-                }
-                (Ok(_), None) => JobResult::failure(
+                    )),
+                )
+            }
+            (Ok(_), None) => (
+                Vec::new().into_iter(),
+                0.0,
+                Some((ErrorKind::UnknownModel, "model vanished".to_string())),
+            ),
+        };
+        for &i in &idx {
+            let Some(ToScore {
+                job_id,
+                encoding,
+                job,
+                queue_ms,
+            }) = jobs[i].take()
+            else {
+                continue;
+            };
+            let result = match (&failure, per_job.next(), &info) {
+                (None, Some(outputs), Some(info)) => JobResult::ok(
                     job_id,
-                    &model,
-                    ErrorKind::UnknownModel,
-                    "model vanished",
-                    &shared.worker_id,
+                    job.model,
+                    info.version.clone(),
+                    info.output_names.clone(),
+                    outputs,
+                    worker,
+                    Timings {
+                        queue_ms,
+                        inference_ms: ms,
+                        batch_rows: total_rows as u32,
+                    },
+                ),
+                (Some((kind, msg)), _, _) => {
+                    JobResult::failure(job_id, &job.model, *kind, msg.clone(), worker)
+                }
+                _ => JobResult::failure(
+                    job_id,
+                    &job.model,
+                    ErrorKind::Internal,
+                    "the model returned fewer outputs than jobs (a bug)",
+                    worker,
                 ),
             };
-            if let Some(q) = queue_ms {
-                metrics::histogram!(m::QUEUE_WAIT_SECONDS).record(q / 1e3);
+            if let Some(wait) = queue_ms {
+                metrics::histogram!(m::QUEUE_WAIT_SECONDS).record(wait / 1e3);
             }
-            offset += n;
-            outcomes[i] = Some(Outcome::Result { encoding, result });
+            outcomes[i] = Some(Outcome::Result {
+                encoding,
+                result: Box::new(result),
+            });
         }
     }
 
-    crate::answer::publish_and_ack(shared, queue, publisher, items, outcomes).await
+    crate::answer::publish_and_ack(shared, q, items, outcomes).await
 }
 
 /// Says, once per process, that a producer's clock runs ahead of this worker's; its
@@ -586,12 +626,5 @@ fn gather_inputs<'a>(inputs: impl Iterator<Item = &'a Inputs>) -> BatchInputs {
         BatchInputs::Rows { values, dim }
     } else {
         BatchInputs::Texts(texts)
-    }
-}
-
-fn inputs_len(inputs: &BatchInputs) -> usize {
-    match inputs {
-        BatchInputs::Rows { values, dim } => values.len().checked_div(*dim).unwrap_or(0),
-        BatchInputs::Texts(t) => t.len(),
     }
 }
