@@ -7,6 +7,11 @@
 //!   producer publishes with confirms to a durable quorum queue; an in-process echo
 //!   consumer publishes each body back with confirms and acks after the confirm; a
 //!   results consumer counts.
+//! * `noop-worker`: the ceiling `make bench` measures Surge against. It consumes the
+//!   model's queue like `surge worker` (same queue, prefetch, confirms, acks after the
+//!   confirm, one `multiple` ack per batch) and answers every job, without decoding
+//!   it, with a result the size of Surge's real one for that job size. `throughput`
+//!   and `latency` run unchanged against it: same payload in, same-size reply out.
 //! * `cold-start`, `burst`, `bill`: elasticity, against a running `surge autoscale`
 //!   (see `elastic`).
 
@@ -48,6 +53,15 @@ enum Cmd {
         rows: usize,
         #[arg(long)]
         rows_per_job: usize,
+    },
+    /// The ceiling: answers the model's jobs with result-sized bodies, no model.
+    NoopWorker {
+        /// Rows in each job (sizes the reply: one output per row).
+        #[arg(long)]
+        rows_per_job: usize,
+        /// Prefetch (the worker's default at --max-batch-rows 4096 is 1024).
+        #[arg(long, default_value_t = 1024)]
+        prefetch: u16,
     },
     /// Single-row job round trips, one at a time.
     Latency {
@@ -127,7 +141,9 @@ async fn throughput(prefix: &str, rows: usize, per_job: usize) -> Result<()> {
             )
         })
         .collect();
+    let cpu0 = own_cpu_seconds();
     let answered = score_jobs(&cfg, inputs).await?;
+    let client_cpu_s = own_cpu_seconds() - cpu0;
     let s = answered.into_scored().summary;
     if s.rows_ok != rows {
         bail!("only {} of {rows} rows scored: {:?}", s.rows_ok, s.failures);
@@ -136,7 +152,8 @@ async fn throughput(prefix: &str, rows: usize, per_job: usize) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"bench":"throughput","rows_per_job":per_job,"rows":rows,"jobs":s.jobs,"secs":secs,
-            "rows_per_s":rows as f64/secs,"jobs_per_s":s.jobs as f64/secs,"duplicates":s.duplicates})
+            "rows_per_s":rows as f64/secs,"jobs_per_s":s.jobs as f64/secs,"duplicates":s.duplicates,
+            "client_cpu_s":client_cpu_s})
     );
     Ok(())
 }
@@ -216,6 +233,106 @@ async fn latency(prefix: &str, samples: usize) -> Result<()> {
         serde_json::json!({"bench":"latency","samples":samples,"p50_ms":percentile(&rtts,0.5),"p99_ms":percentile(&rtts,0.99)})
     );
     let _ = rch.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn own_cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The ceiling consumer (see the crate docs): the broker work of a worker, no model.
+async fn noop_worker(prefix: &str, rows_per_job: usize, prefetch: u16) -> Result<()> {
+    let t = timeouts();
+    let topo = Topology::new(prefix);
+    let model = "breast-cancer";
+    let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench noop worker", &t).await?;
+    let ch = conn.create_channel().await?;
+    let pubch = conn.create_channel().await?;
+    pubch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    surge_broker::topology::declare_base(&pubch, &topo, &t).await?;
+    surge_broker::topology::declare_model(&pubch, &topo, model, &t).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            topo.job_queue(model).as_str().into(),
+            "noop".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let outputs = vec![vec![0.123_456_7_f32]; rows_per_job];
+    let names = vec!["malignant_probability".to_string()];
+    eprintln!("noop-worker: consuming {}", topo.job_queue(model));
+    while let Some(first) = consumer.next().await {
+        // Take what is ready right now (up to the worker's 4096-row budget).
+        let mut batch = vec![first?];
+        while batch.len() * rows_per_job < 4096 {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
+                _ => break,
+            }
+        }
+        let mut pending = Vec::with_capacity(batch.len());
+        for d in &batch {
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let reply = d
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let result = surge_protocol::JobResult::ok(
+                id.as_str(),
+                model,
+                "1.0.0",
+                names.clone(),
+                outputs.clone(),
+                "noop",
+                surge_protocol::Timings {
+                    queue_ms: Some(0.0),
+                    inference_ms: 0.0,
+                    batch_rows: (batch.len() * rows_per_job) as u32,
+                },
+            );
+            let body = encode(&result, Encoding::Msgpack)?;
+            let props = BasicProperties::default()
+                .with_content_type("application/msgpack".into())
+                .with_message_id(id.as_str().into())
+                .with_correlation_id(
+                    d.properties
+                        .correlation_id()
+                        .clone()
+                        .unwrap_or_else(|| id.as_str().into()),
+                )
+                .with_delivery_mode(2);
+            pending.push((
+                start_publish(&pubch, "", &reply, &body, props, &t).await?,
+                reply,
+            ));
+        }
+        for (c, reply) in pending {
+            confirmed(c, "", &reply, &t).await?;
+        }
+        if let Some(last) = batch.last() {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+    }
     Ok(())
 }
 
@@ -396,6 +513,10 @@ async fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Throughput { rows, rows_per_job } => throughput(&cli.prefix, rows, rows_per_job).await,
         Cmd::Latency { samples } => latency(&cli.prefix, samples).await,
+        Cmd::NoopWorker {
+            rows_per_job,
+            prefetch,
+        } => noop_worker(&cli.prefix, rows_per_job, prefetch).await,
         Cmd::Echo { messages, payload } => echo(&cli.prefix, messages, payload).await,
         Cmd::EchoLatency { samples } => echo_latency(&cli.prefix, samples).await,
         Cmd::ColdStart {

@@ -239,8 +239,12 @@ fn decode_guarded<T: DeserializeOwned>(
         // then refuses with the row and feature named, instead of dead-lettering the
         // whole job as malformed.
         if let Some(clean) = crate::scan::json_non_finite_to_null(body) {
-            if let Ok(v) = decode_unchecked(&clean, encoding, limits) {
-                return Ok(v);
+            // Rewritten, the body decodes, or fails on its schema (a non-finite number
+            // where a field wants an integer): either is a better answer than
+            // "malformed".
+            let second = decode_unchecked(&clean, encoding, limits);
+            if matches!(second, Ok(_) | Err(DecodeError::Invalid(_))) {
+                return second;
             }
         }
     }

@@ -222,7 +222,7 @@ impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
 impl<'de> Visitor<'de> for RowSeed<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a row (a list of numbers)")
+        f.write_str("a row like inputs[0] (a list of numbers): a job holds only rows or only texts")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut n = 0usize;

@@ -197,13 +197,23 @@ pub fn check_json_depth(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
 }
 
 /// Rewrites the non-finite numbers some JSON writers emit (`NaN`, `Infinity`,
-/// `-Infinity`, and literals like `1e999` that overflow a double) to `null`, outside
-/// strings. Returns `None` when there is nothing to rewrite.
+/// `-Infinity`, and literals like `1e999` that overflow a double), outside strings, so
+/// that the job decodes and each gets the answer it deserves. Inside the top-level
+/// `inputs`, NaN becomes `null` and an infinity `±1e39` (beyond f32: infinite once
+/// read), so the input check names the row and feature. Anywhere else the token becomes
+/// a string, which the schema refuses (`invalid_job`) instead of reading as absent.
+/// Returns `None` when there is nothing to rewrite.
 pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(buf.len());
     let mut changed = false;
     let mut in_string = false;
     let mut escaped = false;
+    let mut depth = 0usize;
+    // The last string that closed at depth 1 (a top-level key, or a value).
+    let mut key_start = None;
+    let mut last_key: &[u8] = b"";
+    // Depth at which the `inputs` array opened, while inside it.
+    let mut inputs_at: Option<usize> = None;
     let mut i = 0;
     while i < buf.len() {
         let b = buf[i];
@@ -214,16 +224,34 @@ pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
                 escaped = true;
             } else if b == b'"' {
                 in_string = false;
+                if let Some(start) = key_start.take() {
+                    last_key = &buf[start..i];
+                }
             }
             out.push(b);
             i += 1;
             continue;
         }
-        if b == b'"' {
-            in_string = true;
-            out.push(b);
-            i += 1;
-            continue;
+        match b {
+            b'"' => {
+                in_string = true;
+                if depth == 1 {
+                    key_start = Some(i + 1);
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 2 && b == b'[' && last_key == b"inputs" && inputs_at.is_none() {
+                    inputs_at = Some(depth);
+                }
+            }
+            b']' | b'}' => {
+                if inputs_at == Some(depth) {
+                    inputs_at = None;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            _ => {}
         }
         let is_token_start = b == b'-' || b == b'+' || b.is_ascii_alphanumeric();
         if !is_token_start {
@@ -236,21 +264,37 @@ pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
             .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')))
             .map_or(buf.len(), |p| i + p);
         let token = &buf[i..end];
+        let negative = token.first() == Some(&b'-');
         let non_finite = match token {
-            b"NaN" | b"-NaN" | b"Infinity" | b"-Infinity" | b"+Infinity" | b"inf" | b"-inf" => true,
+            b"NaN" | b"-NaN" | b"nan" => Some(f64::NAN),
+            b"Infinity" | b"+Infinity" | b"inf" => Some(f64::INFINITY),
+            b"-Infinity" | b"-inf" => Some(f64::NEG_INFINITY),
             t if t.first().is_some_and(|c| c.is_ascii_digit() || *c == b'-') => {
                 std::str::from_utf8(t)
                     .ok()
                     .and_then(|s| s.parse::<f64>().ok())
-                    .is_some_and(|v| !v.is_finite())
+                    .filter(|v| !v.is_finite())
             }
-            _ => false,
+            _ => None,
         };
-        if non_finite {
-            out.extend_from_slice(b"null");
-            changed = true;
-        } else {
-            out.extend_from_slice(token);
+        match non_finite {
+            Some(v) if inputs_at.is_some() => {
+                out.extend_from_slice(if v.is_nan() {
+                    b"null"
+                } else if negative {
+                    b"-1e39"
+                } else {
+                    b"1e39"
+                });
+                changed = true;
+            }
+            Some(_) => {
+                out.push(b'"');
+                out.extend_from_slice(token);
+                out.push(b'"');
+                changed = true;
+            }
+            None => out.extend_from_slice(token),
         }
         i = end;
     }
@@ -260,16 +304,26 @@ pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn non_finite_json_literals_become_null_outside_strings() {
+    fn non_finite_json_literals_are_rewritten_by_place() {
         let got = super::json_non_finite_to_null(
-            br#"{"a":[NaN, -Infinity, 1e999, 2.5e3, -1e-999], "s":"NaN \" Infinity", "t":true}"#,
+            br#"{"inputs":[[NaN, -Infinity, 1e999, 2.5e3, -1e-999]], "s":"NaN \" Infinity", "deadline_ms":NaN, "t":true}"#,
         )
         .unwrap();
         assert_eq!(
             String::from_utf8(got).unwrap(),
-            r#"{"a":[null, null, null, 2.5e3, -1e-999], "s":"NaN \" Infinity", "t":true}"#
+            r#"{"inputs":[[null, -1e39, 1e39, 2.5e3, -1e-999]], "s":"NaN \" Infinity", "deadline_ms":"NaN", "t":true}"#
         );
-        assert_eq!(super::json_non_finite_to_null(br#"{"a":[1,2]}"#), None);
+        assert_eq!(
+            super::json_non_finite_to_null(br#"{"inputs":[[1,2]]}"#),
+            None
+        );
+        // A key named inputs deeper down is not the job's inputs.
+        let got =
+            super::json_non_finite_to_null(br#"{"x":{"inputs":[NaN]},"v":Infinity}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            r#"{"x":{"inputs":["NaN"]},"v":"Infinity"}"#
+        );
     }
 
     use super::*;

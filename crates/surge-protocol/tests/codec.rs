@@ -216,7 +216,8 @@ fn schema_errors_are_answerable_and_syntax_errors_are_not() {
     let mixed = br#"{"v":1,"model":"m","inputs":[[1,2],"text"]}"#;
     let err = decode_job(mixed, Encoding::Json, &limits).unwrap_err();
     assert!(
-        err.to_string().contains("inputs[1] does not match"),
+        err.to_string()
+            .contains("a job holds only rows or only texts"),
         "{err}"
     );
     assert_eq!(err.answerable_kind(), Some(ErrorKind::InvalidJob));

@@ -163,9 +163,16 @@ pub fn prepare(
     }
     // The rows are in feature order now.
     job.columns = None;
-    let sent = job.sent_ms.or(env.timestamp.map(sent_at_ms));
-    let queue_ms = sent.map(|s| now_ms.saturating_sub(s) as f64);
-    let clock_ahead_ms = sent.map_or(0, |s| s.saturating_sub(now_ms));
+    // (best estimate of the send time, the earliest it can have been)
+    let sent = match (job.sent_ms, env.timestamp) {
+        (Some(ms), _) => Some((ms, ms)),
+        (None, Some(ts)) => Some(sent_at_ms(ts)),
+        (None, None) => None,
+    };
+    let queue_ms = sent.map(|(s, _)| now_ms.saturating_sub(s) as f64);
+    // Only a send time that cannot be in the past counts as a clock ahead: a seconds
+    // timestamp's middle may be a few hundred ms after now.
+    let clock_ahead_ms = sent.map_or(0, |(_, earliest)| earliest.saturating_sub(now_ms));
     Disposition::Score {
         job_id,
         encoding,
@@ -179,16 +186,18 @@ pub fn prepare(
 /// year 5138, in milliseconds it is after March 1973.
 const TIMESTAMP_MS_ABOVE: u64 = 100_000_000_000;
 
-/// The send time, in Unix ms, of an AMQP `timestamp`. The spec says seconds, but pika,
-/// amqplib and others pass whatever the caller gives, often milliseconds: a value that
-/// can only be milliseconds is read as such. A seconds value has one-second resolution;
-/// it is read as the middle of its second, so queue wait is off by at most 0.5 s
-/// (send `sent_ms` for exact figures).
-pub fn sent_at_ms(timestamp: u64) -> u64 {
+/// The send time, in Unix ms, of an AMQP `timestamp`: the best estimate and the
+/// earliest it can have been. The spec says seconds, but pika, amqplib and others pass
+/// whatever the caller gives, often milliseconds: a value that can only be milliseconds
+/// is read as such. A seconds value has one-second resolution; it is read as the middle
+/// of its second, so queue wait is off by at most 0.5 s (send `sent_ms` for exact
+/// figures).
+pub fn sent_at_ms(timestamp: u64) -> (u64, u64) {
     if timestamp > TIMESTAMP_MS_ABOVE {
-        timestamp
+        (timestamp, timestamp)
     } else {
-        timestamp.saturating_mul(1000).saturating_add(500)
+        let start = timestamp.saturating_mul(1000);
+        (start.saturating_add(500), start)
     }
 }
 
@@ -326,6 +335,9 @@ mod tests {
         assert_eq!(wait(now / 1000 - 2), (Some(1_750.0), 0));
         // A producer whose clock is ahead: 0 wait, and the skew is reported.
         assert_eq!(wait(now + 3_000), (Some(0.0), 3_000));
+        // Within its own second a seconds timestamp's middle may lie ahead of now:
+        // queue_ms 0, but no clock skew.
+        assert_eq!(wait(now / 1000), (Some(0.0), 0));
     }
 
     #[test]
@@ -343,6 +355,57 @@ mod tests {
                 Disposition::Answer { result, .. } => assert_eq!(result.model, "m"),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn non_finite_tokens_outside_inputs_are_invalid_job_not_absent() {
+        for (body, kind) in [
+            (
+                &br#"{"v":1,"model":"m","inputs":[[1,2]],"deadline_ms":NaN}"#[..],
+                ErrorKind::InvalidJob,
+            ),
+            (
+                br#"{"v":1,"model":"m","inputs":[[1,2]],"sent_ms":Infinity}"#,
+                ErrorKind::InvalidJob,
+            ),
+            (
+                br#"{"v":1,"model":"m","inputs":[[1,2]],"deadline_ms":1e999}"#,
+                ErrorKind::InvalidJob,
+            ),
+            (
+                br#"{"v":NaN,"model":"m","inputs":[[1,2]]}"#,
+                ErrorKind::InvalidJob,
+            ),
+            // Read as the version named "NaN", which is not served.
+            (
+                br#"{"v":1,"model":"m","inputs":[[1,2]],"version":NaN}"#,
+                ErrorKind::UnknownVersion,
+            ),
+        ] {
+            let d = prepare(&env(), body, &models(), &Limits::default(), "w", 0);
+            assert_eq!(
+                kind_of(&d),
+                Some(kind),
+                "{}: {d:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // An infinity in a row is reported as one, not as NaN.
+        let d = prepare(
+            &env(),
+            br#"{"v":1,"model":"m","inputs":[[1,-Infinity]]}"#,
+            &models(),
+            &Limits::default(),
+            "w",
+            0,
+        );
+        match d {
+            Disposition::Answer { result, .. } => {
+                let msg = result.error.unwrap().message;
+                assert!(msg.contains("-inf"), "{msg}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
