@@ -131,6 +131,14 @@ CASES = [
         error("too_many_rows", model=MODEL),
     ),
     ("version_not_a_string", as_json(job(version=7)), JSON_CT, "own", {}, error("invalid_job", model=MODEL)),
+    (
+        "unsupported_version_v2",
+        as_json({"v": 2, "model": MODEL, "payload": {}}),
+        JSON_CT,
+        "own",
+        {},
+        error("unsupported_version", model=MODEL),
+    ),
     # No sent_ms: the worker takes the send time from the AMQP timestamp, here in ms.
     ("timestamp_ms", as_json(job()), JSON_CT, "own", {"timestamp": "now"}, queue_ms_within(0, 10_000)),
     # A producer clock a minute ahead of the worker's: the wait reads 0.
