@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: bench-elastic deploy-check help run test check lint build broker train pyenv bench bench-embeddings models clean test-faults soak
+.PHONY: bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -48,9 +48,19 @@ deploy-check: pyenv
 	$(PY) scripts/check-deploy.py
 
 pyenv:
-	@if ! $(PY) -c 'import pika' 2>/dev/null; then \
-	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check 'pika>=1.3,<2'; \
+	@if ! $(PY) -c 'import pika, msgpack' 2>/dev/null; then \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check 'pika>=1.3,<2' 'msgpack>=1.0,<2'; \
 	fi
+
+# Node client of the protocol-edge tests (tests/protocol_edges.rs): amqplib and
+# @msgpack/msgpack, pinned by package-lock.json, into that folder's node_modules.
+# Installs when node_modules is missing or older than the lock file.
+NODE_CLIENT := tests/clients/node
+node-client: $(NODE_CLIENT)/node_modules/.package-lock.json
+
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "node-client: needs Node.js >= 20 and npm"; exit 1; }
+	npm ci --no-audit --no-fund --prefix $(NODE_CLIENT)
 
 train:
 	$(CARGO) run -q -p surge-train -- data/breast-cancer-wisconsin/data.csv models/breast-cancer
@@ -60,7 +70,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv models build deploy-check
+test: broker pyenv node-client models build deploy-check
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test
