@@ -16,7 +16,6 @@ pub mod policy;
 pub mod pool;
 pub mod scrape;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use lapin::{Channel, Connection};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
+pub use surge_ops::shutdown::{Shutdown, ShutdownTrigger};
 use surge_protocol::Topology;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -259,30 +259,19 @@ pub fn is_quiet(
     now.duration_since(newest).is_ok_and(|d| d >= quiet)
 }
 
-/// Runs the autoscaler until `shutdown` resolves, then drains every worker.
-pub async fn run(
-    cfg: AutoscaleConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AutoscaleError> {
+/// Runs the autoscaler until `shutdown` fires, then drains every worker.
+pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), AutoscaleError> {
     if cfg.models.is_empty() && cfg.watch_models_dir.is_none() {
         return Err(AutoscaleError::NoModels);
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     if let Some(addr) = cfg.metrics_addr {
-        let mut rx = stop_rx.clone();
         let bound = surge_ops::serve(
             addr,
             install_recorder(),
             ready.clone(),
             "not connected to the broker\n",
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
+            shutdown.clone().into_future(),
         )
         .await
         .map_err(|source| AutoscaleError::Metrics { addr, source })?;
@@ -313,7 +302,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop_rx.wait_for(|s| *s) => break,
+            _ = shutdown.wait() => break,
         }
         if let Some(dir) = &cfg.watch_models_dir {
             if last_scan.elapsed() >= Duration::from_secs(1) {

@@ -6,6 +6,7 @@
 //! both to [`serve`].
 
 pub mod rate;
+pub mod shutdown;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -59,7 +59,7 @@ pub fn is_quiet(newest: SystemTime, now: SystemTime, quiet: Duration) -> bool {
 /// Polls the models directory until shutdown; loads and adds new models.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     interval: Duration,
     quiet: Duration,
 ) {

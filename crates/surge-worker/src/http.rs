@@ -15,7 +15,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics_handle: Option<PrometheusHandle>,
     ready_flag: Arc<AtomicBool>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
     surge_ops::serve(
         addr,

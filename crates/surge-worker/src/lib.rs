@@ -270,7 +270,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerE
 
 /// Runs sessions until shutdown; after a broker error, waits (exponential backoff,
 /// 100 ms to 5 s) and starts a new one.
-async fn reconnect_loop(shared: Arc<Shared>, mut shutdown: Shutdown) -> Result<(), WorkerError> {
+async fn reconnect_loop(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), WorkerError> {
     let mut backoff = Duration::from_millis(100);
     info!(url = %shared.config.url, worker = %shared.worker_id, "worker starting");
     loop {

@@ -259,7 +259,7 @@ async fn serve_queue(
     shared: Arc<Shared>,
     q: Arc<QueueCtx>,
     mut consumer: Consumer,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), SessionError> {
     let cfg = &shared.config;
     let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));

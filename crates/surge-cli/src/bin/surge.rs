@@ -236,9 +236,9 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
         },
         metrics_addr: parse_addr(&args.metrics_addr, "--metrics-addr")?,
     };
-    let (trigger, mut shutdown) = surge_worker::shutdown::channel();
+    let (trigger, shutdown) = surge_worker::shutdown::channel();
     spawn_signal_handler(trigger)?;
-    surge_autoscale::run(cfg, async move { shutdown.wait().await }).await?;
+    surge_autoscale::run(cfg, shutdown).await?;
     Ok(())
 }
 
