@@ -220,8 +220,9 @@ pub fn new_model(n: NewModel<'_>) -> Result<()> {
         );
     }
     let w = model::weights::Weights::open(n.weights)?;
-    let (inputs, hidden, outputs) = model::mlp::layout(&w.shapes())
+    let shape = model::mlp::layout(&w.shapes(), None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", n.weights.display()))?;
+    let (inputs, hidden, outputs) = (shape.inputs, shape.hidden, shape.outputs);
     let features = if n.features.is_empty() {
         (0..inputs).map(|i| format!("f{i}")).collect()
     } else if n.features.len() == inputs {
