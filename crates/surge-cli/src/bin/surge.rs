@@ -184,7 +184,8 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
     let watch_models_dir = args.models.is_empty().then(|| args.models_dir.clone());
     let models = if args.models.is_empty() {
         // At start, every folder there is taken as it is.
-        surge_autoscale::model_folders(&args.models_dir, Duration::ZERO)
+        // (Folders refused here are reported by the loop's first look.)
+        surge_autoscale::model_folders(&args.models_dir, Duration::ZERO).models
     } else {
         args.models
     };
