@@ -348,6 +348,16 @@ fn golden_rows_catch_a_missing_preprocessing_and_a_wrong_feature_order() {
         s(&e.scores),
     ];
     let joined = features.join(",");
+    // The golden file has an id column too, so its header cannot name the features.
+    let (ok, text) = new(
+        &models,
+        "bc",
+        &[&base[..], &["--no-preprocessing"]].concat(),
+    );
+    assert!(
+        !ok && text.contains("name the features with --features"),
+        "{text}"
+    );
     // F2: the preprocessing must be said; not saying it is refused up front.
     let (ok, text) = new(
         &models,

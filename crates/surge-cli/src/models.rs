@@ -504,9 +504,20 @@ pub fn new_model(n: NewModel<'_>) -> Result<()> {
         }
         n.features
     } else {
-        match n.golden.map(|g| csv_header(g.inputs)).transpose()? {
-            Some(h) if h.len() == inputs => h,
-            _ => (0..inputs).map(|i| format!("f{i}")).collect(),
+        match n
+            .golden
+            .map(|g| csv_header(g.inputs).map(|h| (g, h)))
+            .transpose()?
+        {
+            Some((_, h)) if h.len() == inputs => h,
+            Some((g, h)) => bail!(
+                "{} has {} columns but the weights take {inputs} features, so its header \
+                 cannot name them: name the features with --features, in the network's input \
+                 order (the golden rows are then matched to them by name)",
+                g.inputs.display(),
+                h.len()
+            ),
+            None => (0..inputs).map(|i| format!("f{i}")).collect(),
         }
     };
     let output_names = if !n.outputs.is_empty() {
