@@ -268,3 +268,95 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
     worker.wait_exit(Duration::from_secs(30));
     cleanup(&prefix, &["breast-cancer"]).await;
 }
+
+/// The refusals counted under `model` in the worker's `/metrics` for `reason`.
+fn refusals(worker: &WorkerProc, model: &str, reason: &str) -> f64 {
+    let Some((200, body)) = worker.get("/metrics") else {
+        return 0.0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with("surge_model_folders_refused_total{"))
+        .filter(|l| {
+            l.contains(&format!("model=\"{model}\"")) && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
+    let _conn = require_broker().await;
+    let prefix = unique_prefix("mixed");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let shipped = models_dir().join("breast-cancer");
+    copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
+    // Mixed from the start: refused at start, with the model beside it served.
+    copy_model(&shipped, &models.join("mixed-start"), "mixed-start");
+    copy_model(&shipped, &models.join("mixed-start/1.1.0"), "mixed-start");
+    let v = models.join("mixed-start/1.1.0/model.toml");
+    let toml = std::fs::read_to_string(&v).unwrap();
+    std::fs::write(
+        &v,
+        toml.replace("version = \"1.0.0\"", "version = \"1.1.0\""),
+    )
+    .unwrap();
+
+    let mut worker = WorkerProc::spawn_in(
+        &prefix,
+        "w-mixed",
+        dir.path(),
+        &models,
+        &["--watch-models-ms", "200"],
+    );
+    worker.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        refusals(&worker, "mixed-start", "mixed_layout"),
+        1.0,
+        "{}",
+        worker.log_text()
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("ERROR")
+            && log.contains("model folder refused")
+            && log.contains("mixed-start mixes two layouts"),
+        "{log}"
+    );
+
+    // F3: a 1.1.0/ dropped beside the served flat model's files is no longer ignored in
+    // silence: an ERROR line and a count say why it is not served...
+    put_version(&models, "1.1.0");
+    let dropped = Instant::now();
+    while refusals(&worker, "breast-cancer", "mixed_layout") < 1.0 {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(15),
+            "the mixed folder was not reported; log:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = worker.log_text();
+    assert!(
+        log.contains("breast-cancer mixes two layouts") && log.contains("breast-cancer/1.0.0/"),
+        "{log}"
+    );
+    // ...said once, not at every look...
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(refusals(&worker, "breast-cancer", "mixed_layout"), 1.0);
+    // ...and the version already served keeps answering.
+    let input = dir.path().join("in.csv");
+    let output = dir.path().join("out.csv");
+    let rows = write_rows_csv(&input, 20);
+    let out = spawn_score_batch(&prefix, &input, &output, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exactly_once_and_correct(&read_output(&output), &reference_scores(&rows));
+    worker.stop(Duration::from_secs(30));
+    cleanup(&prefix, &["breast-cancer", "mixed-start"]).await;
+}

@@ -26,7 +26,7 @@ use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
 pub use surge_ops::shutdown::{Shutdown, ShutdownTrigger};
 use surge_protocol::Topology;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use policy::{Decision, Observation, PolicyConfig, PolicyState, RateEstimator, Reason};
 pub use pool::{Pool, WorkerLaunch};
@@ -52,6 +52,9 @@ pub const RATE: &str = "surge_autoscale_jobs_per_second_per_worker";
 pub const DECISIONS: &str = "surge_autoscale_decisions_total";
 /// Worker processes that exited without being asked, by `model`.
 pub const CRASHES: &str = "surge_autoscale_worker_crashes_total";
+/// Model folders refused as a whole (a folder mixing the flat and versioned layouts),
+/// by `model` and `reason`; each refusal also logs an ERROR line saying how to fix it.
+pub const MODEL_FOLDERS_REFUSED: &str = "surge_model_folders_refused_total";
 /// Seconds of worker process lifetime so far (running and draining), by `model`: the
 /// pay-per-use bill. Only ever grows (a gauge because it counts fractions).
 pub const WORKER_SECONDS: &str = "surge_autoscale_worker_seconds";
@@ -205,38 +208,61 @@ impl Scaled {
 /// a folder still being copied never starts a worker.
 pub const NEW_FOLDER_QUIET: Duration = Duration::from_secs(2);
 
-/// Model folders in `dir`, sorted: sub-folders with a valid model name that hold a
-/// `model.toml`, or version sub-folders that do (`<name>/<version>/model.toml`), and in
-/// which nothing has changed for `quiet`. Workers validate the rest: a broken folder's
-/// workers fail to start and are retried with backoff, and only while jobs wait for it.
-pub fn model_folders(dir: &std::path::Path, quiet: Duration) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let now = std::time::SystemTime::now();
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            surge_protocol::validate_model_name(&name).ok()?;
-            let newest = newest_change(&e.path())?;
-            is_quiet(newest, now, quiet).then_some(name)
-        })
-        .collect();
-    names.sort();
-    names
+/// What [`model_folders`] found.
+#[derive(Debug, Default)]
+pub struct ModelFolders {
+    /// Model folders to scale, sorted.
+    pub models: Vec<String>,
+    /// Folders refused as a whole (a mixed layout: see `surge_model::layout`), sorted,
+    /// with why; workers would refuse them too, so they get no pool.
+    pub refused: Vec<(String, surge_model::ModelError)>,
 }
 
-/// The newest modification time in a model folder: its files and its version folders'
-/// files. `None` when it holds no `model.toml`, flat or in a version folder.
+/// Model folders in `dir`: sub-folders with a valid model name laid out flat
+/// (`<name>/model.toml`) or versioned (`<name>/<version>/model.toml`) by
+/// `surge_model::layout`, the rule workers use, and in which nothing has changed for
+/// `quiet`. Workers validate the rest: a broken folder's workers fail to start and are
+/// retried with backoff, and only while jobs wait for it.
+pub fn model_folders(dir: &std::path::Path, quiet: Duration) -> ModelFolders {
+    let mut found = ModelFolders::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if surge_protocol::validate_model_name(&name).is_err() {
+            continue;
+        }
+        let path = entry.path();
+        let layout = match surge_model::layout(&path) {
+            Ok(_) => Ok(()),
+            Err(e @ surge_model::ModelError::MixedLayout { .. }) => Err(e),
+            Err(_) => continue,
+        };
+        if !newest_change(&path).is_some_and(|t| surge_model::is_quiet(t, now, quiet)) {
+            continue;
+        }
+        match layout {
+            Ok(()) => found.models.push(name),
+            Err(e) => found.refused.push((name, e)),
+        }
+    }
+    found.models.sort();
+    found.refused.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The newest modification time in a model folder: its files and its sub-folders'
+/// files (version folders, golden rows).
 fn newest_change(folder: &std::path::Path) -> Option<std::time::SystemTime> {
     let mut newest = None;
-    let mut is_model = folder.join("model.toml").is_file();
     for entry in std::fs::read_dir(folder).ok()?.filter_map(|e| e.ok()) {
         let Ok(meta) = entry.metadata() else { continue };
         newest = newest.max(meta.modified().ok());
         if meta.is_dir() {
-            is_model |= entry.path().join("model.toml").is_file();
             for inner in std::fs::read_dir(entry.path())
                 .into_iter()
                 .flatten()
@@ -246,17 +272,7 @@ fn newest_change(folder: &std::path::Path) -> Option<std::time::SystemTime> {
             }
         }
     }
-    is_model.then_some(newest).flatten()
-}
-
-/// Whether a folder last changed at `newest` has been quiet for `quiet` at `now`; a
-/// change in the future (a clock that went backwards) is not quiet.
-pub fn is_quiet(
-    newest: std::time::SystemTime,
-    now: std::time::SystemTime,
-    quiet: Duration,
-) -> bool {
-    now.duration_since(newest).is_ok_and(|d| d >= quiet)
+    newest
 }
 
 /// Runs the autoscaler until `shutdown` fires, then drains every worker.
@@ -297,6 +313,8 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
         .interval
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut last_scan = Instant::now();
+    // Refused folders already reported, with the message, so each is said once.
+    let mut refused: std::collections::HashMap<String, String> = Default::default();
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -307,7 +325,19 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
         if let Some(dir) = &cfg.watch_models_dir {
             if last_scan.elapsed() >= Duration::from_secs(1) {
                 last_scan = Instant::now();
-                for name in model_folders(dir, NEW_FOLDER_QUIET) {
+                let found = model_folders(dir, NEW_FOLDER_QUIET);
+                refused.retain(|name, _| found.refused.iter().any(|(n, _)| n == name));
+                for (name, e) in &found.refused {
+                    let message = e.to_string();
+                    if refused.get(name) != Some(&message) {
+                        error!(model = %name, reason = e.reason(), error = %message,
+                            "model folder refused; not scaling its queue (workers would refuse it too)");
+                        metrics::counter!(MODEL_FOLDERS_REFUSED, "model" => name.clone(), "reason" => e.reason())
+                            .increment(1);
+                        refused.insert(name.clone(), message);
+                    }
+                }
+                for name in found.models {
                     if scaled.iter().any(|s| s.pool.model() == name) {
                         continue;
                     }
@@ -425,32 +455,45 @@ mod tests {
         std::fs::create_dir_all(dir.join(".staging")).unwrap();
         std::fs::write(dir.join(".staging/model.toml"), "x").unwrap();
         // Just written: not quiet yet, unless no quiet period is asked for.
-        assert!(model_folders(dir, NEW_FOLDER_QUIET).is_empty());
-        assert_eq!(model_folders(dir, Duration::ZERO), ["flat", "versioned"]);
+        assert!(model_folders(dir, NEW_FOLDER_QUIET).models.is_empty());
+        assert_eq!(
+            model_folders(dir, Duration::ZERO).models,
+            ["flat", "versioned"]
+        );
         age(dir, Duration::from_secs(10));
-        assert_eq!(model_folders(dir, NEW_FOLDER_QUIET), ["flat", "versioned"]);
+        assert_eq!(
+            model_folders(dir, NEW_FOLDER_QUIET).models,
+            ["flat", "versioned"]
+        );
         // A file still arriving in a version folder makes its model wait again.
         std::fs::write(dir.join("versioned/1.0.0/model.safetensors"), "xx").unwrap();
-        assert_eq!(model_folders(dir, NEW_FOLDER_QUIET), ["flat"]);
+        assert_eq!(model_folders(dir, NEW_FOLDER_QUIET).models, ["flat"]);
     }
 
     #[test]
-    fn a_change_from_the_future_is_not_quiet() {
-        let now = SystemTime::now();
-        assert!(is_quiet(
-            now - Duration::from_secs(3),
-            now,
-            NEW_FOLDER_QUIET
-        ));
-        assert!(!is_quiet(
-            now - Duration::from_secs(1),
-            now,
-            NEW_FOLDER_QUIET
-        ));
-        assert!(!is_quiet(
-            now + Duration::from_secs(60),
-            now,
-            NEW_FOLDER_QUIET
-        ));
+    fn a_folder_mixing_layouts_is_refused_with_why_not_scaled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("mixed/1.1.0")).unwrap();
+        std::fs::write(dir.join("mixed/model.toml"), "version = \"1.0.0\"\n").unwrap();
+        std::fs::write(dir.join("mixed/1.1.0/model.toml"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("flat")).unwrap();
+        std::fs::write(dir.join("flat/model.toml"), "x").unwrap();
+        // Still being written: neither scaled nor refused yet.
+        let found = model_folders(dir, NEW_FOLDER_QUIET);
+        assert!(found.models.is_empty() && found.refused.is_empty());
+        age(dir, Duration::from_secs(10));
+        let found = model_folders(dir, NEW_FOLDER_QUIET);
+        assert_eq!(found.models, ["flat"]);
+        let [(name, e)] = &found.refused[..] else {
+            panic!("{:?}", found.refused);
+        };
+        assert_eq!(name, "mixed");
+        assert_eq!(e.reason(), "mixed_layout");
+        let text = e.to_string();
+        assert!(
+            text.contains("mixes two layouts") && text.contains("mixed/1.0.0/"),
+            "{text}"
+        );
     }
 }

@@ -47,12 +47,24 @@ pub enum ModelError {
         models_dir: PathBuf,
     },
     /// No model folder of that name.
-    #[error("no model {name:?} in {models_dir} (expected {models_dir}/{name}/model.toml)")]
+    #[error("no model {name:?} in {models_dir} (expected {models_dir}/{name}/model.toml, or {models_dir}/{name}/<version>/model.toml for versions side by side)")]
     NotFound {
         /// The requested name.
         name: String,
         /// The models directory.
         models_dir: PathBuf,
+    },
+    /// A model folder holds a `model.toml` (the flat layout) and version folders (the
+    /// versioned layout) at once: which one would be served is anybody's guess, so
+    /// none is.
+    #[error("{dir} mixes two layouts: it holds model.toml (one flat version{}) and version folder(s) {}; it is refused until it holds one layout. To keep versions side by side, move the flat model's files (model.toml, the weights and anything else beside them) into {dir}/{}/; to keep the flat model alone, remove the version folders", flat_version.as_ref().map(|v| format!(", {v}")).unwrap_or_default(), versions.join(", "), flat_version.as_deref().unwrap_or("<its version>"))]
+    MixedLayout {
+        /// The model folder.
+        dir: PathBuf,
+        /// The `version` its flat `model.toml` declares, when it can be read.
+        flat_version: Option<String>,
+        /// The version folders beside it.
+        versions: Vec<String>,
     },
     /// `architecture` names no registered architecture.
     #[error("{path}: unknown architecture {name:?}; known architectures: {known}")]
@@ -82,7 +94,7 @@ pub enum ModelError {
         message: String,
     },
     /// A tensor the architecture needs is absent.
-    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?})")]
+    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?}); found: {found}")]
     MissingTensor {
         /// The weights file.
         path: PathBuf,
@@ -90,6 +102,18 @@ pub enum ModelError {
         name: String,
         /// Shape it should have.
         expected: Vec<usize>,
+        /// Every tensor in the file, with its shape, for the reader to compare.
+        found: String,
+    },
+    /// The tensor names do not follow a layout the architecture knows.
+    #[error("{path}: {message}; found: {found}")]
+    TensorNames {
+        /// The weights file.
+        path: PathBuf,
+        /// What was expected and how to fix it.
+        message: String,
+        /// Every tensor in the file, with its shape.
+        found: String,
     },
     /// A tensor has the wrong shape.
     #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
@@ -127,12 +151,41 @@ pub enum ModelError {
     },
     /// The weights file holds tensors the architecture does not use (a sign that the
     /// wrong file or the wrong `model.toml` was shipped).
-    #[error("{path}: unexpected tensors {names:?} (does model.toml describe these weights?)")]
+    #[error("{path}: unexpected tensors {names:?} (does model.toml describe these weights?); found: {found}")]
     UnexpectedTensors {
         /// The weights file.
         path: PathBuf,
         /// Their names.
         names: Vec<String>,
+        /// Every tensor in the file, with its shape.
+        found: String,
+    },
+    /// The folder's golden rows do not come out as expected: the folder does not score
+    /// like the code that wrote them.
+    #[error("{path}: golden row {row} (line {line} of {inputs}), output {output}: got {got}, expected {expected} (|diff| {} > tolerance {tolerance}); {differing} of {rows} golden rows differ. The folder does not score like the code that wrote the golden rows: check [preprocessing] (mean and std) and the order of [input] features", num(*diff))]
+    GoldenMismatch {
+        /// The expected-outputs file.
+        path: PathBuf,
+        /// The inputs file, as named in `model.toml`.
+        inputs: String,
+        /// First differing row, counted from 1 (the header is not a row).
+        row: usize,
+        /// Its line in the inputs file.
+        line: usize,
+        /// The output that differs.
+        output: String,
+        /// What the folder computed.
+        got: f32,
+        /// What the golden file says.
+        expected: f32,
+        /// `|got - expected|` (infinite when `got` is not finite).
+        diff: f32,
+        /// The largest difference allowed.
+        tolerance: f32,
+        /// How many rows differ in at least one output.
+        differing: usize,
+        /// How many golden rows there are.
+        rows: usize,
     },
     /// The requested device cannot be used.
     #[error("device: {0}")]
@@ -145,7 +198,42 @@ pub enum ModelError {
     Inference(String),
 }
 
+/// A difference written for people: 4 decimals, or scientific when that would print 0.
+fn num(x: f32) -> String {
+    if x.is_finite() && x.abs() < 1e-3 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
 impl ModelError {
+    /// A short label for what kind of problem this is, for metrics and log fields:
+    /// `mixed_layout`, `golden_mismatch`, `spec` (model.toml), `weights`, `files`,
+    /// `not_found` or `runtime`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModelError::MixedLayout { .. } => "mixed_layout",
+            ModelError::GoldenMismatch { .. } => "golden_mismatch",
+            ModelError::BadToml { .. }
+            | ModelError::InvalidSpec { .. }
+            | ModelError::BadName(_)
+            | ModelError::UnknownArchitecture { .. } => "spec",
+            ModelError::BadWeights { .. }
+            | ModelError::MissingTensor { .. }
+            | ModelError::TensorNames { .. }
+            | ModelError::TensorShape { .. }
+            | ModelError::TensorDType { .. }
+            | ModelError::NonFiniteWeights { .. }
+            | ModelError::UnexpectedTensors { .. } => "weights",
+            ModelError::Io { .. }
+            | ModelError::BadFile { .. }
+            | ModelError::OutsideModelsDir { .. } => "files",
+            ModelError::NotFound { .. } => "not_found",
+            ModelError::Device(_) | ModelError::BadBatch(_) | ModelError::Inference(_) => "runtime",
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),

@@ -3,8 +3,13 @@
 //! A tour:
 //!
 //! * A model is a folder `models/<name>/` holding [`spec::SPEC_FILE`] (`model.toml`)
-//!   and a `.safetensors` file. [`load_model`] validates all of it and says what is
-//!   wrong, and where, when it is not right.
+//!   and a `.safetensors` file, or version folders `models/<name>/<version>/` that do;
+//!   [`folder`] owns that rule ([`layout`]: flat, versioned, or refused as mixed) for
+//!   every part of Surge that looks at a models directory. [`load_model`] validates all
+//!   of it and says what is wrong, and where, when it is not right.
+//! * [`golden`]: rows the training code scored, re-scored at every load; a folder
+//!   that does not reproduce them is refused, so a missing `[preprocessing]` or a
+//!   feature order gone wrong never scores in silence.
 //! * Architectures register in one place, [`ARCHITECTURES`]; each is one module
 //!   ([`mlp`], [`bert`], ...) with a `load` function that parses its own `model.toml` section.
 //! * A loaded model is a [`Model`]: a synchronous `score(batch)`. The caller runs it on
@@ -15,6 +20,8 @@ pub mod bert;
 mod conform;
 pub mod device;
 mod error;
+pub mod folder;
+pub mod golden;
 pub mod mlp;
 pub mod spec;
 pub mod weights;
@@ -26,6 +33,8 @@ use serde::de::DeserializeOwned;
 pub use candle_core::Device;
 pub use device::{select_device, DeviceSpec};
 pub use error::ModelError;
+pub use folder::{compare_versions, discover, is_quiet, layout, versions, Layout};
+pub use golden::Proof;
 pub use spec::{InputSpec, ModelInfo, SpecFile};
 
 /// A batch of inputs for one forward pass.
@@ -183,26 +192,26 @@ fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
 
 /// Loads and validates model `name` from `models_dir` onto `device`: the flat layout
 /// `models_dir/<name>/model.toml`, or, when the folder holds versions
-/// (`models_dir/<name>/<version>/model.toml`), the newest of them.
+/// (`models_dir/<name>/<version>/model.toml`), the newest of them. A folder with both
+/// is refused ([`layout`]).
 pub fn load_model(
     models_dir: &Path,
     name: &str,
     device: &Device,
 ) -> Result<Box<dyn Model>, ModelError> {
     surge_protocol::validate_model_name(name)?;
-    let flat = models_dir.join(name).join(spec::SPEC_FILE).is_file();
-    // A folder with neither layout is reported by `model_dir` below as not found.
-    if !flat && models_dir.join(name).is_dir() {
-        if let Some(newest) = versions(models_dir, name)?.pop() {
-            return load_version(models_dir, name, &newest, device);
+    match layout(&models_dir.join(name))? {
+        Layout::Flat => load_dir(model_dir(models_dir, name)?, name, None, device),
+        Layout::Versioned(mut versions) => {
+            let newest = versions.pop().unwrap_or_default();
+            load_version(models_dir, name, &newest, device)
         }
     }
-    let dir = model_dir(models_dir, name)?;
-    load_dir(dir, name, None, device)
 }
 
 /// Loads version `version` of model `name` from `models_dir/<name>/<version>/`; the
-/// folder's name must equal the `version` in its `model.toml`.
+/// folder's name must equal the `version` in its `model.toml`, and the model folder
+/// must not mix layouts ([`layout`]).
 pub fn load_version(
     models_dir: &Path,
     name: &str,
@@ -223,51 +232,9 @@ pub fn load_version(
             models_dir: root,
         });
     }
+    layout(&real)?;
     let dir = model_dir(&real, version)?;
     load_dir(dir, name, Some(version), device)
-}
-
-/// The versions of model `name` laid out as `models_dir/<name>/<version>/model.toml`,
-/// oldest first (see [`compare_versions`]); empty for the flat layout.
-pub fn versions(models_dir: &Path, name: &str) -> Result<Vec<String>, ModelError> {
-    surge_protocol::validate_model_name(name)?;
-    let dir = models_dir.join(name);
-    let entries = std::fs::read_dir(&dir).map_err(|e| ModelError::io(&dir, e))?;
-    let mut out: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(spec::SPEC_FILE).is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|v| surge_protocol::validate_model_name(v).is_ok())
-        .collect();
-    out.sort_by(|a, b| compare_versions(a, b));
-    Ok(out)
-}
-
-/// Orders version labels: dot-separated parts compared as numbers when both are
-/// numbers (so `1.10` is newer than `1.9`), as text otherwise; a label that is a
-/// prefix of another is older (`1.0` before `1.0.1`).
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let mut pa = a.split(['.', '-', '_']);
-    let mut pb = b.split(['.', '-', '_']);
-    loop {
-        match (pa.next(), pb.next()) {
-            (None, None) => return a.cmp(b),
-            (None, Some(_)) => return std::cmp::Ordering::Less,
-            (Some(_), None) => return std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => {
-                let o = match (
-                    x.trim_start_matches('v').parse::<u64>(),
-                    y.trim_start_matches('v').parse::<u64>(),
-                ) {
-                    (Ok(i), Ok(j)) => i.cmp(&j),
-                    _ => x.cmp(y),
-                };
-                if o != std::cmp::Ordering::Equal {
-                    return o;
-                }
-            }
-        }
-    }
 }
 
 fn load_dir(
@@ -355,13 +322,19 @@ fn load_dir(
         output_names: spec.output.names.clone(),
         dir,
     };
+    let golden = spec.golden.clone();
+    let dir = info.dir.clone();
     let ctx = LoadContext {
         info,
         spec,
         weights_path: real_weights,
         device: device.clone(),
     };
-    (arch.load)(&ctx)
+    let model = (arch.load)(&ctx)?;
+    if let Some(section) = golden {
+        golden::verify(model.as_ref(), &section, &dir)?;
+    }
+    Ok(model)
 }
 
 /// Whether model `name` in `models_dir` takes texts (in any of its versions), read from
@@ -372,48 +345,12 @@ pub fn takes_text(models_dir: &Path, name: &str) -> bool {
         return false;
     }
     let dir = models_dir.join(name);
-    let mut dirs = vec![dir.clone()];
-    dirs.extend(
-        versions(models_dir, name)
-            .unwrap_or_default()
-            .iter()
-            .map(|v| dir.join(v)),
-    );
+    let dirs = match layout(&dir) {
+        Ok(Layout::Flat) => vec![dir],
+        Ok(Layout::Versioned(versions)) => versions.iter().map(|v| dir.join(v)).collect(),
+        Err(_) => Vec::new(),
+    };
     dirs.iter()
         .filter_map(|d| spec::read_spec(d).ok())
         .any(|s| matches!(s.input, spec::InputSection::Text { .. }))
-}
-
-/// Names of the model folders in `models_dir` (sub-folders holding a `model.toml`, or
-/// version sub-folders that do), sorted.
-pub fn discover(models_dir: &Path) -> Result<Vec<String>, ModelError> {
-    let entries = std::fs::read_dir(models_dir).map_err(|e| ModelError::io(models_dir, e))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| ModelError::io(models_dir, e))?;
-        let path = entry.path();
-        // Hidden folders are staging areas and editor leftovers, never models.
-        if entry
-            .file_name()
-            .to_str()
-            .is_none_or(|n| n.starts_with('.'))
-        {
-            continue;
-        }
-        let versioned = || {
-            std::fs::read_dir(&path)
-                .map(|sub| {
-                    sub.filter_map(|e| e.ok())
-                        .any(|e| e.path().join(spec::SPEC_FILE).is_file())
-                })
-                .unwrap_or(false)
-        };
-        if path.join(spec::SPEC_FILE).is_file() || (path.is_dir() && versioned()) {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names.sort();
-    Ok(names)
 }

@@ -7,10 +7,15 @@
 //! hidden = [64, 32]             # widths of the hidden layers
 //! activation = "relu"           # relu | tanh | gelu
 //! output_activation = "sigmoid" # sigmoid | softmax | none
+//! # tensor_prefix = "net"        # only for files with several numbered groups
 //! ```
 //!
-//! Tensors: `layers.{i}.weight` of shape `[out, in]` and `layers.{i}.bias` of shape
-//! `[out]`, for `i` in `0..=hidden.len()`; the last layer has one unit per output name.
+//! Tensors: per linear layer, `<prefix><n>.weight` of shape `[out, in]` and
+//! `<prefix><n>.bias` of shape `[out]`, `hidden.len() + 1` layers taken in the order of
+//! `n`; the last layer has one unit per output name. `layers.0`, `layers.1`, ... is what
+//! Surge writes; a PyTorch `nn.Sequential` state dict (`0.weight`, `2.weight`, ...,
+//! or `net.0.weight` under an attribute) loads as it is ([`linear_layers`]), and
+//! `tensor_prefix = "net"` picks one group in a file that holds several.
 //! Inputs are standardised with `[preprocessing]` (`mean`, `std`) when present.
 
 use candle_core::{Device, Tensor};
@@ -33,6 +38,11 @@ pub struct MlpSection {
     /// Activation applied to the last layer's output.
     #[serde(default)]
     pub output_activation: OutputActivation,
+    /// The part of the tensor names before the layer number (`net` for `net.0.weight`),
+    /// for files that hold several numbered groups. Default: the one such prefix the
+    /// file's names share (see [`linear_layers`]).
+    #[serde(default)]
+    pub tensor_prefix: Option<String>,
 }
 
 /// Activation after each hidden layer.
@@ -135,47 +145,190 @@ pub struct Mlp {
     device: Device,
 }
 
-/// The layer widths an MLP weights file implies: `(inputs, hidden, outputs)`, read from
-/// `layers.{i}.weight` (`[out, in]`) and `layers.{i}.bias` (`[out]`). Used to scaffold
-/// a `model.toml` from weights alone; says what is wrong when the file is no MLP.
-pub fn layout(shapes: &[(String, Vec<usize>)]) -> Result<(usize, Vec<usize>, usize), String> {
-    let get = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
-    let mut widths = Vec::new();
-    let mut i = 0;
-    while let Some(w) = get(&format!("layers.{i}.weight")) {
-        let [out, inp] = w[..] else {
-            return Err(format!("layers.{i}.weight has shape {w:?}; want [out, in]"));
-        };
-        if let Some(prev) = widths.last() {
-            if *prev != inp {
+/// One linear layer's tensor names in a weights file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinearLayer {
+    /// `[out, in]`.
+    pub weight: String,
+    /// `[out]`.
+    pub bias: String,
+}
+
+/// Splits `<prefix><n>.weight` / `<prefix><n>.bias` into `(prefix, n)`; the prefix is
+/// empty or ends with a dot.
+fn split_layer_name(name: &str) -> Option<(&str, u64)> {
+    let (stem, kind) = name.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let (prefix, number) = match stem.rfind('.') {
+        Some(dot) => (&name[..=dot], &stem[dot + 1..]),
+        None => ("", stem),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((prefix, number.parse().ok()?))
+}
+
+/// `[mlp] tensor_prefix` as written (`net`, `net.` or empty) to the form names start with.
+fn normalise_prefix(prefix: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.")
+    }
+}
+
+/// The linear layers of an MLP weights file, in order: tensors named
+/// `<prefix><n>.weight` and `<prefix><n>.bias`, ordered by `n`, whatever the numbers
+/// are. So Surge's own `layers.0`, `layers.1`, ..., PyTorch's `nn.Sequential`
+/// (`0.weight`, `2.weight`, `4.weight`: the activations between the `Linear` layers
+/// hold no tensors and take the odd numbers) and a Sequential held by an attribute
+/// (`net.0.weight`, `model.layers.3.weight`) all work. With `prefix` `None`, the one
+/// prefix such names share is used; with `Some`, only that one (for files that hold
+/// several numbered groups). A layer lacking its weight or its bias is still listed:
+/// taking the missing tensor says which is missing. The error says what was expected;
+/// callers add the names found.
+pub fn linear_layers(
+    shapes: &[(String, Vec<usize>)],
+    prefix: Option<&str>,
+) -> Result<Vec<LinearLayer>, String> {
+    let numbered: Vec<(&str, u64)> = shapes
+        .iter()
+        .filter_map(|(n, _)| split_layer_name(n))
+        .collect();
+    let prefix = match prefix {
+        Some(p) => {
+            let p = normalise_prefix(p);
+            if !numbered.iter().any(|(q, _)| *q == p) {
                 return Err(format!(
-                    "layers.{i}.weight takes {inp} inputs but the layer before gives {prev}"
+                    "no tensor is named `{p}<n>.weight` or `{p}<n>.bias`, as [mlp] tensor_prefix = {:?} says",
+                    p.trim_end_matches('.')
                 ));
             }
-        } else {
-            widths.push(inp);
+            p
         }
-        match get(&format!("layers.{i}.bias")) {
+        None => {
+            let mut prefixes: Vec<&str> = numbered.iter().map(|(p, _)| *p).collect();
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            match prefixes[..] {
+                [one] => one.to_string(),
+                [] => {
+                    return Err("no tensor is named like a linear layer: an mlp wants \
+                        `<prefix><n>.weight` ([out, in]) and `<prefix><n>.bias` ([out]) per \
+                        layer, as in `layers.0.weight` (what Surge writes), `0.weight` (a PyTorch \
+                        nn.Sequential's state dict) or `net.0.weight` (a Sequential held by an \
+                        attribute); rename the tensors when you export them"
+                        .to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "tensors are numbered like linear layers under several prefixes ({}); \
+                         say which holds the network with [mlp] tensor_prefix \
+                         (`surge models new --tensor-prefix`)",
+                        prefixes
+                            .iter()
+                            .map(|p| format!("{:?}", p.trim_end_matches('.')))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+        }
+    };
+    let mut numbers: Vec<u64> = numbered
+        .iter()
+        .filter(|(p, _)| *p == prefix)
+        .map(|(_, n)| *n)
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    Ok(numbers
+        .into_iter()
+        .map(|n| LinearLayer {
+            weight: format!("{prefix}{n}.weight"),
+            bias: format!("{prefix}{n}.bias"),
+        })
+        .collect())
+}
+
+/// What an MLP weights file implies, for scaffolding a `model.toml` from weights alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlpShape {
+    /// Input dimension (the first layer's `in`).
+    pub inputs: usize,
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Output dimension (the last layer's `out`).
+    pub outputs: usize,
+    /// The layers' tensor names, in order.
+    pub layers: Vec<LinearLayer>,
+}
+
+/// The layer widths an MLP weights file implies, read from its linear layers (see
+/// [`linear_layers`]). Says what is wrong, and lists the tensors found, when the file
+/// is no MLP.
+pub fn layout(shapes: &[(String, Vec<usize>)], prefix: Option<&str>) -> Result<MlpShape, String> {
+    let fail = |m: String| format!("{m}; found: {}", crate::weights::found(shapes));
+    let get = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+    let layers = linear_layers(shapes, prefix).map_err(fail)?;
+    let mut widths: Vec<usize> = Vec::new();
+    for l in &layers {
+        let Some(w) = get(&l.weight) else {
+            return Err(fail(format!("{} is missing (beside {})", l.weight, l.bias)));
+        };
+        let [out, inp] = w[..] else {
+            return Err(fail(format!(
+                "{} has shape {w:?}; a linear layer's weight is [out, in]",
+                l.weight
+            )));
+        };
+        match widths.last() {
+            Some(prev) if *prev != inp => {
+                return Err(fail(format!(
+                    "{} takes {inp} inputs but the layer before gives {prev}",
+                    l.weight
+                )))
+            }
+            Some(_) => {}
+            None => widths.push(inp),
+        }
+        match get(&l.bias) {
             Some(b) if b == [out] => {}
-            other => return Err(format!("layers.{i}.bias is {other:?}; want [{out}]")),
+            Some(b) => {
+                return Err(fail(format!(
+                    "{} has shape {b:?}; want [{out}] to match {}",
+                    l.bias, l.weight
+                )))
+            }
+            None => return Err(fail(format!("{} is missing (beside {})", l.bias, l.weight))),
         }
         widths.push(out);
-        i += 1;
     }
-    if widths.len() < 2 {
-        return Err("no layers.0.weight: not an mlp weights file (tensors layers.{i}.weight and layers.{i}.bias)".into());
+    let mut unused: Vec<&str> = shapes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !layers.iter().any(|l| l.weight == *n || l.bias == *n))
+        .collect();
+    unused.sort_by(|a, b| crate::compare_versions(a, b));
+    if !unused.is_empty() {
+        return Err(fail(format!(
+            "tensors an mlp does not use: {} (an mlp is linear layers with activations between them; \
+             batch norm, embeddings and other layers are not supported)",
+            unused.join(", ")
+        )));
     }
-    if shapes.len() != 2 * i {
-        let extra: Vec<&str> = shapes
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .filter(|n| !n.starts_with("layers."))
-            .collect();
-        return Err(format!("tensors an mlp does not use: {extra:?}"));
-    }
-    let outputs = widths.pop().unwrap_or(0);
-    let inputs = widths.remove(0);
-    Ok((inputs, widths, outputs))
+    let (Some(&inputs), Some(&outputs)) = (widths.first(), widths.last()) else {
+        return Err(fail("no linear layer".to_string()));
+    };
+    Ok(MlpShape {
+        inputs,
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        outputs,
+        layers,
+    })
 }
 
 /// Loads an MLP from its folder (registered in [`crate::ARCHITECTURES`]).
@@ -247,18 +400,41 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
         }
     };
     let mut weights = Weights::open(&ctx.weights_path)?;
+    let names =
+        linear_layers(&weights.shapes(), section.tensor_prefix.as_deref()).map_err(|message| {
+            ModelError::TensorNames {
+                path: weights.path().to_path_buf(),
+                message,
+                found: weights.found(),
+            }
+        })?;
     let mut widths = vec![dim];
     widths.extend(&section.hidden);
     widths.push(outputs);
-    let mut layers = Vec::with_capacity(widths.len() - 1);
-    for i in 0..widths.len() - 1 {
+    let needed = widths.len() - 1;
+    if names.len() < needed {
+        return Err(ModelError::TensorNames {
+            path: weights.path().to_path_buf(),
+            message: format!(
+                "model.toml describes {needed} linear layers ({dim} features, [mlp] hidden {:?}, \
+                 {outputs} outputs) but the weights hold {} ({})",
+                section.hidden,
+                names.len(),
+                names
+                    .iter()
+                    .map(|l| l.weight.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            found: weights.found(),
+        });
+    }
+    let mut layers = Vec::with_capacity(needed);
+    // Extra layers are left in the file, so `finish` names them.
+    for (i, names) in names.iter().take(needed).enumerate() {
         let (fan_in, fan_out) = (widths[i], widths[i + 1]);
-        let w = weights.take(
-            &format!("layers.{i}.weight"),
-            &[fan_out, fan_in],
-            &ctx.device,
-        )?;
-        let b = weights.take(&format!("layers.{i}.bias"), &[fan_out], &ctx.device)?;
+        let w = weights.take(&names.weight, &[fan_out, fan_in], &ctx.device)?;
+        let b = weights.take(&names.bias, &[fan_out], &ctx.device)?;
         layers.push((w, b));
     }
     weights.finish()?;
@@ -309,5 +485,140 @@ impl Model for Mlp {
             width,
             values: y.flatten_all()?.to_vec1::<f32>()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Shapes = Vec<(String, Vec<usize>)>;
+
+    fn shapes(list: &[(&str, &[usize])]) -> Shapes {
+        list.iter()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect()
+    }
+
+    /// A 30 → 64 → 32 → 1 network under the given names of its three layers.
+    fn mlp(names: [&str; 3]) -> Vec<(String, Vec<usize>)> {
+        let dims = [[64, 30], [32, 64], [1, 32]];
+        names
+            .iter()
+            .zip(dims)
+            .flat_map(|(n, [o, i])| {
+                [
+                    (format!("{n}.weight"), vec![o, i]),
+                    (format!("{n}.bias"), vec![o]),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequential_and_prefixed_numberings_give_the_same_network() {
+        for names in [
+            ["layers.0", "layers.1", "layers.2"],
+            ["layers.0", "layers.2", "layers.4"],
+            ["0", "2", "4"],
+            ["net.0", "net.2", "net.4"],
+            ["model.layers.3", "model.layers.5", "model.layers.10"],
+        ] {
+            let got = layout(&mlp(names), None).unwrap_or_else(|e| panic!("{names:?}: {e}"));
+            assert_eq!(
+                (got.inputs, got.hidden.clone(), got.outputs),
+                (30, vec![64, 32], 1),
+                "{names:?}"
+            );
+            let weights: Vec<&str> = got.layers.iter().map(|l| l.weight.as_str()).collect();
+            assert_eq!(
+                weights,
+                names
+                    .map(|n| format!("{n}.weight"))
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                "layers are taken in numeric order, not text order"
+            );
+        }
+    }
+
+    #[test]
+    fn layers_0_2_4_are_not_reported_as_unused_nothing() {
+        // The bug: `layers.1` was looked for, then the unused tensors were listed
+        // without those named `layers.*`, which printed "does not use: []".
+        let got = layout(&mlp(["layers.0", "layers.2", "layers.4"]), None).unwrap();
+        assert_eq!(got.hidden, [64, 32]);
+        let mut extra = mlp(["layers.0", "layers.2", "layers.4"]);
+        extra.push(("layers.4.running_mean".into(), vec![1]));
+        let err = layout(&extra, None).unwrap_err();
+        assert!(
+            err.contains("does not use: layers.4.running_mean") && !err.contains("[]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_naming_error_lists_the_tensors_found() {
+        let cases: Vec<(Shapes, Option<&str>, &str)> = vec![
+            (
+                shapes(&[("fc1.w", &[64, 30]), ("fc1.b", &[64])]),
+                None,
+                "no tensor is named like a linear layer",
+            ),
+            (
+                {
+                    let mut s = mlp(["enc.0", "enc.2", "enc.4"]);
+                    s.extend(mlp(["dec.0", "dec.2", "dec.4"]));
+                    s
+                },
+                None,
+                "several prefixes (\"dec\", \"enc\")",
+            ),
+            (
+                mlp(["0", "2", "4"]),
+                Some("net"),
+                "no tensor is named `net.<n>.weight`",
+            ),
+            (
+                shapes(&[("0.weight", &[64, 30])]),
+                None,
+                "0.bias is missing",
+            ),
+            (
+                shapes(&[("0.weight", &[64, 30, 1]), ("0.bias", &[64])]),
+                None,
+                "[out, in]",
+            ),
+        ];
+        for (s, prefix, want) in cases {
+            let err = layout(&s, prefix).unwrap_err();
+            assert!(err.contains(want), "{want:?} missing from: {err}");
+            let (first, shape) = &s[0];
+            assert!(
+                err.contains("found: ") && err.contains(&format!("{first} {shape:?}")),
+                "the names found are missing from: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tensor_prefix_picks_one_group() {
+        let mut s = mlp(["enc.0", "enc.2", "enc.4"]);
+        s.extend(mlp(["dec.0", "dec.2", "dec.4"]));
+        let layers = linear_layers(&s, Some("dec")).unwrap();
+        assert_eq!(layers[2].bias, "dec.4.bias");
+        assert_eq!(
+            linear_layers(&s, Some("enc.")).unwrap()[0].weight,
+            "enc.0.weight"
+        );
+        // The other group is then unused: a scaffold refuses it rather than dropping it.
+        let err = layout(&s, Some("dec")).unwrap_err();
+        assert!(err.contains("does not use: enc.0.bias"), "{err}");
+        // Names without a number are no layers.
+        assert_eq!(split_layer_name("head.weight"), None);
+        assert_eq!(split_layer_name("0.weight"), Some(("", 0)));
+        assert_eq!(split_layer_name("a.b.12.bias"), Some(("a.b.", 12)));
+        assert_eq!(split_layer_name("a.1.running_mean"), None);
     }
 }

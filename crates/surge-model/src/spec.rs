@@ -1,6 +1,6 @@
 //! `model.toml`: what a model folder says about itself.
 //!
-//! The common part (name, version, architecture, input, output, preprocessing) is parsed
+//! The common part (name, version, architecture, input, output, preprocessing, golden) is parsed
 //! here; each architecture parses its own section (`[mlp]`, ...) from
 //! [`SpecFile::sections`], so a new architecture never touches this file.
 
@@ -37,6 +37,9 @@ pub struct SpecFile {
     /// Constants applied to tabular inputs before the forward pass.
     #[serde(default)]
     pub preprocessing: Option<Preprocessing>,
+    /// Inputs and the outputs the training code gave for them, checked at every load.
+    #[serde(default)]
+    pub golden: Option<crate::golden::GoldenSection>,
     /// Architecture sections (`[mlp]`, ...), parsed by the architecture.
     #[serde(flatten)]
     pub sections: toml::Table,

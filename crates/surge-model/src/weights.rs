@@ -13,6 +13,30 @@ pub struct Weights {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
     taken: BTreeSet<String>,
+    /// Every tensor of the file with its shape, in natural order, for error messages.
+    all: Vec<(String, Vec<usize>)>,
+}
+
+/// Most tensors listed by [`found`]; a BERT file holds about a hundred.
+const MAX_LISTED: usize = 40;
+
+/// `name [shape], ...` for every tensor (at most [`MAX_LISTED`], then a count), in
+/// natural order (`2.weight` before `10.weight`): what error messages show as "found".
+pub fn found(shapes: &[(String, Vec<usize>)]) -> String {
+    if shapes.is_empty() {
+        return "no tensors at all".to_string();
+    }
+    let mut sorted: Vec<&(String, Vec<usize>)> = shapes.iter().collect();
+    sorted.sort_by(|a, b| crate::compare_versions(&a.0, &b.0));
+    let mut out: Vec<String> = sorted
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(n, s)| format!("{n} {s:?}"))
+        .collect();
+    if sorted.len() > MAX_LISTED {
+        out.push(format!("... and {} more", sorted.len() - MAX_LISTED));
+    }
+    out.join(", ")
 }
 
 impl Weights {
@@ -25,22 +49,33 @@ impl Weights {
                 message: e.to_string(),
             }
         })?;
+        let mut all: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        all.sort_by(|a, b| crate::compare_versions(&a.0, &b.0));
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
             taken: BTreeSet::new(),
+            all,
         })
     }
 
-    /// The name and shape of every tensor in the file, sorted by name.
+    /// The weights file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name and shape of every tensor in the file, in natural order (`2.weight`
+    /// before `10.weight`).
     pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out: Vec<(String, Vec<usize>)> = self
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-            .collect();
-        out.sort();
-        out
+        self.all.clone()
+    }
+
+    /// Every tensor in the file with its shape, as error messages list them.
+    pub fn found(&self) -> String {
+        found(&self.all)
     }
 
     /// Takes tensor `name`, which must be f32, of shape `shape`, and finite; returns it
@@ -56,6 +91,7 @@ impl Weights {
                 path: self.path.clone(),
                 name: name.to_string(),
                 expected: shape.to_vec(),
+                found: self.found(),
             });
         };
         if t.dtype() != DType::F32 {
@@ -105,8 +141,9 @@ impl Weights {
         if names.is_empty() {
             return Ok(());
         }
-        names.sort();
+        names.sort_by(|a, b| crate::compare_versions(a, b));
         Err(ModelError::UnexpectedTensors {
+            found: found(&self.all),
             path: self.path,
             names,
         })

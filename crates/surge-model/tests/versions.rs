@@ -90,3 +90,36 @@ fn takes_text_reads_the_specs_of_flat_and_versioned_folders() {
     assert!(!takes_text(models, "missing"));
     assert!(!takes_text(models, "../escape"));
 }
+
+#[test]
+fn a_folder_mixing_flat_and_versioned_layouts_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path();
+    // The flat model, then a version folder beside its files.
+    let flat = models.join("breast-cancer");
+    std::fs::create_dir_all(&flat).unwrap();
+    for f in ["model.toml", "model.safetensors"] {
+        std::fs::copy(shipped().join(f), flat.join(f)).unwrap();
+    }
+    assert!(load_model(models, "breast-cancer", &Device::Cpu).is_ok());
+    put_version(models, "1.1.0", "1.1.0");
+    for err in [
+        load_model(models, "breast-cancer", &Device::Cpu).err(),
+        load_version(models, "breast-cancer", "1.1.0", &Device::Cpu).err(),
+        versions(models, "breast-cancer").err(),
+    ] {
+        let err = err.expect("a mixed folder must be refused");
+        assert!(
+            matches!(err, surge_model::ModelError::MixedLayout { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("mixes two layouts") && text.contains("breast-cancer/1.0.0/"),
+            "{text}"
+        );
+    }
+    // Listed, so that whoever lists it reports it; never silently skipped.
+    assert_eq!(discover(models).unwrap(), ["breast-cancer"]);
+    assert!(!takes_text(models, "breast-cancer"));
+}

@@ -8,7 +8,10 @@
 //! network and container mounts included). A folder is picked up only once it has
 //! been **quiet** (no file in it modified) for `quiet`, so a folder still being
 //! copied is never loaded half-written; a folder that fails validation is logged,
-//! counted (`surge_model_rejected_total`) and retried only after it changes.
+//! counted (`surge_model_rejected_total`, `surge_model_folders_refused_total`) and
+//! retried only after it changes. So is a model folder that comes to mix the flat and
+//! versioned layouts (a `1.1.0/` dropped beside a served flat model's files): the
+//! version already served keeps serving, and the ERROR line says how to convert.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
+
+use surge_model::{is_quiet, Layout};
 
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
@@ -50,12 +55,6 @@ pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     Some(fp)
 }
 
-/// Whether a folder last modified at `newest` has been quiet for `quiet` at `now`.
-pub fn is_quiet(newest: SystemTime, now: SystemTime, quiet: Duration) -> bool {
-    // A clock that goes backwards (or a file from the future) counts as not quiet.
-    now.duration_since(newest).is_ok_and(|d| d >= quiet)
-}
-
 /// Polls the models directory until shutdown; loads and adds new models.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
@@ -81,19 +80,30 @@ pub(crate) async fn watch(
         // Candidates: (model, version folder or None for the flat layout).
         let mut candidates: Vec<(String, Option<String>)> = Vec::new();
         for name in names {
-            if cfg
-                .models_dir
-                .join(&name)
-                .join(surge_model::spec::SPEC_FILE)
-                .is_file()
-            {
-                if !serving.contains_key(&name) {
-                    candidates.push((name, None));
+            let root = cfg.models_dir.join(&name);
+            match surge_model::layout(&root) {
+                Ok(Layout::Flat) => {
+                    if !serving.contains_key(&name) {
+                        candidates.push((name, None));
+                    }
                 }
-            } else if let Ok(versions) = surge_model::versions(&cfg.models_dir, &name) {
-                for v in versions {
-                    if !serving.contains_key(&crate::engine::key(&name, &v)) {
-                        candidates.push((name.clone(), Some(v)));
+                Ok(Layout::Versioned(versions)) => {
+                    for v in versions {
+                        if !serving.contains_key(&crate::engine::key(&name, &v)) {
+                            candidates.push((name.clone(), Some(v)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Refused as a whole (a mixed layout): said once per change.
+                    let Some(fp) = fingerprint(&root) else {
+                        continue;
+                    };
+                    if rejected.get(&name) != Some(&fp)
+                        && is_quiet(fp.newest, SystemTime::now(), quiet)
+                    {
+                        crate::refused(&name, &e);
+                        rejected.insert(name, fp);
                     }
                 }
             }
@@ -124,12 +134,14 @@ pub(crate) async fn watch(
             .await;
             match loaded {
                 Ok(Ok(model)) => {
-                    let version = model.info().version.clone();
+                    let info = model.info().clone();
+                    let version = info.version.clone();
                     match shared.engine.add(model).await {
                         Ok(()) => {
                             rejected.remove(&label);
                             metrics::counter!(m::MODELS_DISCOVERED).increment(1);
                             info!(model = %name, %version, "new model folder validated; serving it");
+                            crate::warn_if_unproven(&info);
                         }
                         Err(e) => error!(model = %name, error = %e, "cannot add the model"),
                     }
@@ -137,6 +149,8 @@ pub(crate) async fn watch(
                 Ok(Err(e)) => {
                     error!(model = %name, error = %e, "new model folder failed validation; not serving it (fix it and it is tried again)");
                     metrics::counter!(m::MODELS_REJECTED, "model" => name.clone()).increment(1);
+                    metrics::counter!(m::MODEL_FOLDERS_REFUSED, "model" => name.clone(), "reason" => e.reason())
+                        .increment(1);
                     rejected.insert(label, fp);
                 }
                 Err(e) => error!(model = %name, error = %e, "loading the model panicked"),
@@ -148,19 +162,6 @@ pub(crate) async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_folder_is_quiet_only_after_the_quiet_period() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let q = Duration::from_secs(2);
-        assert!(!is_quiet(t0, t0, q));
-        assert!(!is_quiet(t0, t0 + Duration::from_millis(1_999), q));
-        assert!(is_quiet(t0, t0 + q, q));
-        assert!(
-            !is_quiet(t0 + q, t0, q),
-            "a file from the future is not quiet"
-        );
-    }
 
     #[test]
     fn the_fingerprint_changes_when_a_file_does() {

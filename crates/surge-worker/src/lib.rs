@@ -155,23 +155,41 @@ fn default_worker_id() -> String {
 type Loaded = Result<Box<dyn surge_model::Model>, ModelError>;
 
 /// Every version of model `name`: each folder of the versioned layout, or the one flat
-/// folder.
+/// folder; an error for a folder that mixes both (the rule is `surge_model::layout`).
 fn load_all_versions(
     models_dir: &std::path::Path,
     name: &str,
     device: &surge_model::Device,
 ) -> Result<Vec<Loaded>, ModelError> {
-    if models_dir
-        .join(name)
-        .join(surge_model::spec::SPEC_FILE)
-        .is_file()
-    {
-        return Ok(vec![surge_model::load_model(models_dir, name, device)]);
+    surge_protocol::validate_model_name(name)?;
+    Ok(match surge_model::layout(&models_dir.join(name))? {
+        surge_model::Layout::Flat => vec![surge_model::load_model(models_dir, name, device)],
+        surge_model::Layout::Versioned(versions) => versions
+            .iter()
+            .map(|v| surge_model::load_version(models_dir, name, v, device))
+            .collect(),
+    })
+}
+
+/// Logs and counts a model folder this worker will not serve.
+pub(crate) fn refused(name: &str, error: &ModelError) {
+    let reason = error.reason();
+    error!(model = %name, reason, error = %error, "model folder refused; not serving it");
+    ::metrics::counter!(metrics::MODEL_FOLDERS_REFUSED, "model" => name.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// Warns about a served tabular model whose folder proves nothing (no golden rows, no
+/// preprocessing): see `surge_model::Proof`.
+pub(crate) fn warn_if_unproven(info: &surge_model::ModelInfo) {
+    let proof = surge_model::spec::read_spec(&info.dir)
+        .map(|s| surge_model::Proof::of(&s))
+        .ok();
+    if let Some(surge_model::Proof::Nothing) = proof {
+        if let Some(w) = surge_model::Proof::Nothing.warning() {
+            warn!(model = %info.name, version = %info.version, "{w}");
+        }
     }
-    Ok(surge_model::versions(models_dir, name)?
-        .iter()
-        .map(|v| surge_model::load_version(models_dir, name, v, device))
-        .collect())
 }
 
 fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, WorkerError> {
@@ -179,18 +197,21 @@ fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, W
     let mut models = Vec::new();
     if cfg.models.is_empty() {
         for name in surge_model::discover(&cfg.models_dir)? {
-            for loaded in load_all_versions(&cfg.models_dir, &name, &device)? {
+            let loaded = match load_all_versions(&cfg.models_dir, &name, &device) {
+                Ok(l) => l,
+                Err(e) => vec![Err(e)],
+            };
+            for loaded in loaded {
                 match loaded {
                     Ok(m) => models.push(m),
                     // One broken folder must not stop the others from being served.
-                    Err(e) => {
-                        error!(model = %name, error = %e, "model failed validation; not serving it")
-                    }
+                    Err(e) => refused(&name, &e),
                 }
             }
         }
     } else {
         for name in &cfg.models {
+            // A model named on the command line must load, or the worker does not start.
             for loaded in load_all_versions(&cfg.models_dir, name, &device)? {
                 models.push(loaded?);
             }
@@ -202,6 +223,7 @@ fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, W
     for m in &models {
         let i = m.info();
         info!(model = %i.name, version = %i.version, architecture = %i.architecture, device = %cfg.device, "model loaded");
+        warn_if_unproven(i);
     }
     Ok(models)
 }
@@ -211,6 +233,9 @@ fn load_models(cfg: &WorkerConfig) -> Result<Vec<Box<dyn surge_model::Model>>, W
 /// `shutdown` fires, having drained its in-flight batches.
 pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWorker, WorkerError> {
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    // The recorder goes in before the models load, so that folders refused at start
+    // are counted.
+    let recorder = config.metrics_addr.and_then(|_| metrics::install());
     let models = load_models(&config)?;
     let engine = engine::Engine::start(models).map_err(|source| WorkerError::Io {
         what: "starting the model thread".into(),
@@ -220,7 +245,7 @@ pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWo
     let metrics_addr = match config.metrics_addr {
         None => None,
         Some(addr) => Some(
-            http::serve(addr, metrics::install(), ready.clone(), shutdown.clone())
+            http::serve(addr, recorder, ready.clone(), shutdown.clone())
                 .await
                 .map_err(|source| WorkerError::Io {
                     what: format!("serving metrics on {addr}"),

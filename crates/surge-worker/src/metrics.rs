@@ -30,8 +30,13 @@ pub const QUEUE_CONSUMERS: &str = "surge_queue_consumers";
 pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
 /// Model folders found after start, validated and served.
 pub const MODELS_DISCOVERED: &str = "surge_models_discovered_total";
-/// Model folders found after start that failed validation, by `model`.
+/// Model folders found after start that failed validation, by `model` (the
+/// hot-discovery part of [`MODEL_FOLDERS_REFUSED`], kept for existing dashboards).
 pub const MODELS_REJECTED: &str = "surge_model_rejected_total";
+/// Model folders this worker refused to serve, at start or after, by `model` and
+/// `reason` (`mixed_layout`, `golden_mismatch`, `spec`, `weights`, `files`, ...: see
+/// `ModelError::reason`). Each refusal also logs an ERROR line saying why.
+pub const MODEL_FOLDERS_REFUSED: &str = "surge_model_folders_refused_total";
 /// Reconnections after a lost connection.
 pub const RECONNECTS: &str = "surge_reconnects_total";
 

@@ -55,6 +55,8 @@ enum Command {
     Models(ModelsCmd),
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ModelsCmd {
     /// Every model folder: version, architecture, input, queue depth, and whether it
@@ -71,11 +73,21 @@ enum ModelsCmd {
         device: surge_worker::model::DeviceSpec,
     },
     /// Scaffold a model folder from a weights file: the layer shapes give model.toml
-    /// (mlp only), the folder is checked, then moved into --models-dir whole.
+    /// (mlp only), the preprocessing and golden rows go in, the folder is checked
+    /// (golden rows included), then moved into --models-dir whole. Files are written
+    /// 0644 and folders 0755, whatever the source files' modes.
+    ///
+    /// Say what happens to inputs before the network: --preprocessing scaler.json or
+    /// --no-preprocessing (one of the two is required: a wrong guess scores wrong
+    /// without an error). Golden rows (--golden rows.csv --expect scores.csv, written
+    /// with the real model) make every later load prove that the folder scores like
+    /// the training code.
     New {
         /// The new model's name (its folder and queue name).
         name: String,
-        /// The weights (safetensors with layers.{i}.weight / layers.{i}.bias).
+        /// The weights: safetensors with one `<prefix><n>.weight` / `<prefix><n>.bias`
+        /// pair per linear layer, in the order of n (`layers.0.weight`, or a PyTorch
+        /// nn.Sequential state dict: `0.weight`, `2.weight`, ...).
         #[arg(long)]
         from_safetensors: PathBuf,
         /// Architecture.
@@ -84,27 +96,66 @@ enum ModelsCmd {
         /// Folder holding one sub-folder per model.
         #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
         models_dir: PathBuf,
-        /// Input feature names, comma-separated (default f0, f1, ...).
+        /// Input feature names in the network's input order, comma-separated. Default:
+        /// the --golden file's header when it names exactly as many columns as the
+        /// weights take, else f0, f1, ...
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
-        /// Output names, comma-separated (default score, or score_0, score_1, ...).
+        /// Output names, comma-separated. Default: the --expect file's header when it
+        /// fits, else score, or score_0, score_1, ...
         #[arg(long, value_delimiter = ',')]
         outputs: Vec<String>,
-        /// Version label.
-        #[arg(long, default_value = "1.0.0")]
-        version: String,
+        /// Write the versioned layout, <name>/<version>/, beside the versions already
+        /// there (a flat model must be converted first; the error says how). Without
+        /// it, a flat <name>/ at version 1.0.0.
+        #[arg(long)]
+        version: Option<String>,
+        /// JSON with the fitted StandardScaler's constants: {"mean": [...], "scale":
+        /// [...]} (scikit-learn's mean_ and scale_; "std", or "var" whose square root is
+        /// taken, work too). Written as [preprocessing] mean/std.
+        #[arg(long, conflicts_with = "no_preprocessing")]
+        preprocessing: Option<PathBuf>,
+        /// The network takes raw inputs: no [preprocessing].
+        #[arg(long)]
+        no_preprocessing: bool,
+        /// Golden inputs: CSV with a header naming the features (any order; other
+        /// columns are ignored). Copied to golden/inputs.csv.
+        #[arg(long, requires = "expect")]
+        golden: Option<PathBuf>,
+        /// The outputs the real model gave for --golden, one row per input row, with a
+        /// header naming the outputs. Copied to golden/expected.csv.
+        #[arg(long, requires = "golden")]
+        expect: Option<PathBuf>,
+        /// Largest |got - expected| allowed per golden output value.
+        #[arg(long, default_value_t = surge_worker::model::golden::DEFAULT_TOLERANCE)]
+        tolerance: f32,
+        /// Hidden activation: relu, tanh or gelu.
+        #[arg(long, default_value = "relu")]
+        activation: String,
         /// Output activation: sigmoid, softmax or none.
         #[arg(long, default_value = "sigmoid")]
         output_activation: String,
+        /// The part of the tensor names before the layer number (`net` for
+        /// `net.0.weight`), for weights files with several numbered groups. Stored as
+        /// [mlp] tensor_prefix. Default: the one such prefix the names share.
+        #[arg(long)]
+        tensor_prefix: Option<String>,
     },
     /// Validate one model folder exactly as `surge worker` would, and run one test
     /// forward pass. Exits non-zero with what is wrong, and where.
+    ///
+    /// Golden rows in the folder are scored and must match. A tabular model with
+    /// neither golden rows nor [preprocessing] passes with a loud warning: nothing
+    /// shows that it scores like its training code.
     Check {
-        /// The model folder (its name is the model name).
+        /// The model folder (its name is the model name), or one version folder of it.
         path: PathBuf,
         /// Device to load the model on.
         #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
         device: surge_worker::model::DeviceSpec,
+        /// Fail, too, when the folder has no golden rows.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -184,7 +235,8 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
     let watch_models_dir = args.models.is_empty().then(|| args.models_dir.clone());
     let models = if args.models.is_empty() {
         // At start, every folder there is taken as it is.
-        surge_autoscale::model_folders(&args.models_dir, Duration::ZERO)
+        // (Folders refused here are reported by the loop's first look.)
+        surge_autoscale::model_folders(&args.models_dir, Duration::ZERO).models
     } else {
         args.models
     };
@@ -383,20 +435,47 @@ async fn main() {
             features,
             outputs,
             version,
+            preprocessing,
+            no_preprocessing,
+            golden,
+            expect,
+            tolerance,
+            activation,
             output_activation,
-        }) => surge_cli::models::new_model(surge_cli::models::NewModel {
-            models_dir: &models_dir,
-            name: &name,
-            weights: &from_safetensors,
-            arch: &arch,
-            features,
-            outputs,
-            version: &version,
-            output_activation: &output_activation,
-        }),
-        Command::Models(ModelsCmd::Check { path, device }) => {
-            surge_cli::models::check(&path, device)
+            tensor_prefix,
+        }) => {
+            use surge_cli::models::{Golden, NewModel, Scaling};
+            surge_cli::models::new_model(NewModel {
+                models_dir: &models_dir,
+                name: &name,
+                weights: &from_safetensors,
+                arch: &arch,
+                features,
+                outputs,
+                version: version.as_deref(),
+                activation: &activation,
+                output_activation: &output_activation,
+                scaling: match (&preprocessing, no_preprocessing) {
+                    (Some(p), _) => Some(Scaling::StandardScaler(p)),
+                    (None, true) => Some(Scaling::Raw),
+                    (None, false) => None,
+                },
+                golden: golden
+                    .as_deref()
+                    .zip(expect.as_deref())
+                    .map(|(i, e)| Golden {
+                        inputs: i,
+                        expected: e,
+                        tolerance,
+                    }),
+                tensor_prefix: tensor_prefix.as_deref(),
+            })
         }
+        Command::Models(ModelsCmd::Check {
+            path,
+            device,
+            strict,
+        }) => surge_cli::models::check(&path, device, strict),
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
