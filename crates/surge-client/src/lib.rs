@@ -27,9 +27,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
-use surge_protocol::codec::{decode_result, encode};
+use surge_protocol::codec::{decode_result, encode_job_ref};
 use surge_protocol::{
-    now_ms, Encoding, Inputs, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
+    now_ms, Encoding, Inputs, JobRef, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
 };
 use table::{RowOutcome, Selection, Table};
 use thiserror::Error;
@@ -80,6 +80,10 @@ pub struct ScoreConfig {
     pub timeout: Option<Duration>,
     /// Encoding of the jobs.
     pub encoding: Encoding,
+    /// Send rows packed (`rows_f32` + `cols`, one little-endian f32 block) rather than
+    /// as the `inputs` list of lists. Only MessagePack can carry the block: JSON jobs
+    /// always send `inputs`.
+    pub pack: bool,
     /// Jobs published before their confirms are awaited.
     pub publish_window: usize,
     /// Bounds on broker awaits.
@@ -102,6 +106,7 @@ impl ScoreConfig {
             job_timeout: Duration::from_secs(60),
             timeout: None,
             encoding: Encoding::Msgpack,
+            pack: true,
             publish_window: 1000,
             timeouts: Timeouts::default(),
             progress: false,
@@ -153,7 +158,9 @@ pub struct Scored {
     pub summary: Summary,
 }
 
-/// Scores the selected cells of `table` with `cfg.model` through the broker.
+/// Scores the selected cells of `table` with `cfg.model` through the broker. Every
+/// cell is checked before the first job is published; the selection's names travel
+/// as each job's `columns`.
 pub async fn score_table(
     cfg: &ScoreConfig,
     table: &Table,
@@ -164,7 +171,11 @@ pub async fn score_table(
         .iter()
         .map(|j| table.inputs(selection, j.start, j.end))
         .collect::<Result<_, _>>()?;
-    let answered = score_jobs(cfg, inputs).await?;
+    let columns = match selection {
+        Selection::Features { names, .. } => names.clone(),
+        Selection::Text(_) => None,
+    };
+    let answered = score_jobs_with_columns(cfg, inputs, columns).await?;
     Ok(answered.into_scored())
 }
 
@@ -178,7 +189,18 @@ pub struct Answered {
 }
 
 /// Publishes one job per element of `inputs` and waits until each is answered once.
+/// The rows go by position: in the model's feature order.
 pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answered, ClientError> {
+    score_jobs_with_columns(cfg, inputs, None).await
+}
+
+/// [`score_jobs`] with the names of each row's values, sent as every job's `columns`
+/// so that the worker matches them to the model's features by name.
+pub async fn score_jobs_with_columns(
+    cfg: &ScoreConfig,
+    inputs: Vec<Inputs>,
+    columns: Option<Vec<String>>,
+) -> Result<Answered, ClientError> {
     let started = Instant::now();
     let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let jobs = tracker::plan_sizes(&run_id, inputs.iter().map(Inputs::len));
@@ -190,18 +212,22 @@ pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answer
     } else {
         ProgressBar::hidden()
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    bar.set_style(bar_style());
+    info!(
+        run = %run_id,
+        rows = total_rows,
+        jobs = tracker.jobs().len(),
+        model = %cfg.model,
+        packed = cfg.pack && cfg.encoding == Encoding::Msgpack,
+        by_name = columns.is_some(),
+        "scoring"
     );
-    info!(run = %run_id, rows = total_rows, jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
         cfg,
         inputs: &inputs,
+        columns: columns.as_deref(),
         reply_queue: &reply_queue,
         bar: &bar,
         started,
@@ -291,21 +317,18 @@ impl Answered {
     }
 }
 
-/// A job as published: `Job`'s wire shape, borrowing the inputs so that publishing
-/// (and republishing) never copies them.
-#[derive(serde::Serialize)]
-struct JobOut<'a> {
-    v: u32,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
-    inputs: &'a Inputs,
-    sent_ms: u64,
+/// The progress bar's look.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 struct RunCtx<'a> {
     cfg: &'a ScoreConfig,
     inputs: &'a [Inputs],
+    columns: Option<&'a [String]>,
     reply_queue: &'a str,
     bar: &'a ProgressBar,
     started: Instant,
@@ -520,15 +543,17 @@ impl RunCtx<'_> {
             let mut pending = Vec::with_capacity(window.len());
             for &i in window {
                 let id = tracker.jobs()[i].id.clone();
-                let job = JobOut {
+                let job = JobRef {
                     v: PROTOCOL_VERSION,
                     model: &cfg.model,
                     version: cfg.version.as_deref(),
                     inputs: &self.inputs[i],
-                    sent_ms: now_ms(),
+                    columns: self.columns,
+                    deadline_ms: None,
+                    sent_ms: Some(now_ms()),
                 };
-                let body =
-                    encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
+                let body = encode_job_ref(job, cfg.encoding, cfg.pack)
+                    .map_err(|e| ClientError::Input(e.to_string()))?;
                 let props = BasicProperties::default()
                     .with_message_id(id.as_str().into())
                     .with_correlation_id(id.as_str().into())
