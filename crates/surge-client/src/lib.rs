@@ -7,12 +7,15 @@
 //!   in input order (pure).
 //! * [`tracker`]: the plan (rows → jobs with idempotent ids) and the bookkeeping of
 //!   which jobs are answered, deduplicating results that arrive twice (pure).
+//! * [`watch`]: hints for a run that is stuck (no worker consumes the model's queue)
+//!   or failing (every job so far answered with an error) (pure).
 //! * [`score_table`]: the broker side: publish jobs with confirms, collect results on a
 //!   reply queue of the run's own, republish jobs whose results are overdue, and
 //!   reconnect after a lost connection.
 
 pub mod table;
 pub mod tracker;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,6 +39,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tracker::{plan, Recorded, Tracker};
+use watch::{FailWatch, IdleSignal, IdleWatch};
 
 /// Why a run failed.
 #[derive(Debug, Error)]
@@ -50,7 +54,7 @@ pub enum ClientError {
     #[error("{0}")]
     Broker(#[from] BrokerError),
     /// The run did not finish within `--timeout`.
-    #[error("timed out after {after:?}: {answered} of {total} jobs answered (are workers running for this model? `surge worker --model ...`)")]
+    #[error("timed out after {after:?}: {answered} of {total} jobs answered; {hint}")]
     Timeout {
         /// Jobs answered.
         answered: usize,
@@ -58,6 +62,8 @@ pub enum ClientError {
         total: usize,
         /// The limit.
         after: Duration,
+        /// What to check, from what the run saw last (no consumer on the queue, ...).
+        hint: String,
     },
 }
 
@@ -92,6 +98,10 @@ pub struct ScoreConfig {
     pub progress: bool,
     /// Limits applied to incoming results.
     pub limits: Limits,
+    /// Say so when nothing has consumed the model's queue for this long.
+    pub idle_hint_after: Duration,
+    /// Repeat that at most this often while it lasts.
+    pub idle_hint_every: Duration,
 }
 
 impl ScoreConfig {
@@ -111,6 +121,8 @@ impl ScoreConfig {
             timeouts: Timeouts::default(),
             progress: false,
             limits: Limits::default(),
+            idle_hint_after: Duration::from_secs(10),
+            idle_hint_every: Duration::from_secs(30),
         }
     }
 }
@@ -212,7 +224,7 @@ pub async fn score_jobs_with_columns(
     } else {
         ProgressBar::hidden()
     };
-    bar.set_style(bar_style());
+    bar.set_style(bar_style(false));
     info!(
         run = %run_id,
         rows = total_rows,
@@ -222,6 +234,7 @@ pub async fn score_jobs_with_columns(
         by_name = columns.is_some(),
         "scoring"
     );
+    let job_queue = cfg.topology.job_queue(&cfg.model);
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
@@ -229,16 +242,22 @@ pub async fn score_jobs_with_columns(
         inputs: &inputs,
         columns: columns.as_deref(),
         reply_queue: &reply_queue,
+        job_queue: &job_queue,
         bar: &bar,
         started,
     };
+    let mut watch = Watches {
+        idle: IdleWatch::new(cfg.idle_hint_after, cfg.idle_hint_every).idle_from(started),
+        fail: FailWatch::new(tracker.jobs().len().min(3)),
+        idle_hint: None,
+    };
     loop {
-        match ctx.session(&mut tracker).await {
+        match ctx.session(&mut tracker, &mut watch).await {
             Ok(()) => break,
             Err(ClientError::Broker(e)) if e.is_connection_loss() => {
                 reconnects += 1;
                 warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
-                ctx.check_timeout(&tracker)?;
+                ctx.check_timeout(&tracker, &watch)?;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -317,12 +336,14 @@ impl Answered {
     }
 }
 
-/// The progress bar's look.
-fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
+/// The progress bar's look; `with_hint` adds a second line for [`ProgressBar::set_message`].
+fn bar_style(with_hint: bool) -> ProgressStyle {
+    let template = if with_hint {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}\n{msg}"
+    } else {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}"
+    };
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 struct RunCtx<'a> {
@@ -330,8 +351,17 @@ struct RunCtx<'a> {
     inputs: &'a [Inputs],
     columns: Option<&'a [String]>,
     reply_queue: &'a str,
+    job_queue: &'a str,
     bar: &'a ProgressBar,
     started: Instant,
+}
+
+/// The run's hints, kept across reconnects.
+struct Watches {
+    idle: IdleWatch,
+    fail: FailWatch,
+    /// The idle hint while it stands, for the `--timeout` error.
+    idle_hint: Option<String>,
 }
 
 enum Incoming {
@@ -340,24 +370,102 @@ enum Incoming {
 }
 
 impl RunCtx<'_> {
-    fn check_timeout(&self, tracker: &Tracker) -> Result<(), ClientError> {
+    fn check_timeout(&self, tracker: &Tracker, watch: &Watches) -> Result<(), ClientError> {
         match self.cfg.timeout {
             Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout {
                 answered: tracker.done(),
                 total: tracker.jobs().len(),
                 after,
+                hint: watch.idle_hint.clone().unwrap_or_else(|| {
+                    format!(
+                        "are workers running for model {}? (`surge worker --model {}`, with the same --prefix; check their logs)",
+                        self.cfg.model, self.cfg.model
+                    )
+                }),
             }),
             _ => Ok(()),
         }
     }
 
+    /// What to check when nobody consumes the model's queue.
+    fn idle_advice(&self) -> String {
+        format!(
+            "is a worker running with models/{} and --prefix {}? check `surge models list` and the worker logs",
+            self.cfg.model,
+            self.cfg.topology.prefix(),
+        )
+    }
+
+    /// Looks at the consumer count of the model's queue (on a channel of its own: a
+    /// passive declare that fails closes its channel) and says what there is to say.
+    async fn probe_idle(
+        &self,
+        conn: &lapin::Connection,
+        probe: &mut Option<lapin::Channel>,
+        tracker: &Tracker,
+        watch: &mut Watches,
+    ) {
+        let t = &self.cfg.timeouts;
+        if probe.is_none() {
+            match timed("channel.open", t.operation, conn.create_channel()).await {
+                Ok(ch) => *probe = Some(ch),
+                Err(e) => {
+                    debug!(error = %e, "could not open a channel to watch the job queue");
+                    return;
+                }
+            }
+        }
+        let Some(ch) = probe.as_ref() else { return };
+        let depth = match topology::queue_depth(ch, self.job_queue, t).await {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(error = %e, queue = %self.job_queue, "could not read the job queue's consumer count");
+                *probe = None;
+                return;
+            }
+        };
+        match watch.idle.observe(depth.consumers, Instant::now()) {
+            IdleSignal::Quiet => {}
+            IdleSignal::Idle(idle) => {
+                let hint = format!(
+                    "no worker consumes {} (for {} s; {} of {} jobs answered): {}",
+                    self.job_queue,
+                    idle.as_secs(),
+                    tracker.done(),
+                    tracker.jobs().len(),
+                    self.idle_advice()
+                );
+                if self.cfg.progress {
+                    self.bar.set_style(bar_style(true));
+                    self.bar.set_message(hint);
+                } else {
+                    warn!("{hint}");
+                }
+                watch.idle_hint = Some(format!(
+                    "no worker consumes {}: {}",
+                    self.job_queue,
+                    self.idle_advice()
+                ));
+            }
+            IdleSignal::Resumed => {
+                watch.idle_hint = None;
+                if self.cfg.progress {
+                    self.bar.set_message("");
+                    self.bar.set_style(bar_style(false));
+                } else {
+                    info!(queue = %self.job_queue, consumers = depth.consumers, "a worker consumes the job queue now");
+                }
+            }
+        }
+    }
+
     /// One connected session: declare, consume results, publish what is unpublished,
     /// wait until every job is answered. Returns `Err` on a lost connection.
-    async fn session(&self, tracker: &mut Tracker) -> Result<(), ClientError> {
+    async fn session(&self, tracker: &mut Tracker, watch: &mut Watches) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
         let conn = surge_broker::connect(&cfg.url, "score-batch", t).await?;
-        let res = self.connected(&conn, tracker).await;
+        let res = self.connected(&conn, tracker, watch).await;
         let _ = tokio::time::timeout(t.operation, conn.close(200, "score-batch done".into())).await;
         res
     }
@@ -366,6 +474,7 @@ impl RunCtx<'_> {
         &self,
         conn: &lapin::Connection,
         tracker: &mut Tracker,
+        watch: &mut Watches,
     ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
@@ -466,7 +575,14 @@ impl RunCtx<'_> {
             }
         });
 
-        let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
+        let mut probe = None;
+        let outcome = self
+            .publish_and_wait(conn, &ch, &mut probe, tracker, watch, &mut rx)
+            .await;
+        if let Some(p) = probe {
+            let _ =
+                tokio::time::timeout(t.operation, p.close(200, "score-batch done".into())).await;
+        }
         // Cancel the consumer, then close its channel, then (in `session`) the
         // connection: closing under a live consumer makes lapin log a spurious
         // channel-state error.
@@ -493,28 +609,52 @@ impl RunCtx<'_> {
 
     async fn publish_and_wait(
         &self,
+        conn: &lapin::Connection,
         ch: &lapin::Channel,
+        probe: &mut Option<lapin::Channel>,
         tracker: &mut Tracker,
+        watch: &mut Watches,
         rx: &mut mpsc::Receiver<Incoming>,
     ) -> Result<(), ClientError> {
         self.publish(ch, tracker, tracker.unpublished()).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The consumer count is read a few times per hint period, at most every 2 s.
+        let probe_every = (self.cfg.idle_hint_after / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(2));
+        let mut last_probe: Option<Instant> = None;
         while !tracker.is_complete() {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Incoming::Result(r)) => {
+                        // Only a job's first result counts towards "every job failed".
+                        let said = if tracker.is_pending(&r.job_id) {
+                            watch.fail.record(&r)
+                        } else {
+                            None
+                        };
                         if tracker.record(*r) == Recorded::New {
                             self.bar.set_position(tracker.rows_done() as u64);
+                        }
+                        if let Some(said) = said {
+                            self.bar.suspend(|| warn!(model = %self.cfg.model, "{said}"));
                         }
                     }
                     Some(Incoming::Lost(e)) => return Err(e.into()),
                     None => return Err(BrokerError::Timeout { what: "results consumer", after: Duration::ZERO }.into()),
                 },
                 _ = tick.tick() => {
-                    self.check_timeout(tracker)?;
+                    self.check_timeout(tracker, watch)?;
+                    if last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
+                        last_probe = Some(Instant::now());
+                        self.probe_idle(conn, probe, tracker, watch).await;
+                    }
                     let overdue = tracker.overdue(Instant::now(), self.cfg.job_timeout);
                     if !overdue.is_empty() {
-                        info!(jobs = overdue.len(), "results overdue; publishing those jobs again");
+                        info!(
+                            jobs = overdue.len(),
+                            dead_letters = %self.cfg.topology.dead_queue(),
+                            "results overdue; publishing those jobs again (if this repeats, look for them in the dead-letter queue and check the worker logs)"
+                        );
                         tracker.republished += overdue.len() as u64;
                         self.publish(ch, tracker, overdue).await?;
                     }

@@ -28,6 +28,10 @@ use tracing::{info, warn};
 /// feature fails its rows with an error that names it. A sent cell that is empty or not
 /// a number stops the run before anything is published, naming its row and column.
 ///
+/// While no worker consumes the model's queue, score-batch says so after 10 s (on the
+/// progress bar, or as a WARN line when stderr is not a terminal), and it says so when
+/// every job so far came back as an error, with the first error.
+///
 /// Exit status: 0 when every row scored; 1 when some rows failed (see the `error`
 /// column); 2 on a usage, file or broker error, or --timeout.
 ///
@@ -97,6 +101,10 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Seconds without a consumer on the model's queue before score-batch says so
+    /// (for tests).
+    #[arg(long, env = "SURGE_IDLE_HINT_SECS", default_value_t = 10, hide = true)]
+    idle_hint_secs: u64,
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -141,6 +149,7 @@ async fn run(cli: Cli) -> Result<i32> {
     cfg.timeout = (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout));
     cfg.encoding = encoding;
     cfg.pack = !cli.no_pack;
+    cfg.idle_hint_after = Duration::from_secs(cli.idle_hint_secs);
     cfg.publish_window = cli.publish_window;
     cfg.timeouts = Timeouts::default();
     cfg.progress = !cli.quiet && std::io::stderr().is_terminal();
