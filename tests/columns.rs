@@ -134,7 +134,7 @@ async fn column_order_extras_and_packing_never_change_a_score() {
     let positional = dir.path().join("positional.csv");
     write_csv(&positional, &[], rows);
 
-    let mut w = WorkerProc::spawn(&prefix, "w-cols", dir.path(), &[]);
+    let mut w = WorkerProc::spawn(&prefix, "w-cols", dir.path(), &["--model", "breast-cancer"]);
     w.wait_ready(Duration::from_secs(30));
 
     let out = |name: &str| dir.path().join(name);
@@ -266,7 +266,12 @@ async fn a_missing_feature_is_named_and_a_bad_cell_stops_the_run_before_publishi
     );
     assert!(!output.exists(), "no output for a refused input");
 
-    let mut w = WorkerProc::spawn(&prefix, "w-missing", dir.path(), &[]);
+    let mut w = WorkerProc::spawn(
+        &prefix,
+        "w-missing",
+        dir.path(),
+        &["--model", "breast-cancer"],
+    );
     w.wait_ready(Duration::from_secs(30));
     let output = dir.path().join("missing-out.csv");
     let out = score_batch(
@@ -305,7 +310,7 @@ async fn a_missing_feature_is_named_and_a_bad_cell_stops_the_run_before_publishi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
-    let _conn = require_broker().await;
+    let conn = require_broker().await;
     let prefix = unique_prefix("idle");
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.csv");
@@ -346,5 +351,19 @@ async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
         stderr.contains("timed out after 6s") && stderr.contains(&queue),
         "{stderr}"
     );
+    // A run that gave up keeps its reply queue (for an hour) for late results; this
+    // one is the test's to delete.
+    let run = stderr
+        .split("run=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id in: {stderr}"));
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        format!("{prefix}.reply.{run}").as_str().into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("deleting the reply queue of {run}: {e}"));
     cleanup(&prefix, &["nobody-serves-this"]).await;
 }
