@@ -33,7 +33,8 @@ build:
 models:
 	@bash scripts/fetch-models.sh
 
-# Python client for the any-AMQP-client example (pika), in a local virtualenv.
+# Python client for the any-AMQP-client example (pika; msgpack for packed rows), in a
+# local virtualenv.
 # Static checks of compose/ and deploy/kubernetes/: there is no Docker engine or cluster
 # here, so `docker-compose config` (Debian's package) and the Kubernetes OpenAPI schemas
 # (kubernetes-validate, from PyPI) stand in for them.
@@ -49,7 +50,8 @@ deploy-check: pyenv
 
 pyenv:
 	@if ! $(PY) -c 'import pika, msgpack' 2>/dev/null; then \
-	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check 'pika>=1.3,<2' 'msgpack>=1.0,<2'; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check \
+	    'pika>=1.3,<2' 'msgpack>=1,<2'; \
 	fi
 
 # Node client of the protocol-edge tests (tests/protocol_edges.rs): amqplib and

@@ -135,7 +135,7 @@ async fn json_lines_in_and_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_pika_client_gets_a_result() {
+async fn python_pika_clients_get_results_packed_and_listed() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("py");
     let dir = tempfile::tempdir().unwrap();
@@ -161,6 +161,25 @@ async fn python_pika_client_gets_a_result() {
         serde_json::json!(["malignant_probability"])
     );
     assert_eq!(result["outputs"].as_array().map(Vec::len), Some(2));
+
+    // The same rows packed (rows_f32 + cols, columns reversed and named) and as an
+    // `inputs` list, both MessagePack: the script checks the outputs are equal.
+    let out = std::process::Command::new(&python)
+        .arg(workspace().join("examples/python/score_packed.py"))
+        .args(["--prefix", &prefix, "--rows", "8", "--sample"])
+        .arg(models_dir().join("breast-cancer/sample.csv"))
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e} (make test sets up .venv)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "packed python example failed (needs pika and msgpack: `make pyenv`):\n{stdout}\n{stderr}"
+    );
+    let both: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(both["equal"], true, "{both}");
+    assert_eq!(both["outputs"].as_array().map(Vec::len), Some(8));
     w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }

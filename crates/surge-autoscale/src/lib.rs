@@ -287,7 +287,7 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
             install_recorder(),
             ready.clone(),
             "not connected to the broker\n",
-            shutdown.clone().into_future(),
+            shutdown.clone().fired(),
         )
         .await
         .map_err(|source| AutoscaleError::Metrics { addr, source })?;

@@ -44,7 +44,12 @@ async fn wait_for_zero(addr: SocketAddr, within: Duration) -> Result<()> {
 }
 
 /// One job published at zero workers, timed until its result; `samples` times.
-pub async fn cold_start(prefix: &str, autoscaler: SocketAddr, samples: usize) -> Result<()> {
+pub async fn cold_start(
+    prefix: &str,
+    pack: bool,
+    autoscaler: SocketAddr,
+    samples: usize,
+) -> Result<()> {
     let t = timeouts();
     let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
     let ch = conn.create_channel().await?;
@@ -56,7 +61,7 @@ pub async fn cold_start(prefix: &str, autoscaler: SocketAddr, samples: usize) ->
     for i in 0..samples {
         wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
         let t0 = Instant::now();
-        publish_row_job(&ch, &exchange, &reply, &format!("cold-{i}"), i, &t).await?;
+        publish_row_job(&ch, &exchange, &reply, &format!("cold-{i}"), (i, pack), &t).await?;
         let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
             .await
             .context("no result within 60 s of a job arriving at zero workers")?
@@ -77,6 +82,7 @@ pub async fn cold_start(prefix: &str, autoscaler: SocketAddr, samples: usize) ->
 /// second consumer, and until the burst is answered.
 pub async fn burst(
     prefix: &str,
+    pack: bool,
     autoscaler: SocketAddr,
     rows: usize,
     per_job: usize,
@@ -87,6 +93,7 @@ pub async fn burst(
     let ch = conn.create_channel().await?;
     let queue = Topology::new(prefix).job_queue("breast-cancer");
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
+    cfg.pack = pack;
     cfg.topology = Topology::new(prefix);
     cfg.timeouts = t;
     cfg.timeout = Some(Duration::from_secs(600));
@@ -119,10 +126,17 @@ pub async fn burst(
 }
 
 /// Rows scored from zero workers back to zero: the worker-seconds they cost.
-pub async fn bill(prefix: &str, autoscaler: SocketAddr, rows: usize, per_job: usize) -> Result<()> {
+pub async fn bill(
+    prefix: &str,
+    pack: bool,
+    autoscaler: SocketAddr,
+    rows: usize,
+    per_job: usize,
+) -> Result<()> {
     wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
     let before = metric(autoscaler, "surge_autoscale_worker_seconds").await?;
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
+    cfg.pack = pack;
     cfg.topology = Topology::new(prefix);
     cfg.timeouts = timeouts();
     cfg.timeout = Some(Duration::from_secs(600));

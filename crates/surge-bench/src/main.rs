@@ -14,6 +14,9 @@
 //!   and `latency` run unchanged against it: same payload in, same-size reply out.
 //! * `cold-start`, `burst`, `bill`: elasticity, against a running `surge autoscale`
 //!   (see `elastic`).
+//!
+//! Jobs carry their rows packed (`rows_f32` + `cols`, MessagePack) unless `--no-pack`
+//! asks for the `inputs` list form.
 
 mod elastic;
 
@@ -32,7 +35,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{AmqpUrl, Timeouts};
 use surge_client::{score_jobs, ScoreConfig};
-use surge_protocol::codec::encode;
+use surge_protocol::codec::{encode, encode_job};
 use surge_protocol::{Encoding, Inputs, Job, Topology};
 
 #[derive(Parser)]
@@ -41,6 +44,10 @@ struct Cli {
     /// Topology prefix the workers were started with.
     #[arg(long, default_value = "surge")]
     prefix: String,
+    /// Send rows as the `inputs` list of lists instead of packed (`rows_f32` + `cols`),
+    /// as older clients do.
+    #[arg(long, global = true)]
+    no_pack: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -127,8 +134,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn throughput(prefix: &str, rows: usize, per_job: usize) -> Result<()> {
+async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Result<()> {
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
+    cfg.pack = pack;
     cfg.topology = Topology::new(prefix);
     cfg.timeouts = timeouts();
     cfg.timeout = Some(Duration::from_secs(600));
@@ -151,7 +159,7 @@ async fn throughput(prefix: &str, rows: usize, per_job: usize) -> Result<()> {
     let secs = s.elapsed.as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"bench":"throughput","rows_per_job":per_job,"rows":rows,"jobs":s.jobs,"secs":secs,
+        serde_json::json!({"bench":"throughput","packed":pack,"rows_per_job":per_job,"rows":rows,"jobs":s.jobs,"secs":secs,
             "rows_per_s":rows as f64/secs,"jobs_per_s":s.jobs as f64/secs,"duplicates":s.duplicates,
             "client_cpu_s":client_cpu_s})
     );
@@ -181,19 +189,20 @@ async fn reply_channel(conn: &Connection, queue: &str) -> Result<(Channel, lapin
     Ok((ch, consumer))
 }
 
-/// Publishes one single-row breast-cancer job (row `i`) with id `id`, answered to
-/// `reply`, and waits for its confirm.
+/// Publishes one single-row breast-cancer job (row `i`, packed when `pack`) with id
+/// `id`, answered to `reply`, and waits for its confirm.
 async fn publish_row_job(
     ch: &Channel,
     exchange: &str,
     reply: &str,
     id: &str,
-    i: usize,
+    (i, pack): (usize, bool),
     t: &Timeouts,
 ) -> Result<()> {
-    let body = encode(
+    let body = encode_job(
         &Job::new("breast-cancer", Inputs::rows(&[row(i)])),
         Encoding::Msgpack,
+        pack,
     )?;
     let props = BasicProperties::default()
         .with_message_id(id.into())
@@ -205,7 +214,7 @@ async fn publish_row_job(
     Ok(())
 }
 
-async fn latency(prefix: &str, samples: usize) -> Result<()> {
+async fn latency(prefix: &str, pack: bool, samples: usize) -> Result<()> {
     let t = timeouts();
     let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
     let ch = conn.create_channel().await?;
@@ -216,7 +225,7 @@ async fn latency(prefix: &str, samples: usize) -> Result<()> {
     let mut rtts = Vec::with_capacity(samples);
     for i in 0..samples + 20 {
         let t0 = Instant::now();
-        publish_row_job(&ch, &exchange, &reply, &format!("lat-{i}"), i, &t).await?;
+        publish_row_job(&ch, &exchange, &reply, &format!("lat-{i}"), (i, pack), &t).await?;
         let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .context("no result in 30 s")?;
@@ -510,9 +519,12 @@ async fn echo_latency(prefix: &str, samples: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    let pack = !cli.no_pack;
     match cli.cmd {
-        Cmd::Throughput { rows, rows_per_job } => throughput(&cli.prefix, rows, rows_per_job).await,
-        Cmd::Latency { samples } => latency(&cli.prefix, samples).await,
+        Cmd::Throughput { rows, rows_per_job } => {
+            throughput(&cli.prefix, pack, rows, rows_per_job).await
+        }
+        Cmd::Latency { samples } => latency(&cli.prefix, pack, samples).await,
         Cmd::NoopWorker {
             rows_per_job,
             prefetch,
@@ -522,16 +534,16 @@ async fn main() -> Result<()> {
         Cmd::ColdStart {
             autoscaler,
             samples,
-        } => elastic::cold_start(&cli.prefix, autoscaler, samples).await,
+        } => elastic::cold_start(&cli.prefix, pack, autoscaler, samples).await,
         Cmd::Burst {
             autoscaler,
             rows,
             rows_per_job,
-        } => elastic::burst(&cli.prefix, autoscaler, rows, rows_per_job).await,
+        } => elastic::burst(&cli.prefix, pack, autoscaler, rows, rows_per_job).await,
         Cmd::Bill {
             autoscaler,
             rows,
             rows_per_job,
-        } => elastic::bill(&cli.prefix, autoscaler, rows, rows_per_job).await,
+        } => elastic::bill(&cli.prefix, pack, autoscaler, rows, rows_per_job).await,
     }
 }

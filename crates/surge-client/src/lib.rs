@@ -7,12 +7,15 @@
 //!   in input order (pure).
 //! * [`tracker`]: the plan (rows → jobs with idempotent ids) and the bookkeeping of
 //!   which jobs are answered, deduplicating results that arrive twice (pure).
+//! * [`watch`]: hints for a run that is stuck (no worker consumes the model's queue)
+//!   or failing (every job so far answered with an error) (pure).
 //! * [`score_table`]: the broker side: publish jobs with confirms, collect results on a
 //!   reply queue of the run's own, republish jobs whose results are overdue, and
 //!   reconnect after a lost connection.
 
 pub mod table;
 pub mod tracker;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,15 +30,16 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
-use surge_protocol::codec::{decode_result, encode};
+use surge_protocol::codec::{decode_result, encode_job_ref};
 use surge_protocol::{
-    now_ms, Encoding, Inputs, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
+    now_ms, Encoding, Inputs, JobRef, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
 };
 use table::{RowOutcome, Selection, Table};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tracker::{plan, Recorded, Tracker};
+use watch::{FailWatch, IdleSignal, IdleWatch};
 
 /// Why a run failed.
 #[derive(Debug, Error)]
@@ -50,7 +54,7 @@ pub enum ClientError {
     #[error("{0}")]
     Broker(#[from] BrokerError),
     /// The run did not finish within `--timeout`.
-    #[error("timed out after {after:?}: {answered} of {total} jobs answered (are workers running for this model? `surge worker --model ...`)")]
+    #[error("timed out after {after:?}: {answered} of {total} jobs answered; {hint}")]
     Timeout {
         /// Jobs answered.
         answered: usize,
@@ -58,6 +62,8 @@ pub enum ClientError {
         total: usize,
         /// The limit.
         after: Duration,
+        /// What to check, from what the run saw last (no consumer on the queue, ...).
+        hint: String,
     },
 }
 
@@ -80,6 +86,10 @@ pub struct ScoreConfig {
     pub timeout: Option<Duration>,
     /// Encoding of the jobs.
     pub encoding: Encoding,
+    /// Send rows packed (`rows_f32` + `cols`, one little-endian f32 block) rather than
+    /// as the `inputs` list of lists. Only MessagePack can carry the block: JSON jobs
+    /// always send `inputs`.
+    pub pack: bool,
     /// Jobs published before their confirms are awaited.
     pub publish_window: usize,
     /// Bounds on broker awaits.
@@ -88,6 +98,10 @@ pub struct ScoreConfig {
     pub progress: bool,
     /// Limits applied to incoming results.
     pub limits: Limits,
+    /// Say so when nothing has consumed the model's queue for this long.
+    pub idle_hint_after: Duration,
+    /// Repeat that at most this often while it lasts.
+    pub idle_hint_every: Duration,
 }
 
 impl ScoreConfig {
@@ -102,10 +116,13 @@ impl ScoreConfig {
             job_timeout: Duration::from_secs(60),
             timeout: None,
             encoding: Encoding::Msgpack,
+            pack: true,
             publish_window: 1000,
             timeouts: Timeouts::default(),
             progress: false,
             limits: Limits::default(),
+            idle_hint_after: Duration::from_secs(10),
+            idle_hint_every: Duration::from_secs(30),
         }
     }
 }
@@ -153,7 +170,9 @@ pub struct Scored {
     pub summary: Summary,
 }
 
-/// Scores the selected cells of `table` with `cfg.model` through the broker.
+/// Scores the selected cells of `table` with `cfg.model` through the broker. Every
+/// cell is checked before the first job is published; the selection's names travel
+/// as each job's `columns`.
 pub async fn score_table(
     cfg: &ScoreConfig,
     table: &Table,
@@ -164,7 +183,11 @@ pub async fn score_table(
         .iter()
         .map(|j| table.inputs(selection, j.start, j.end))
         .collect::<Result<_, _>>()?;
-    let answered = score_jobs(cfg, inputs).await?;
+    let columns = match selection {
+        Selection::Features { names, .. } => names.clone(),
+        Selection::Text(_) => None,
+    };
+    let answered = score_jobs_with_columns(cfg, inputs, columns).await?;
     Ok(answered.into_scored())
 }
 
@@ -178,7 +201,18 @@ pub struct Answered {
 }
 
 /// Publishes one job per element of `inputs` and waits until each is answered once.
+/// The rows go by position: in the model's feature order.
 pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answered, ClientError> {
+    score_jobs_with_columns(cfg, inputs, None).await
+}
+
+/// [`score_jobs`] with the names of each row's values, sent as every job's `columns`
+/// so that the worker matches them to the model's features by name.
+pub async fn score_jobs_with_columns(
+    cfg: &ScoreConfig,
+    inputs: Vec<Inputs>,
+    columns: Option<Vec<String>>,
+) -> Result<Answered, ClientError> {
     let started = Instant::now();
     let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let jobs = tracker::plan_sizes(&run_id, inputs.iter().map(Inputs::len));
@@ -190,29 +224,40 @@ pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answer
     } else {
         ProgressBar::hidden()
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    bar.set_style(bar_style(false));
+    info!(
+        run = %run_id,
+        rows = total_rows,
+        jobs = tracker.jobs().len(),
+        model = %cfg.model,
+        packed = cfg.pack && cfg.encoding == Encoding::Msgpack,
+        by_name = columns.is_some(),
+        "scoring"
     );
-    info!(run = %run_id, rows = total_rows, jobs = tracker.jobs().len(), model = %cfg.model, "scoring");
+    let job_queue = cfg.topology.job_queue(&cfg.model);
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
         cfg,
         inputs: &inputs,
+        columns: columns.as_deref(),
         reply_queue: &reply_queue,
+        job_queue: &job_queue,
         bar: &bar,
         started,
     };
+    let mut watch = Watches {
+        idle: IdleWatch::new(cfg.idle_hint_after, cfg.idle_hint_every).idle_from(started),
+        fail: FailWatch::new(tracker.jobs().len().min(3)),
+        idle_hint: None,
+    };
     loop {
-        match ctx.session(&mut tracker).await {
+        match ctx.session(&mut tracker, &mut watch).await {
             Ok(()) => break,
             Err(ClientError::Broker(e)) if e.is_connection_loss() => {
                 reconnects += 1;
                 warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
-                ctx.check_timeout(&tracker)?;
+                ctx.check_timeout(&tracker, &watch)?;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -291,24 +336,32 @@ impl Answered {
     }
 }
 
-/// A job as published: `Job`'s wire shape, borrowing the inputs so that publishing
-/// (and republishing) never copies them.
-#[derive(serde::Serialize)]
-struct JobOut<'a> {
-    v: u32,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
-    inputs: &'a Inputs,
-    sent_ms: u64,
+/// The progress bar's look; `with_hint` adds a second line for [`ProgressBar::set_message`].
+fn bar_style(with_hint: bool) -> ProgressStyle {
+    let template = if with_hint {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}\n{msg}"
+    } else {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  ETA {eta}"
+    };
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 struct RunCtx<'a> {
     cfg: &'a ScoreConfig,
     inputs: &'a [Inputs],
+    columns: Option<&'a [String]>,
     reply_queue: &'a str,
+    job_queue: &'a str,
     bar: &'a ProgressBar,
     started: Instant,
+}
+
+/// The run's hints, kept across reconnects.
+struct Watches {
+    idle: IdleWatch,
+    fail: FailWatch,
+    /// The idle hint while it stands, for the `--timeout` error.
+    idle_hint: Option<String>,
 }
 
 enum Incoming {
@@ -317,24 +370,102 @@ enum Incoming {
 }
 
 impl RunCtx<'_> {
-    fn check_timeout(&self, tracker: &Tracker) -> Result<(), ClientError> {
+    fn check_timeout(&self, tracker: &Tracker, watch: &Watches) -> Result<(), ClientError> {
         match self.cfg.timeout {
             Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout {
                 answered: tracker.done(),
                 total: tracker.jobs().len(),
                 after,
+                hint: watch.idle_hint.clone().unwrap_or_else(|| {
+                    format!(
+                        "are workers running for model {}? (`surge worker --model {}`, with the same --prefix; check their logs)",
+                        self.cfg.model, self.cfg.model
+                    )
+                }),
             }),
             _ => Ok(()),
         }
     }
 
+    /// What to check when nobody consumes the model's queue.
+    fn idle_advice(&self) -> String {
+        format!(
+            "is a worker running with models/{} and --prefix {}? check `surge models list` and the worker logs",
+            self.cfg.model,
+            self.cfg.topology.prefix(),
+        )
+    }
+
+    /// Looks at the consumer count of the model's queue (on a channel of its own: a
+    /// passive declare that fails closes its channel) and says what there is to say.
+    async fn probe_idle(
+        &self,
+        conn: &lapin::Connection,
+        probe: &mut Option<lapin::Channel>,
+        tracker: &Tracker,
+        watch: &mut Watches,
+    ) {
+        let t = &self.cfg.timeouts;
+        if probe.is_none() {
+            match timed("channel.open", t.operation, conn.create_channel()).await {
+                Ok(ch) => *probe = Some(ch),
+                Err(e) => {
+                    debug!(error = %e, "could not open a channel to watch the job queue");
+                    return;
+                }
+            }
+        }
+        let Some(ch) = probe.as_ref() else { return };
+        let depth = match topology::queue_depth(ch, self.job_queue, t).await {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(error = %e, queue = %self.job_queue, "could not read the job queue's consumer count");
+                *probe = None;
+                return;
+            }
+        };
+        match watch.idle.observe(depth.consumers, Instant::now()) {
+            IdleSignal::Quiet => {}
+            IdleSignal::Idle(idle) => {
+                let hint = format!(
+                    "no worker consumes {} (for {} s; {} of {} jobs answered): {}",
+                    self.job_queue,
+                    idle.as_secs(),
+                    tracker.done(),
+                    tracker.jobs().len(),
+                    self.idle_advice()
+                );
+                if self.cfg.progress {
+                    self.bar.set_style(bar_style(true));
+                    self.bar.set_message(hint);
+                } else {
+                    warn!("{hint}");
+                }
+                watch.idle_hint = Some(format!(
+                    "no worker consumes {}: {}",
+                    self.job_queue,
+                    self.idle_advice()
+                ));
+            }
+            IdleSignal::Resumed => {
+                watch.idle_hint = None;
+                if self.cfg.progress {
+                    self.bar.set_message("");
+                    self.bar.set_style(bar_style(false));
+                } else {
+                    info!(queue = %self.job_queue, consumers = depth.consumers, "a worker consumes the job queue now");
+                }
+            }
+        }
+    }
+
     /// One connected session: declare, consume results, publish what is unpublished,
     /// wait until every job is answered. Returns `Err` on a lost connection.
-    async fn session(&self, tracker: &mut Tracker) -> Result<(), ClientError> {
+    async fn session(&self, tracker: &mut Tracker, watch: &mut Watches) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
         let conn = surge_broker::connect(&cfg.url, "score-batch", t).await?;
-        let res = self.connected(&conn, tracker).await;
+        let res = self.connected(&conn, tracker, watch).await;
         let _ = tokio::time::timeout(t.operation, conn.close(200, "score-batch done".into())).await;
         res
     }
@@ -343,6 +474,7 @@ impl RunCtx<'_> {
         &self,
         conn: &lapin::Connection,
         tracker: &mut Tracker,
+        watch: &mut Watches,
     ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
@@ -443,7 +575,14 @@ impl RunCtx<'_> {
             }
         });
 
-        let outcome = self.publish_and_wait(&ch, tracker, &mut rx).await;
+        let mut probe = None;
+        let outcome = self
+            .publish_and_wait(conn, &ch, &mut probe, tracker, watch, &mut rx)
+            .await;
+        if let Some(p) = probe {
+            let _ =
+                tokio::time::timeout(t.operation, p.close(200, "score-batch done".into())).await;
+        }
         // Cancel the consumer, then close its channel, then (in `session`) the
         // connection: closing under a live consumer makes lapin log a spurious
         // channel-state error.
@@ -470,28 +609,52 @@ impl RunCtx<'_> {
 
     async fn publish_and_wait(
         &self,
+        conn: &lapin::Connection,
         ch: &lapin::Channel,
+        probe: &mut Option<lapin::Channel>,
         tracker: &mut Tracker,
+        watch: &mut Watches,
         rx: &mut mpsc::Receiver<Incoming>,
     ) -> Result<(), ClientError> {
         self.publish(ch, tracker, tracker.unpublished()).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The consumer count is read a few times per hint period, at most every 2 s.
+        let probe_every = (self.cfg.idle_hint_after / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(2));
+        let mut last_probe: Option<Instant> = None;
         while !tracker.is_complete() {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Incoming::Result(r)) => {
+                        // Only a job's first result counts towards "every job failed".
+                        let said = if tracker.is_pending(&r.job_id) {
+                            watch.fail.record(&r)
+                        } else {
+                            None
+                        };
                         if tracker.record(*r) == Recorded::New {
                             self.bar.set_position(tracker.rows_done() as u64);
+                        }
+                        if let Some(said) = said {
+                            self.bar.suspend(|| warn!(model = %self.cfg.model, "{said}"));
                         }
                     }
                     Some(Incoming::Lost(e)) => return Err(e.into()),
                     None => return Err(BrokerError::Timeout { what: "results consumer", after: Duration::ZERO }.into()),
                 },
                 _ = tick.tick() => {
-                    self.check_timeout(tracker)?;
+                    self.check_timeout(tracker, watch)?;
+                    if last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
+                        last_probe = Some(Instant::now());
+                        self.probe_idle(conn, probe, tracker, watch).await;
+                    }
                     let overdue = tracker.overdue(Instant::now(), self.cfg.job_timeout);
                     if !overdue.is_empty() {
-                        info!(jobs = overdue.len(), "results overdue; publishing those jobs again");
+                        info!(
+                            jobs = overdue.len(),
+                            dead_letters = %self.cfg.topology.dead_queue(),
+                            "results overdue; publishing those jobs again (if this repeats, look for them in the dead-letter queue and check the worker logs)"
+                        );
                         tracker.republished += overdue.len() as u64;
                         self.publish(ch, tracker, overdue).await?;
                     }
@@ -520,15 +683,17 @@ impl RunCtx<'_> {
             let mut pending = Vec::with_capacity(window.len());
             for &i in window {
                 let id = tracker.jobs()[i].id.clone();
-                let job = JobOut {
+                let job = JobRef {
                     v: PROTOCOL_VERSION,
                     model: &cfg.model,
                     version: cfg.version.as_deref(),
                     inputs: &self.inputs[i],
-                    sent_ms: now_ms(),
+                    columns: self.columns,
+                    deadline_ms: None,
+                    sent_ms: Some(now_ms()),
                 };
-                let body =
-                    encode(&job, cfg.encoding).map_err(|e| ClientError::Input(e.to_string()))?;
+                let body = encode_job_ref(job, cfg.encoding, cfg.pack)
+                    .map_err(|e| ClientError::Input(e.to_string()))?;
                 let props = BasicProperties::default()
                     .with_message_id(id.as_str().into())
                     .with_correlation_id(id.as_str().into())

@@ -1,19 +1,25 @@
 //! Reading input files into rows, and writing rows plus scores back out, in input
 //! order. CSV or JSON Lines, chosen by extension (`.csv`, `.jsonl`/`.ndjson`/`.json`)
 //! or explicitly; `-` is stdin/stdout.
+//!
+//! Which cells are sent, and under which names, is decided once for the whole file
+//! ([`Table::select`]) and checked for every row before anything is published
+//! ([`Table::inputs`]): a run never finds out at row 90,000 that a cell is not a
+//! number. CSV cells are kept as the text the file holds, so that the columns that are
+//! not sent come out exactly as they went in.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
 
 use serde_json::{Map, Value};
-use surge_protocol::Inputs;
+use surge_protocol::{Inputs, Rows};
 
 use crate::ClientError;
 
 /// A file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Comma-separated values with a header row.
+    /// Comma-separated values, with a header row unless told otherwise.
     Csv,
     /// One JSON value per line: an object, an array of numbers, or a string.
     JsonLines,
@@ -47,23 +53,74 @@ impl Format {
 /// The rows of an input file, kept whole so they can be written back with scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
-    /// Column names, in file order.
+    /// Column names, in file order (`column_1`, `column_2`, ... when the file has none).
     pub columns: Vec<String>,
-    /// One record per input row: its cells in `columns` order.
+    /// One record per input row: its cells in `columns` order. A CSV cell is the
+    /// string the file holds; a JSON cell is the JSON value (`null` when missing).
     pub records: Vec<Vec<Value>>,
+    /// True when `columns` are names read from the file (a CSV header, the keys of
+    /// JSON objects); false when they are made up (a CSV read without a header, JSON
+    /// arrays), so that the values can only be sent by position.
+    pub named: bool,
+    /// The format the table was read from.
+    pub format: Format,
 }
 
 /// Which cells of a record the model scores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
-    /// These columns, as numbers, in this order.
-    Features(Vec<usize>),
+    /// These columns (indices into [`Table::columns`]), as numbers, in this order.
+    Features {
+        /// The columns sent, in the order of each row's values.
+        cols: Vec<usize>,
+        /// The name each column is sent under (the job's `columns`), so that the
+        /// worker matches them to the model's features by name. `None` sends the
+        /// values by position: their order must then be the model's feature order.
+        names: Option<Vec<String>>,
+    },
     /// This column, as text.
     Text(usize),
 }
 
+/// What a cell holds, as far as sending it as a number goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell {
+    /// A finite f32.
+    Number(f32),
+    /// Nothing: an empty CSV cell, JSON `null` or a missing key.
+    Empty,
+    /// Anything else: text, a boolean, a value beyond f32's range, NaN.
+    Other,
+}
+
+impl Table {
+    fn cell(&self, v: &Value) -> Cell {
+        match v {
+            Value::Null => Cell::Empty,
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if (x as f32).is_finite() => Cell::Number(x as f32),
+                _ => Cell::Other,
+            },
+            // Only CSV has numbers as text; a JSON string is a string.
+            Value::String(s) if self.format == Format::Csv => {
+                let t = s.trim();
+                if t.is_empty() {
+                    return Cell::Empty;
+                }
+                // Parsed straight to f32 (correctly rounded), not through f64.
+                match t.parse::<f32>() {
+                    Ok(x) if x.is_finite() => Cell::Number(x),
+                    _ => Cell::Other,
+                }
+            }
+            _ => Cell::Other,
+        }
+    }
+}
+
+/// A CSV cell as a JSON value, for JSON Lines output: integers stay integers (so ids
+/// are written back as they were read), other numbers become numbers, the rest text.
 fn cell_from_csv(s: &str) -> Value {
-    // Integers stay integers, so ids are written back as they were read.
     if let Ok(i) = s.parse::<i64>() {
         return Value::from(i);
     }
@@ -75,27 +132,65 @@ fn cell_from_csv(s: &str) -> Value {
     }
 }
 
-/// Reads a whole table.
+/// How to read an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// The first CSV line is a header of column names (the default). Without one,
+    /// the columns are called `column_1`, `column_2`, ... and the table is not named.
+    /// JSON Lines ignore it: objects are named by their keys, arrays are not named.
+    pub header: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self { header: true }
+    }
+}
+
+/// Reads a whole table; a CSV file must start with a header.
 pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientError> {
+    read_table_with(reader, format, ReadOptions::default())
+}
+
+/// Reads a whole table, as `options` say.
+pub fn read_table_with(
+    reader: impl BufRead,
+    format: Format,
+    options: ReadOptions,
+) -> Result<Table, ClientError> {
     match format {
         Format::Csv => {
-            let mut rdr = csv::Reader::from_reader(reader);
-            let columns: Vec<String> = rdr
-                .headers()
-                .map_err(|e| ClientError::Input(format!("reading the CSV header: {e}")))?
-                .iter()
-                .map(str::to_string)
-                .collect();
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(options.header)
+                .from_reader(reader);
+            let mut columns: Vec<String> = if options.header {
+                rdr.headers()
+                    .map_err(|e| ClientError::Input(format!("reading the CSV header: {e}")))?
+                    .iter()
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut records = Vec::new();
             for (i, rec) in rdr.records().enumerate() {
                 let rec =
                     rec.map_err(|e| ClientError::Input(format!("CSV record {}: {e}", i + 1)))?;
-                records.push(rec.iter().map(cell_from_csv).collect());
+                if !options.header && columns.is_empty() {
+                    columns = (1..=rec.len()).map(|j| format!("column_{j}")).collect();
+                }
+                records.push(rec.iter().map(|c| Value::String(c.to_string())).collect());
             }
-            Ok(Table { columns, records })
+            Ok(Table {
+                columns,
+                records,
+                named: options.header,
+                format,
+            })
         }
         Format::JsonLines => {
             let mut columns: Vec<String> = Vec::new();
+            let mut named = true;
             let mut records = Vec::new();
             for (i, line) in reader.lines().enumerate() {
                 let line = line.map_err(|e| ClientError::Input(format!("line {}: {e}", i + 1)))?;
@@ -104,9 +199,10 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                 }
                 let v: Value = serde_json::from_str(&line)
                     .map_err(|e| ClientError::Input(format!("line {}: not JSON: {e}", i + 1)))?;
+                let first = columns.is_empty();
                 let cells = match v {
-                    Value::Object(map) => {
-                        if columns.is_empty() {
+                    Value::Object(map) if first || named => {
+                        if first {
                             columns = map.keys().cloned().collect();
                         }
                         columns
@@ -114,17 +210,24 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                             .map(|c| map.get(c).cloned().unwrap_or(Value::Null))
                             .collect()
                     }
-                    Value::Array(items) => {
-                        if columns.is_empty() {
-                            columns = (0..items.len()).map(|j| format!("x{j}")).collect();
+                    Value::Array(items) if first || !named => {
+                        if first {
+                            columns = (1..=items.len()).map(|j| format!("column_{j}")).collect();
+                            named = false;
                         }
                         items
                     }
-                    Value::String(s) => {
-                        if columns.is_empty() {
+                    Value::String(s) if first || columns == ["text"] => {
+                        if first {
                             columns = vec!["text".into()];
                         }
                         vec![Value::String(s)]
+                    }
+                    Value::Object(_) | Value::Array(_) | Value::String(_) => {
+                        return Err(ClientError::Input(format!(
+                            "line {}: every line must have the shape of the first (all objects, all arrays or all strings)",
+                            i + 1
+                        )))
                     }
                     other => {
                         return Err(ClientError::Input(format!(
@@ -143,48 +246,194 @@ pub fn read_table(reader: impl BufRead, format: Format) -> Result<Table, ClientE
                 }
                 records.push(cells);
             }
-            Ok(Table { columns, records })
+            Ok(Table {
+                columns,
+                records,
+                named,
+                format,
+            })
         }
     }
 }
 
+/// Splits `file_col=feature` (or just `name`, sent under its own name).
+fn split_pick(spec: &str) -> (&str, &str) {
+    match spec.split_once('=') {
+        Some((file, feature)) => (file.trim(), feature.trim()),
+        None => (spec.trim(), spec.trim()),
+    }
+}
+
+/// An error if a name is sent twice: the worker could not tell which value is meant.
+fn check_unique(names: &[String], what: &str) -> Result<(), ClientError> {
+    // The worker compares names trimmed, so " a" and "a" are the same name.
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].iter().any(|m| m.trim() == n.trim()) {
+            return Err(ClientError::Input(format!(
+                "column {n:?} would be sent twice ({what}); every name sent must be unique"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Table {
-    /// Picks the cells to score: the `text_column` when given (or when the table has a
-    /// non-numeric column named `text`), else the named `columns`, else every column.
+    /// Index of the column named `name` in a named table, refusing names that the
+    /// header holds twice.
+    fn index(&self, name: &str) -> Result<usize, ClientError> {
+        let mut found = self.columns.iter().enumerate().filter(|(_, c)| *c == name);
+        match (found.next(), found.next()) {
+            (Some((i, _)), None) => Ok(i),
+            (Some((i, _)), Some((j, _))) => Err(ClientError::Input(format!(
+                "the input has two columns named {name:?} (columns {} and {}); rename one",
+                i + 1,
+                j + 1
+            ))),
+            (None, _) => Err(ClientError::Input(format!(
+                "no column {name:?} in the input (its columns: {})",
+                self.columns.join(", ")
+            ))),
+        }
+    }
+
+    /// Picks the cells to score.
+    ///
+    /// * `text_column`, when given, is the column of texts (for text models).
+    /// * A named table (CSV with a header, JSON objects):
+    ///   - `columns` empty: a non-numeric column named `text` is the texts; otherwise
+    ///     every column that holds at least one number is sent, under its own name.
+    ///     Columns with no number at all (ids, dates, notes) are not sent; they are
+    ///     written back to the output as they are.
+    ///   - `columns` given: those columns, in that order. `file_col=feature` sends
+    ///     the file's `file_col` under the name `feature`.
+    /// * A table without names (CSV read without a header, JSON arrays):
+    ///   - `columns` empty: every column, by position (no names).
+    ///   - `columns` given: it names the file's columns in order, one name per column;
+    ///     an empty name leaves that column out.
     pub fn select(
         &self,
         columns: &[String],
         text_column: Option<&str>,
     ) -> Result<Selection, ClientError> {
-        let index = |name: &str| {
-            self.columns.iter().position(|c| c == name).ok_or_else(|| {
-                ClientError::Input(format!(
-                    "no column {name:?} in the input (columns: {})",
-                    self.columns.join(", ")
-                ))
-            })
-        };
         if let Some(t) = text_column {
-            return Ok(Selection::Text(index(t)?));
+            return Ok(Selection::Text(self.index(t)?));
+        }
+        if !self.named {
+            if columns.is_empty() {
+                return Ok(Selection::Features {
+                    cols: (0..self.columns.len()).collect(),
+                    names: None,
+                });
+            }
+            if columns.len() != self.columns.len() {
+                return Err(ClientError::Input(format!(
+                    "the input has no header and {} columns, but --columns names {}: name every column in file order (leave a name empty, as in `,mean_radius,...`, to skip a column)",
+                    self.columns.len(),
+                    columns.len()
+                )));
+            }
+            if let Some(c) = columns.iter().find(|c| c.contains('=')) {
+                return Err(ClientError::Input(format!(
+                    "--columns {c:?}: the input has no header, so `file_col=feature` cannot name a file column; give each column's feature name in file order"
+                )));
+            }
+            let (cols, names): (Vec<usize>, Vec<String>) = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| !n.trim().is_empty())
+                .map(|(i, n)| (i, n.trim().to_string()))
+                .unzip();
+            check_unique(&names, "in --columns")?;
+            return Self::features(cols, Some(names));
         }
         if columns.is_empty() {
-            if let Some(t) = self.columns.iter().position(|c| c == "text") {
+            if let Ok(t) = self.index("text") {
                 if self
                     .records
                     .iter()
-                    .any(|r| matches!(r[t], Value::String(_)))
+                    .any(|r| matches!(self.cell(&r[t]), Cell::Other))
                 {
                     return Ok(Selection::Text(t));
                 }
             }
-            return Ok(Selection::Features((0..self.columns.len()).collect()));
+            let cols: Vec<usize> = (0..self.columns.len())
+                .filter(|&c| {
+                    self.records
+                        .iter()
+                        .any(|r| matches!(self.cell(&r[c]), Cell::Number(_)))
+                })
+                .collect();
+            let names: Vec<String> = cols.iter().map(|&c| self.columns[c].clone()).collect();
+            check_unique(&names, "the header names it more than once")?;
+            return Self::features(cols, Some(names));
         }
-        Ok(Selection::Features(
-            columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?,
-        ))
+        let mut cols = Vec::with_capacity(columns.len());
+        let mut names = Vec::with_capacity(columns.len());
+        for spec in columns {
+            let (file, feature) = split_pick(spec);
+            if file.is_empty() || feature.is_empty() {
+                return Err(ClientError::Input(format!(
+                    "--columns {spec:?}: give a column name, or file_col=feature"
+                )));
+            }
+            cols.push(self.index(file)?);
+            names.push(feature.to_string());
+        }
+        check_unique(&names, "in --columns")?;
+        Self::features(cols, Some(names))
     }
 
-    /// The inputs of records `start..end`, as a job would carry them.
+    fn features(cols: Vec<usize>, names: Option<Vec<String>>) -> Result<Selection, ClientError> {
+        if cols.is_empty() {
+            return Err(ClientError::Input(
+                "no column to send: no column holds numbers (choose them with --columns, or the texts with --text-column)".into(),
+            ));
+        }
+        Ok(Selection::Features { cols, names })
+    }
+
+    /// Gives a table without names the names of `selection` (for the output's
+    /// header); a named table keeps its own.
+    pub fn adopt_names(&mut self, selection: &Selection) {
+        if self.named {
+            return;
+        }
+        if let Selection::Features {
+            cols,
+            names: Some(names),
+        } = selection
+        {
+            for (&c, n) in cols.iter().zip(names) {
+                if let Some(slot) = self.columns.get_mut(c) {
+                    slot.clone_from(n);
+                }
+            }
+        }
+    }
+
+    /// The columns of the table that `selection` does not send.
+    pub fn not_sent(&self, selection: &Selection) -> Vec<&str> {
+        let sent = |c: usize| match selection {
+            Selection::Features { cols, .. } => cols.contains(&c),
+            Selection::Text(t) => *t == c,
+        };
+        (0..self.columns.len())
+            .filter(|&c| !sent(c))
+            .map(|c| self.columns[c].as_str())
+            .collect()
+    }
+
+    fn describe_column(&self, c: usize) -> String {
+        if self.named {
+            format!("column {:?}", self.columns[c])
+        } else {
+            format!("column {}", c + 1)
+        }
+    }
+
+    /// The inputs of records `start..end`, as a job would carry them. A cell that is
+    /// not a finite number is an error naming its row (counted from 1, header not
+    /// counted) and column.
     pub fn inputs(&self, sel: &Selection, start: usize, end: usize) -> Result<Inputs, ClientError> {
         match sel {
             Selection::Text(c) => Ok(Inputs::Texts(
@@ -196,26 +445,51 @@ impl Table {
                     })
                     .collect(),
             )),
-            Selection::Features(cols) => {
-                let mut rows = Vec::with_capacity(end - start);
+            Selection::Features { cols, names } => {
+                let mut values = Vec::with_capacity((end - start) * cols.len());
                 for (i, r) in self.records[start..end].iter().enumerate() {
-                    let mut row = Vec::with_capacity(cols.len());
                     for &c in cols {
-                        let x = r[c].as_f64().ok_or_else(|| {
-                            ClientError::Input(format!(
-                                "row {}, column {:?}: {} is not a number (pick numeric columns with --columns, or texts with --text-column)",
-                                start + i + 1,
-                                self.columns[c],
-                                r[c]
-                            ))
-                        })?;
-                        row.push(x as f32);
+                        let why = match self.cell(&r[c]) {
+                            Cell::Number(x) => {
+                                values.push(x);
+                                continue;
+                            }
+                            Cell::Empty => "is empty".to_string(),
+                            Cell::Other => {
+                                format!("holds {}, which is not a finite number", show(&r[c]))
+                            }
+                        };
+                        let fix = if self.named && names.is_some() {
+                            format!(
+                                "fix the cell; or, if {:?} is not one of the model's features, leave it out (--columns lists the columns to send)",
+                                self.columns[c]
+                            )
+                        } else {
+                            "fix the cell".to_string()
+                        };
+                        return Err(ClientError::Input(format!(
+                            "row {}, {} {why}: every value sent to the model must be a number; {fix}",
+                            start + i + 1,
+                            self.describe_column(c),
+                        )));
                     }
-                    rows.push(row);
                 }
-                Ok(Inputs::rows(&rows))
+                Ok(Inputs::Rows(Rows::from_flat(values, cols.len())))
             }
         }
+    }
+}
+
+/// A cell as quoted in an error message, cut short.
+fn show(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s
     }
 }
 
@@ -229,7 +503,8 @@ pub enum RowOutcome {
 }
 
 /// Writes the table with output columns (named by `output_names`, or one `embedding`
-/// column holding a JSON array when the model names none) and an `error` column.
+/// column holding a JSON array when the model names none) and an `error` column. A
+/// CSV input's cells are written back as the file held them.
 pub fn write_table(
     mut out: impl Write,
     format: Format,
@@ -287,7 +562,11 @@ pub fn write_table(
             for (rec, outcome) in table.records.iter().zip(outcomes) {
                 let mut obj = Map::new();
                 for (c, v) in table.columns.iter().zip(rec) {
-                    obj.insert(c.clone(), v.clone());
+                    let v = match (table.format, v) {
+                        (Format::Csv, Value::String(s)) => cell_from_csv(s),
+                        (_, v) => v.clone(),
+                    };
+                    obj.insert(c.clone(), v);
                 }
                 match outcome {
                     RowOutcome::Scored(values) if embedding => {
@@ -316,10 +595,25 @@ pub fn write_table(
 mod tests {
     use super::*;
 
+    fn csv(text: &str) -> Table {
+        read_table(text.as_bytes(), Format::Csv).unwrap()
+    }
+
+    fn features(sel: &Selection) -> (Vec<usize>, Option<Vec<String>>) {
+        match sel {
+            Selection::Features { cols, names } => (cols.clone(), names.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn csv_round_trip_keeps_order_and_adds_columns() {
-        let t = read_table("a,b,name\n1,2,x\n3,4.5,y\n".as_bytes(), Format::Csv).unwrap();
-        let sel = t.select(&["a".into(), "b".into()], None).unwrap();
+        let t = csv("a,b,name\n1,2,x\n3,4.5,y\n");
+        let sel = t.select(&strings(&["a", "b"]), None).unwrap();
         assert_eq!(
             t.inputs(&sel, 0, 2).unwrap(),
             Inputs::rows(&[vec![1.0, 2.0], vec![3.0, 4.5]])
@@ -337,11 +631,123 @@ mod tests {
     }
 
     #[test]
-    fn non_numeric_features_are_named() {
-        let t = read_table("a,b\n1,zz\n".as_bytes(), Format::Csv).unwrap();
+    fn by_default_numeric_columns_are_sent_by_name_and_the_rest_pass_through() {
+        let t = csv("id,b,date,a,note\nx1,2.50,2024-01-01,1e3,\nx2,-0,2024-01-02,7,\n");
         let sel = t.select(&[], None).unwrap();
-        let err = t.inputs(&sel, 0, 1).unwrap_err().to_string();
-        assert!(err.contains("row 1, column \"b\""), "{err}");
+        assert_eq!(features(&sel), (vec![1, 3], Some(strings(&["b", "a"]))));
+        assert_eq!(t.not_sent(&sel), vec!["id", "date", "note"]);
+        assert_eq!(
+            t.inputs(&sel, 0, 2).unwrap(),
+            Inputs::rows(&[vec![2.5, 1000.0], vec![-0.0, 7.0]])
+        );
+        // Cells come out exactly as they went in, not re-formatted.
+        let mut out = Vec::new();
+        let scored = [RowOutcome::Scored(vec![0.5]), RowOutcome::Scored(vec![1.0])];
+        write_table(&mut out, Format::Csv, &t, &["p".into()], &scored).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id,b,date,a,note,p,error\nx1,2.50,2024-01-01,1e3,,0.5,\nx2,-0,2024-01-02,7,,1,\n"
+        );
+        // To JSON Lines, numbers become numbers again.
+        let mut out = Vec::new();
+        write_table(&mut out, Format::JsonLines, &t, &["p".into()], &scored).unwrap();
+        let first = String::from_utf8(out).unwrap();
+        assert!(
+            first.starts_with(
+                r#"{"id":"x1","b":2.5,"date":"2024-01-01","a":1000.0,"note":"","p":0.5}"#
+            ),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn a_bad_cell_in_a_sent_column_is_named_before_anything_is_sent() {
+        let t = csv("a,b\n1,2\n3,zz\n");
+        let sel = t.select(&[], None).unwrap();
+        let err = t.inputs(&sel, 0, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("row 2, column \"b\" holds \"zz\", which is not a finite number"),
+            "{err}"
+        );
+        assert!(err.contains("--columns"), "{err}");
+        for (cell, why) in [
+            ("", "is empty"),
+            ("NaN", "not a finite number"),
+            ("1e39", "not a finite number"),
+        ] {
+            let t = csv(&format!("a,b\n1,2\n3,{cell}\n"));
+            let err = t
+                .inputs(&t.select(&[], None).unwrap(), 0, 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("row 2, column \"b\"") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn columns_select_and_rename() {
+        let t = csv("id,x,y,z\n1,2,3,4\n");
+        let sel = t.select(&strings(&["z", "x=mean_radius"]), None).unwrap();
+        assert_eq!(
+            features(&sel),
+            (vec![3, 1], Some(strings(&["z", "mean_radius"])))
+        );
+        assert_eq!(
+            t.inputs(&sel, 0, 1).unwrap(),
+            Inputs::rows(&[vec![4.0, 2.0]])
+        );
+        let err = t.select(&strings(&["nope"]), None).unwrap_err().to_string();
+        assert!(
+            err.contains("no column \"nope\"") && err.contains("id, x, y, z"),
+            "{err}"
+        );
+        let err = t
+            .select(&strings(&["x=a", "y=a"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"a\" would be sent twice"), "{err}");
+        let dup = csv("a,a\n1,2\n");
+        assert!(dup.select(&[], None).is_err());
+        assert!(dup
+            .select(&strings(&["a"]), None)
+            .unwrap_err()
+            .to_string()
+            .contains("two columns named \"a\""));
+    }
+
+    #[test]
+    fn headerless_files_are_sent_by_position_or_named_in_order() {
+        let opts = ReadOptions { header: false };
+        let mut t = read_table_with("7,1,2\n8,3,4\n".as_bytes(), Format::Csv, opts).unwrap();
+        assert!(!t.named);
+        assert_eq!(t.columns, strings(&["column_1", "column_2", "column_3"]));
+        let sel = t.select(&[], None).unwrap();
+        assert_eq!(features(&sel), (vec![0, 1, 2], None));
+        assert_eq!(
+            t.inputs(&sel, 1, 2).unwrap(),
+            Inputs::rows(&[vec![8.0, 3.0, 4.0]])
+        );
+
+        let sel = t.select(&strings(&["", "a", "b"]), None).unwrap();
+        assert_eq!(features(&sel), (vec![1, 2], Some(strings(&["a", "b"]))));
+        t.adopt_names(&sel);
+        assert_eq!(t.columns, strings(&["column_1", "a", "b"]));
+
+        let err = t
+            .select(&strings(&["a", "b"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 columns, but --columns names 2"), "{err}");
+        assert!(t.select(&strings(&["x", "a=b", "c"]), None).is_err());
+        let bad = read_table_with("1,x\n".as_bytes(), Format::Csv, opts).unwrap();
+        let err = bad
+            .inputs(&bad.select(&[], None).unwrap(), 0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 1, column 2 holds \"x\""), "{err}");
     }
 
     #[test]
@@ -373,6 +779,24 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"id\":1,\"text\":\"hello\",\"embedding\":[0.5,0.5]}\n{\"id\":2,\"text\":\"world\",\"error\":\"x\"}\n"
         );
+    }
+
+    #[test]
+    fn jsonl_objects_are_named_and_json_strings_are_never_numbers() {
+        let t = read_table(
+            "{\"row_id\":\"0\",\"b\":2,\"a\":1}\n{\"row_id\":\"1\",\"b\":4,\"a\":null}\n"
+                .as_bytes(),
+            Format::JsonLines,
+        )
+        .unwrap();
+        let sel = t.select(&[], None).unwrap();
+        assert_eq!(features(&sel), (vec![1, 2], Some(strings(&["b", "a"]))));
+        let err = t.inputs(&sel, 0, 2).unwrap_err().to_string();
+        assert!(err.contains("row 2, column \"a\" is empty"), "{err}");
+        let arrays = read_table("[1,2]\n[3,4]\n".as_bytes(), Format::JsonLines).unwrap();
+        assert!(!arrays.named);
+        assert_eq!(features(&arrays.select(&[], None).unwrap()).1, None);
+        assert!(read_table("[1,2]\n{\"a\":1,\"b\":2}\n".as_bytes(), Format::JsonLines).is_err());
     }
 
     #[test]

@@ -150,6 +150,14 @@ impl Tracker {
             .collect()
     }
 
+    /// True when `job_id` is a job of this run that has no result yet: a result for
+    /// it would be [`Recorded::New`].
+    pub fn is_pending(&self, job_id: &str) -> bool {
+        self.by_id
+            .get(job_id)
+            .is_some_and(|&i| !matches!(self.states[i], JobState::Done(_)))
+    }
+
     /// Records a result.
     pub fn record(&mut self, result: JobResult) -> Recorded {
         let Some(&i) = self.by_id.get(&result.job_id) else {
@@ -219,7 +227,9 @@ mod tests {
     #[test]
     fn duplicates_and_strays_are_dropped() {
         let mut t = Tracker::new(plan("r", 4, 2));
+        assert!(t.is_pending("r-0") && !t.is_pending("other-0"));
         assert_eq!(t.record(result("r-0")), Recorded::New);
+        assert!(!t.is_pending("r-0"));
         assert_eq!(t.record(result("r-0")), Recorded::Duplicate);
         assert_eq!(t.record(result("other-0")), Recorded::Unknown);
         assert!(!t.is_complete());

@@ -39,8 +39,8 @@ impl Shutdown {
 
     /// A future that resolves on shutdown and owns what it needs, for APIs that take
     /// one (axum's graceful shutdown, say).
-    pub fn into_future(self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.0.cancelled_owned().await }
+    pub async fn fired(self) {
+        self.0.cancelled_owned().await
     }
 }
 
