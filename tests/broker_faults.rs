@@ -41,13 +41,15 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
     let output = dir.path().join("scores.csv");
     let n_rows = figures::size(20_000, 4_000);
     let rows = write_rows_csv(&input, n_rows);
+    // Slow enough that the run is still going when `rabbitmqctl stop` returns (it
+    // takes seconds): at least 10 s for the reduced run.
     let slow = [
         "--max-batch-rows",
-        "50",
+        "20",
         "--prefetch",
         "20",
         "--batch-delay-ms",
-        "25",
+        "100",
         "--broker-timeout-s",
         "5",
     ];
