@@ -2,7 +2,7 @@
 # build, the processes they start (stopped gracefully on exit), their queues deleted,
 # and `bench ARGS...` (surge-bench, one JSON line per figure, appended to $RAW).
 cargo build --release -q -p surge-cli -p surge-bench
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 OUT=out/bench
 mkdir -p "$OUT"
 : >"$RAW"

@@ -55,12 +55,24 @@ pub enum BrokerError {
     /// The TLS files are missing, unreadable or not what they should be.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A consumer's stream ended: the broker cancelled it (its queue was deleted, its
+    /// node went down) or its channel closed.
+    #[error("the consumer of {queue} was cancelled by the broker or its channel closed (queue deleted, node down, or connection lost)")]
+    ConsumerEnded {
+        /// The queue consumed.
+        queue: String,
+    },
 }
 
 impl BrokerError {
     /// True when the error means the connection or channel is gone (as opposed to a
     /// refusal of one message), so the caller should reconnect.
     pub fn is_connection_loss(&self) -> bool {
-        matches!(self, BrokerError::Timeout { .. } | BrokerError::Amqp { .. })
+        matches!(
+            self,
+            BrokerError::Timeout { .. }
+                | BrokerError::Amqp { .. }
+                | BrokerError::ConsumerEnded { .. }
+        )
     }
 }

@@ -525,6 +525,7 @@ impl RunCtx<'_> {
         let (tx, mut rx) = mpsc::channel::<Incoming>(4096);
         let limits = cfg.limits;
         let op_timeout = t.operation;
+        let queue = self.reply_queue.to_string();
         let reader = tokio::spawn(async move {
             loop {
                 let d = match consumer.next().await {
@@ -540,10 +541,7 @@ impl RunCtx<'_> {
                     }
                     None => {
                         let _ = tx
-                            .send(Incoming::Lost(BrokerError::Timeout {
-                                what: "results consumer (cancelled)",
-                                after: Duration::ZERO,
-                            }))
+                            .send(Incoming::Lost(BrokerError::ConsumerEnded { queue }))
                             .await;
                         return;
                     }
@@ -640,7 +638,7 @@ impl RunCtx<'_> {
                         }
                     }
                     Some(Incoming::Lost(e)) => return Err(e.into()),
-                    None => return Err(BrokerError::Timeout { what: "results consumer", after: Duration::ZERO }.into()),
+                    None => return Err(BrokerError::ConsumerEnded { queue: self.reply_queue.to_string() }.into()),
                 },
                 _ = tick.tick() => {
                     self.check_timeout(tracker, watch)?;

@@ -320,7 +320,9 @@ impl<'de> de::Deserialize<'de> for Packed {
                 Err(de::Error::custom(PACKED_NEEDS_BIN))
             }
         }
-        d.deserialize_bytes(V)
+        // `deserialize_any`, not `deserialize_bytes`: serde_json hands a string's bytes
+        // to `visit_bytes`, which would read base64 text as floats.
+        d.deserialize_any(V)
     }
 }
 

@@ -250,3 +250,131 @@ fn too_many_rows_is_answerable() {
         assert_eq!(err.answerable_kind(), Some(ErrorKind::TooManyRows));
     }
 }
+
+/// A packed job written by hand, as another client library would: `rows_f32` as a
+/// MessagePack bin of `bytes`, and `cols`.
+fn packed_body(bytes: &[u8], cols: u64, columns: Option<&[&str]>) -> Vec<u8> {
+    let mut b = Vec::new();
+    let fields = 4 + u32::from(columns.is_some());
+    rmp::encode::write_map_len(&mut b, fields).unwrap();
+    rmp::encode::write_str(&mut b, "v").unwrap();
+    rmp::encode::write_uint(&mut b, 1).unwrap();
+    rmp::encode::write_str(&mut b, "model").unwrap();
+    rmp::encode::write_str(&mut b, "m").unwrap();
+    rmp::encode::write_str(&mut b, "rows_f32").unwrap();
+    rmp::encode::write_bin(&mut b, bytes).unwrap();
+    rmp::encode::write_str(&mut b, "cols").unwrap();
+    rmp::encode::write_uint(&mut b, cols).unwrap();
+    if let Some(names) = columns {
+        rmp::encode::write_str(&mut b, "columns").unwrap();
+        rmp::encode::write_array_len(&mut b, names.len() as u32).unwrap();
+        for n in names {
+            rmp::encode::write_str(&mut b, n).unwrap();
+        }
+    }
+    b
+}
+
+#[test]
+fn the_packed_decoder_holds_on_random_blocks_lengths_and_cols() {
+    // Property: for any block and any cols, decoding never panics or over-allocates,
+    // and the rows are whole (and bit-exact) exactly when the block is a whole number
+    // of rows of `cols` little-endian floats; otherwise a shape error says why.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let limits = Limits::default();
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -0.0,
+        1e-45,
+    ];
+    for _ in 0..5_000 {
+        let n_bytes = rng.random_range(0..400usize);
+        let mut bytes = vec![0u8; n_bytes];
+        rng.fill_bytes(&mut bytes);
+        // Sprinkle non-finite and extreme values where whole floats sit.
+        for chunk in bytes.chunks_exact_mut(4) {
+            if rng.random_range(0..8) == 0 {
+                let v = specials[rng.random_range(0..specials.len())];
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        let cols: u64 = match rng.random_range(0..4) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => rng.random_range(1..1u64 << 40),
+            _ => rng.random_range(1..40),
+        };
+        let body = packed_body(&bytes, cols, None);
+        let job = decode_job(&body, Encoding::Msgpack, &limits).unwrap();
+        let Inputs::Rows(rows) = &job.inputs else {
+            panic!("packed rows decoded as texts")
+        };
+        let whole = n_bytes % 4 == 0
+            && usize::try_from(cols)
+                .ok()
+                .is_some_and(|c| c > 0 && (n_bytes / 4) % c == 0);
+        let empty = n_bytes == 0;
+        assert_eq!(
+            rows.shape_error().is_none(),
+            whole || empty,
+            "{n_bytes} bytes, cols {cols}: {:?}",
+            rows.shape_error()
+        );
+        if whole {
+            let c = cols as usize;
+            assert_eq!(rows.len(), n_bytes / 4 / c);
+            assert_eq!(rows.cols(), c);
+            for (got, want) in rows.values().iter().zip(bytes.chunks_exact(4)) {
+                assert_eq!(got.to_bits(), u32::from_le_bytes(want.try_into().unwrap()));
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_rows_travel_bit_exact_and_are_refused_where_they_cannot_be() {
+    let limits = Limits::default();
+    let rows = vec![
+        vec![1.5f32, -0.0, f32::MIN_POSITIVE],
+        vec![3.25, 1e-45, -7.0],
+    ];
+    let mut job = Job::new("m", Inputs::rows(&rows));
+    job.columns = Some(vec!["a".into(), "b".into(), "c".into()]);
+    let body = surge_protocol::codec::encode_job(&job, Encoding::Msgpack, true).unwrap();
+    assert_eq!(decode_job(&body, Encoding::Msgpack, &limits).unwrap(), job);
+    // JSON cannot carry bytes: encode_job falls back to `inputs`...
+    let json = surge_protocol::codec::encode_job(&job, Encoding::Json, true).unwrap();
+    assert!(String::from_utf8_lossy(&json).contains("\"inputs\""));
+    // ...and a JSON rows_f32, as a string or a list, is a schema error.
+    for body in [
+        &br#"{"v":1,"model":"m","rows_f32":"AADAPwAAAIA=","cols":2}"#[..],
+        br#"{"v":1,"model":"m","rows_f32":[0,0,192,63],"cols":1}"#,
+    ] {
+        let err = decode_job(body, Encoding::Json, &limits).unwrap_err();
+        assert_eq!(err.answerable_kind(), Some(ErrorKind::InvalidJob), "{err}");
+        assert!(err.to_string().contains("MessagePack bin"), "{err}");
+    }
+    // Both forms at once, or rows_f32 without cols: schema errors, named.
+    let mut both = packed_body(&[0; 8], 2, None);
+    both[0] = 0x85;
+    rmp::encode::write_str(&mut both, "inputs").unwrap();
+    rmp::encode::write_array_len(&mut both, 0).unwrap();
+    let err = decode_job(&both, Encoding::Msgpack, &limits).unwrap_err();
+    assert!(
+        err.to_string().contains("both inputs and rows_f32"),
+        "{err}"
+    );
+    // Too many packed rows: the row limit applies to them too.
+    let small = Limits {
+        max_rows: 2,
+        ..Limits::default()
+    };
+    let body = packed_body(&[0; 12], 1, None);
+    assert_eq!(
+        decode_job(&body, Encoding::Msgpack, &small).unwrap_err(),
+        DecodeError::TooManyRows { rows: 3, max: 2 }
+    );
+}
