@@ -11,7 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX="bench-$(date +%s)"
-RAW="out/bench/results.jsonl"
+# Knobs for comparisons (the defaults are what `make bench` measures):
+# SURGE_BENCH_RAW (where the JSON lines go), SURGE_BENCH_WORKER (another build's
+# `surge` binary), SURGE_BENCH_ARGS (e.g. --no-pack), SURGE_BENCH_NO_REPORT=1.
+RAW="${SURGE_BENCH_RAW:-out/bench/results.jsonl}"
 mkdir -p out/bench
 source scripts/bench-lib.sh
 BROKER_PID=$(pgrep -o -f 'beam.smp.*-s rabbit' || pgrep -o beam.smp || echo 0)
@@ -23,7 +26,7 @@ start_side() { # side rows_per_job -> sets $side_pid
     RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" noop-worker --rows-per-job "$2" \
       >"$OUT/noop.log" 2>&1 &
   else
-    RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \
+    RUST_LOG=warn "${SURGE_BENCH_WORKER:-$BIN/surge}" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \
       --max-batch-rows 4096 >"$OUT/worker.log" 2>&1 &
   fi
   side_pid=$!
@@ -41,9 +44,9 @@ measure() { # side rows_per_job rows | latency side
   start_side "$side" "$k"
   b0=$(cpu "$BROKER_PID"); w0=$(cpu "$side_pid")
   if [ "$rows" = latency ]; then
-    line=$(RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" latency --samples 500)
+    line=$(RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" ${SURGE_BENCH_ARGS:-} latency --samples 500)
   else
-    line=$(RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" throughput --rows "$rows" --rows-per-job "$k")
+    line=$(RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" ${SURGE_BENCH_ARGS:-} throughput --rows "$rows" --rows-per-job "$k")
   fi
   local b1 w1
   b1=$(cpu "$BROKER_PID"); w1=$(cpu "$side_pid")
@@ -63,6 +66,7 @@ done
 echo "== single-row latency"
 measure ceiling 1 latency
 measure surge 1 latency
+[ "${SURGE_BENCH_NO_REPORT:-0}" = 1 ] && exit 0
 python3 scripts/bench_report.py "$RAW" > "$OUT/BENCHMARKS.core.md"
 # Keep the sections other benches wrote (between <!-- name:begin|start ... --> and
 # <!-- name:end --> markers): this script owns only the part above them.
