@@ -177,7 +177,8 @@ impl Pool {
                 continue;
             };
             let s = parse_worker_metrics(&text);
-            w.connected = crate::scrape::sum_metric(&text, "surge_connected") > 0.0;
+            w.connected =
+                crate::scrape::sum_metric(&text, surge_ops::names::worker::CONNECTED) > 0.0;
             let answered = (s.jobs - w.prev_jobs).max(0.0);
             w.prev_jobs = s.jobs;
             w.last = Some(s);

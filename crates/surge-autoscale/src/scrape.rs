@@ -1,10 +1,8 @@
-//! Reading a worker's `/metrics`: a bounded HTTP GET and a Prometheus text parser
-//! (pure, tested without a worker).
+//! Reading a worker's `/metrics` (with surge-ops' bounded HTTP GET and Prometheus
+//! text parser) into what the autoscaler needs.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use surge_ops::names::worker::{IN_FLIGHT, JOBS, ROWS};
+pub use surge_ops::scrape::{http_get, sum_metric};
 
 /// What the autoscaler reads off one worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -17,57 +15,19 @@ pub struct WorkerSample {
     pub rows: f64,
 }
 
-/// Sums every sample of metric `name` (any labels) in a Prometheus text exposition.
-/// Lines of other metrics (including `name_bucket`, `name_sum`...) and comments are
-/// skipped; an unparsable value counts as nothing.
-pub fn sum_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            // The name must end here: `name 1` or `name{...} 1`.
-            let value = if let Some(labelled) = rest.strip_prefix('{') {
-                labelled.rsplit_once('}')?.1
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                return None;
-            };
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .filter(|v| v.is_finite())
-        .sum()
-}
-
 /// Parses the figures the autoscaler needs out of a worker's `/metrics`.
 pub fn parse_worker_metrics(text: &str) -> WorkerSample {
     WorkerSample {
-        in_flight: sum_metric(text, "surge_jobs_in_flight").max(0.0),
-        jobs: sum_metric(text, "surge_jobs_total"),
-        rows: sum_metric(text, "surge_rows_total"),
+        in_flight: sum_metric(text, IN_FLIGHT).max(0.0),
+        jobs: sum_metric(text, JOBS),
+        rows: sum_metric(text, ROWS),
     }
-}
-
-/// GETs `path` from `addr` over HTTP/1.0 within `timeout`; returns the body of a 200
-/// answer, `None` on anything else (not up yet, refused, slow, not 200).
-pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        // A worker's /metrics is a few KiB; refuse to buffer anything absurd.
-        (&mut s).take(8 << 20).read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?;
-        (status == "200").then(|| body.to_string())
-    };
-    tokio::time::timeout(timeout, fetch).await.ok().flatten()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const SAMPLE: &str = "# TYPE surge_jobs_total counter

@@ -5,7 +5,9 @@
 //! its own histogram buckets ([`install_recorder`]), owns a readiness flag, and hands
 //! both to [`serve`].
 
+pub mod names;
 pub mod rate;
+pub mod scrape;
 pub mod shutdown;
 
 use std::future::Future;

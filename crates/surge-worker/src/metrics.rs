@@ -1,44 +1,11 @@
-//! Metric names and the Prometheus recorder, installed once per process.
+//! The worker's metric names (from `surge_ops::names::worker`) and its Prometheus
+//! recorder, installed once per process.
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use surge_ops::{Matcher, PrometheusBuilder};
 
-/// Jobs answered, by `model` and `status` (`ok`, `error`, `expired`).
-pub const JOBS: &str = "surge_jobs_total";
-/// Rows scored, by `model`.
-pub const ROWS: &str = "surge_rows_total";
-/// Jobs answered with an error, by `kind`.
-pub const ERRORS: &str = "surge_errors_total";
-/// Messages sent to the dead-letter exchange, by `reason`.
-pub const DEAD_LETTERED: &str = "surge_dead_lettered_total";
-/// Rows per forward pass.
-pub const BATCH_ROWS: &str = "surge_batch_rows";
-/// Seconds per forward pass, by `model`.
-pub const INFERENCE_SECONDS: &str = "surge_inference_seconds";
-/// Seconds jobs waited in the queue (from `sent_ms` or the AMQP timestamp).
-pub const QUEUE_WAIT_SECONDS: &str = "surge_queue_wait_seconds";
-/// Jobs delivered to this worker and not yet acknowledged.
-pub const IN_FLIGHT: &str = "surge_jobs_in_flight";
-/// 1 while connected to the broker and consuming.
-pub const CONNECTED: &str = "surge_connected";
-/// Ready messages in a model's queue, by `model` (read every few seconds).
-pub const QUEUE_BACKLOG: &str = "surge_queue_backlog";
-/// Consumers on a model's queue, by `model`.
-pub const QUEUE_CONSUMERS: &str = "surge_queue_consumers";
-/// Estimated seconds for the queue's consumers to drain its backlog at this worker's
-/// measured rate, by `model` (0 when empty): scale on this to meet a deadline.
-pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
-/// Model folders found after start, validated and served.
-pub const MODELS_DISCOVERED: &str = "surge_models_discovered_total";
-/// Model folders found after start that failed validation, by `model` (the
-/// hot-discovery part of [`MODEL_FOLDERS_REFUSED`], kept for existing dashboards).
-pub const MODELS_REJECTED: &str = "surge_model_rejected_total";
-/// Model folders this worker refused to serve, at start or after, by `model` and
-/// `reason` (`mixed_layout`, `golden_mismatch`, `spec`, `weights`, `files`, ...: see
-/// `ModelError::reason`). Each refusal also logs an ERROR line saying why.
-pub const MODEL_FOLDERS_REFUSED: &str = "surge_model_folders_refused_total";
-/// Reconnections after a lost connection.
-pub const RECONNECTS: &str = "surge_reconnects_total";
+// The names live in surge-ops, shared with the autoscaler, which scrapes them.
+pub use surge_ops::names::worker::*;
 
 /// Installs the process-wide Prometheus recorder (once) with the worker's histogram
 /// buckets and returns its handle, or `None` when another recorder was installed first.
@@ -56,5 +23,3 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?;
     surge_ops::install_recorder(builder)
 }
-/// Jobs whose send time was in the future (the producer's clock is ahead).
-pub const CLOCK_AHEAD: &str = "surge_jobs_clock_ahead_total";
