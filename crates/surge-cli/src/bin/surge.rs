@@ -371,16 +371,18 @@ fn default_threads(models_dir: &std::path::Path, models: &[String]) -> usize {
     }
 }
 
-async fn worker(args: WorkerArgs) -> Result<()> {
-    // Candle sizes its thread pool from these on first use, which comes later.
-    let threads = args
-        .threads
+/// The threads for forward passes: `--threads`, or the default for the models served.
+fn worker_threads(args: &WorkerArgs) -> usize {
+    args.threads
         .unwrap_or_else(|| default_threads(&args.models_dir, &args.models))
-        .max(1);
-    tracing::info!(threads, "threads for forward passes");
-    let threads = threads.to_string();
-    std::env::set_var("CANDLE_NUM_THREADS", &threads);
-    std::env::set_var("RAYON_NUM_THREADS", &threads);
+        .max(1)
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    tracing::info!(
+        threads = worker_threads(&args),
+        "threads for forward passes"
+    );
     let url = AmqpUrl::from_env()?;
     let metrics_addr = parse_addr(&args.metrics_addr, "--metrics-addr")?;
     let mut cfg = WorkerConfig::new(url, args.models_dir);
@@ -411,14 +413,35 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    // The environment is set here, while the process has one thread (set_var is only
+    // sound then): before the tokio runtime starts its workers.
     if matches!(cli.command, Command::Models(_)) && std::env::var_os("RUST_LOG").is_none() {
         // The model tools print their own findings; log lines would only repeat them.
         std::env::set_var("RUST_LOG", "off");
     }
+    if let Command::Worker(args) = &cli.command {
+        // Candle sizes its thread pool from these on first use, which comes later.
+        let threads = worker_threads(args).to_string();
+        std::env::set_var("CANDLE_NUM_THREADS", &threads);
+        std::env::set_var("RAYON_NUM_THREADS", &threads);
+    }
     init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
     let result = match cli.command {
         Command::Worker(args) => worker(args).await,
         Command::Autoscale(args) => autoscale(args).await,
