@@ -55,6 +55,14 @@ pub enum BrokerError {
     /// The TLS files are missing, unreadable or not what they should be.
     #[error("TLS: {0}")]
     Tls(String),
+    /// None of several broker addresses answered.
+    #[error("none of the {tried} broker addresses answered: {failures}")]
+    Unreachable {
+        /// How many addresses were tried.
+        tried: usize,
+        /// Each address (password redacted) and its error, `; `-separated.
+        failures: String,
+    },
     /// A consumer's stream ended: the broker cancelled it (its queue was deleted, its
     /// node went down) or its channel closed.
     #[error("the consumer of {queue} was cancelled by the broker or its channel closed (queue deleted, node down, or connection lost)")]
@@ -73,6 +81,7 @@ impl BrokerError {
             BrokerError::Timeout { .. }
                 | BrokerError::Amqp { .. }
                 | BrokerError::ConsumerEnded { .. }
+                | BrokerError::Unreachable { .. }
         )
     }
 }
