@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
+.PHONY: docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -64,6 +64,12 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NO
 	@command -v npm >/dev/null 2>&1 || { echo "node-client: needs Node.js >= 20 and npm"; exit 1; }
 	npm ci --no-audit --no-fund --prefix $(NODE_CLIENT)
 
+# The docs must match the code: ARCHITECTURE.md's crate graph is cargo metadata's, and
+# every --flag that README.md or docs/ name exists in a binary's --help.
+docs-check: build
+	python3 scripts/check-crate-graph.py
+	python3 scripts/check-doc-flags.py $${CARGO_TARGET_DIR:-target}/debug
+
 train:
 	$(CARGO) run -q -p surge-train -- data/breast-cancer-wisconsin/data.csv models/breast-cancer
 
@@ -72,7 +78,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv node-client models build deploy-check
+test: broker pyenv node-client models build deploy-check docs-check
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test

@@ -31,33 +31,8 @@ use tracing::{debug, error, info, warn};
 pub use policy::{Decision, Observation, PolicyConfig, PolicyState, RateEstimator, Reason};
 pub use pool::{Pool, WorkerLaunch};
 
-/// Desired workers, by `model`.
-pub const DESIRED: &str = "surge_autoscale_desired_replicas";
-/// Running (not draining) workers, by `model`.
-pub const RUNNING: &str = "surge_autoscale_replicas";
-/// Workers draining, by `model`.
-pub const DRAINING: &str = "surge_autoscale_draining_replicas";
-/// Running workers connected to the broker, by `model`.
-pub const CONNECTED: &str = "surge_autoscale_connected_replicas";
-/// Ready messages in the model's queue, by `model`.
-pub const BACKLOG: &str = "surge_queue_backlog";
-/// Jobs delivered to workers and not yet acked, by `model`.
-pub const IN_FLIGHT: &str = "surge_autoscale_jobs_in_flight";
-/// Estimated seconds to drain backlog + in flight at the measured rate with the
-/// running workers (0 when there is nothing to drain), by `model`.
-pub const TIME_TO_DRAIN: &str = "surge_time_to_drain_seconds";
-/// Measured (or assumed) jobs/s per worker, by `model`.
-pub const RATE: &str = "surge_autoscale_jobs_per_second_per_worker";
-/// Scaling actions, by `model` and `direction` (`up`, `down`).
-pub const DECISIONS: &str = "surge_autoscale_decisions_total";
-/// Worker processes that exited without being asked, by `model`.
-pub const CRASHES: &str = "surge_autoscale_worker_crashes_total";
-/// Model folders refused as a whole (a folder mixing the flat and versioned layouts),
-/// by `model` and `reason`; each refusal also logs an ERROR line saying how to fix it.
-pub const MODEL_FOLDERS_REFUSED: &str = "surge_model_folders_refused_total";
-/// Seconds of worker process lifetime so far (running and draining), by `model`: the
-/// pay-per-use bill. Only ever grows (a gauge because it counts fractions).
-pub const WORKER_SECONDS: &str = "surge_autoscale_worker_seconds";
+// The metric names live in surge-ops, shared with the bench and dashboards.
+pub use surge_ops::names::autoscale::*;
 
 /// Everything the autoscaler needs.
 #[derive(Debug, Clone)]

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
-use surge_autoscale::scrape::{http_get, sum_metric};
 use surge_broker::AmqpUrl;
 use surge_client::{score_jobs, ScoreConfig};
+use surge_ops::names::autoscale::{DRAINING, RUNNING, WORKER_SECONDS};
+use surge_ops::scrape::{http_get, sum_metric};
 use surge_protocol::{Inputs, Topology};
 
 use crate::{percentile, publish_row_job, reply_channel, row, timeouts};
@@ -27,8 +28,8 @@ async fn wait_for_zero(addr: SocketAddr, within: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         // The autoscaler may still be starting: a failed read is retried until `within`.
-        let running = metric(addr, "surge_autoscale_replicas").await;
-        let draining = metric(addr, "surge_autoscale_draining_replicas").await;
+        let running = metric(addr, RUNNING).await;
+        let draining = metric(addr, DRAINING).await;
         let up = http_get(addr, "/readyz", Duration::from_secs(2))
             .await
             .is_some();
@@ -134,7 +135,7 @@ pub async fn bill(
     per_job: usize,
 ) -> Result<()> {
     wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
-    let before = metric(autoscaler, "surge_autoscale_worker_seconds").await?;
+    let before = metric(autoscaler, WORKER_SECONDS).await?;
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
     cfg.pack = pack;
     cfg.topology = Topology::new(prefix);
@@ -151,7 +152,7 @@ pub async fn bill(
     let scored_s = t0.elapsed().as_secs_f64();
     wait_for_zero(autoscaler, Duration::from_secs(300)).await?;
     let back_to_zero_s = t0.elapsed().as_secs_f64();
-    let worker_s = metric(autoscaler, "surge_autoscale_worker_seconds").await? - before;
+    let worker_s = metric(autoscaler, WORKER_SECONDS).await? - before;
     println!(
         "{}",
         serde_json::json!({"bench":"bill","rows":rows,"rows_per_job":per_job,"scored_s":scored_s,
