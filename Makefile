@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
+.PHONY: chromium docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -64,6 +64,14 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NO
 	@command -v npm >/dev/null 2>&1 || { echo "node-client: needs Node.js >= 20 and npm"; exit 1; }
 	npm ci --no-audit --no-fund --prefix $(NODE_CLIENT)
 
+# Debian's chromium, for the status-page check in tests/autoscale.rs (headless).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium: installing Debian's chromium (headless status-page test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
 # The docs must match the code: ARCHITECTURE.md's crate graph is cargo metadata's, and
 # every --flag that README.md or docs/ name exists in a binary's --help.
 docs-check: build
@@ -78,7 +86,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv node-client models build deploy-check docs-check
+test: broker pyenv node-client chromium models build deploy-check docs-check
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test

@@ -1,8 +1,13 @@
 //! `surge autoscale` end to end on the real broker: from zero workers, a burst of
 //! 20,000 rows → at least two workers serve it, every row is answered exactly once,
-//! and the pool returns to zero after the cooldown.
+//! and the pool returns to zero after the cooldown. During the burst the status page
+//! is rendered in headless Chromium: its figures must be those of `/api/status` for
+//! the same snapshot, and a screenshot goes to `out/status-page.png`.
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use surge_tests::*;
@@ -47,6 +52,173 @@ impl Drop for Autoscaler {
     }
 }
 
+/// Every `/api/status` snapshot seen, by `seq`, collected in the background.
+struct StatusPoller {
+    seen: Arc<Mutex<HashMap<u64, serde_json::Value>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusPoller {
+    fn start(port: u16) -> Self {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                if let Some((200, body)) = http_get(port, "/api/status") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                        if let Some(seq) = v["seq"].as_u64() {
+                            s.lock().expect("poller lock").insert(seq, v);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        });
+        Self {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StatusPoller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The text of the first element carrying `data-field="<field>"` after `from`.
+fn dom_field<'a>(dom: &'a str, from: usize, field: &str) -> &'a str {
+    let tag = format!("data-field=\"{field}\">");
+    let at = dom[from..]
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {field} in the page's DOM:\n{dom}"))
+        + from
+        + tag.len();
+    let end = dom[at..].find('<').expect("an element's end") + at;
+    &dom[at..end]
+}
+
+/// What the page's script prints for a figure (`fmt` in status.html).
+fn shown(v: &serde_json::Value, decimals: usize) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        serde_json::Value::Number(n) => {
+            let f = n.as_f64().expect("a number");
+            if f.fract() == 0.0 {
+                format!("{f}")
+            } else {
+                format!("{f:.decimals$}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Renders the status page in headless Chromium (Debian's `chromium`, installed by
+/// `make test`) and checks its figures against `/api/status` for the same snapshot.
+fn check_status_page(port: u16, poller: &StatusPoller) {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Debian's chromium is needed for the status-page check: `make chromium` (make test installs it)");
+    let url = format!("http://127.0.0.1:{port}/");
+    let headless = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=2500",
+        "--window-size=1200,1400",
+    ];
+    let out = Command::new(chromium)
+        .args(headless)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("running chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        dom.contains("data-model=\"breast-cancer\""),
+        "the page shows no model; chromium said:\n{}\nDOM:\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seq: u64 = dom_field(&dom, 0, "seq")
+        .parse()
+        .unwrap_or_else(|_| panic!("no snapshot number in the page:\n{dom}"));
+    let start = Instant::now();
+    let snapshot = loop {
+        if let Some(v) = poller.seen.lock().expect("poller lock").get(&seq) {
+            break v.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "/api/status never served snapshot {seq}, which the page shows"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let model = snapshot["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["model"] == "breast-cancer"))
+        .expect("breast-cancer in /api/status");
+    let section = dom
+        .find("data-model=\"breast-cancer\"")
+        .expect("its section");
+    let mut compared = Vec::new();
+    for (field, decimals) in [
+        ("backlog", 0),
+        ("in_flight", 0),
+        ("running", 0),
+        ("draining", 0),
+        ("desired", 0),
+        ("rate_per_worker", 1),
+        ("time_to_drain_s", 1),
+    ] {
+        let on_page = dom_field(&dom, section, field);
+        let api = &model[field];
+        // The page rounds to `decimals` (JavaScript's toFixed, whose ties may round
+        // the other way than Rust's): compare the numbers, to half a unit.
+        let agree = match (on_page.parse::<f64>(), api.as_f64()) {
+            (Ok(p), Some(a)) => (p - a).abs() <= 0.5 * 10f64.powi(-(decimals as i32)) + 1e-9,
+            _ => on_page == shown(api, decimals),
+        };
+        assert!(
+            agree,
+            "{field}: the page shows {on_page}, /api/status {api} for snapshot {seq}"
+        );
+        compared.push(format!("{field} {on_page}"));
+    }
+    let history = model["history"].as_array().map_or(0, Vec::len);
+    assert!(
+        dom.contains("<polyline class=\"backlog\""),
+        "no chart drawn"
+    );
+    println!(
+        "status page, snapshot {seq}: {}; {history} chart points",
+        compared.join(", ")
+    );
+    std::fs::create_dir_all("out").expect("out/");
+    let png = std::path::Path::new("out/status-page.png");
+    let shot = Command::new(chromium)
+        .args(headless)
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(&url)
+        .output()
+        .expect("running chromium");
+    assert!(
+        png.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_zero_to_several_workers_and_back_to_zero() {
     let _conn = require_broker().await;
@@ -85,10 +257,12 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(auto.replicas(), 0.0, "log:\n{}", auto.log_text());
 
+    let poller = StatusPoller::start(port);
     let burst = Instant::now();
     let mut sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "10"]);
     let (mut max_replicas, mut max_connected) = (0.0f64, 0.0f64);
     let mut first_worker_at = None;
+    let mut page_checked = false;
     let status = loop {
         if let Some(s) = sb.try_wait().unwrap() {
             break s;
@@ -100,6 +274,11 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         }
         max_replicas = max_replicas.max(r);
         max_connected = max_connected.max(c);
+        // Mid-burst, with workers running: the page must tell the truth.
+        if !page_checked && r >= 1.0 && burst.elapsed() > Duration::from_secs(2) {
+            page_checked = true;
+            check_status_page(port, &poller);
+        }
         assert!(
             burst.elapsed() < Duration::from_secs(180),
             "score-batch did not finish; autoscaler log:\n{}",
@@ -108,6 +287,11 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let took = burst.elapsed();
+    drop(poller);
+    assert!(
+        page_checked,
+        "the burst ended before the status page was checked"
+    );
     let out = sb.wait_with_output().unwrap();
     assert!(
         status.success(),

@@ -7,6 +7,9 @@
 //! * [`scrape`]: reading a worker's `/metrics` (in-flight jobs, answered jobs).
 //! * [`pool`]: one model's worker processes: spawn, drain (SIGTERM, then SIGKILL after
 //!   the grace period), restart after a crash with backoff.
+//! * [`status`]: the live status page (`/`, self-contained HTML) and `/api/status`:
+//!   per model, backlog, in flight, workers, rate, time to drain, the last decisions
+//!   and ten minutes of history.
 //! * [`run`]: every `interval`, per model: backlog and consumers by a passive queue
 //!   declare, in-flight and answered jobs from the workers, a learned service rate,
 //!   a decision, and the pool made to match it. Its own `/metrics` say what it saw and
@@ -15,6 +18,7 @@
 pub mod policy;
 pub mod pool;
 pub mod scrape;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,17 +260,19 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
         return Err(AutoscaleError::NoModels);
     }
     let ready = Arc::new(AtomicBool::new(false));
+    let board = status::Board::default();
     if let Some(addr) = cfg.metrics_addr {
-        let bound = surge_ops::serve(
+        let bound = surge_ops::serve_with(
             addr,
             install_recorder(),
             ready.clone(),
             "not connected to the broker\n",
             shutdown.clone().fired(),
+            status::routes(board.clone()),
         )
         .await
         .map_err(|source| AutoscaleError::Metrics { addr, source })?;
-        info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+        info!(addr = %bound, "serving / (status page), /api/status, /metrics, /healthz, /readyz");
     }
     let mut broker = BrokerView {
         url: cfg.url.clone(),
@@ -372,6 +378,23 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
             }
             s.last_desired = Some(d.desired);
             s.pool.enforce_grace();
+            if let Ok(mut b) = board.write() {
+                b.record(
+                    &model,
+                    &status::Tick {
+                        at_ms: surge_protocol::now_ms(),
+                        backlog,
+                        in_flight: sample.in_flight as u64,
+                        running: s.pool.running(),
+                        was_running: obs.running,
+                        draining: s.pool.draining(),
+                        desired: d.desired,
+                        rate_per_worker: s.rate.rate(),
+                        time_to_drain_s: d.time_to_drain,
+                        reason: d.reason.to_string(),
+                    },
+                );
+            }
             let rate = s.rate.rate().unwrap_or(cfg.policy.initial_rate);
             metrics::gauge!(DESIRED, "model" => model.clone()).set(f64::from(d.desired));
             metrics::gauge!(RUNNING, "model" => model.clone()).set(f64::from(s.pool.running()));

@@ -84,6 +84,26 @@ pub async fn serve(
     not_ready: &'static str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
+    serve_with(
+        addr,
+        metrics_handle,
+        ready,
+        not_ready,
+        shutdown,
+        Router::new(),
+    )
+    .await
+}
+
+/// [`serve`], plus the process's own routes (the autoscaler's status page).
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics_handle: Option<PrometheusHandle>,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extra: Router,
+) -> std::io::Result<SocketAddr> {
     let state = AppState {
         metrics: metrics_handle,
         ready,
@@ -93,7 +113,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(state);
+        .with_state(state)
+        .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
