@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: chromium docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
+.PHONY: observe prometheus-tools chromium docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -21,6 +21,7 @@ help:
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
 	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
 	@echo "make bench-embeddings - text-embedding speed vs sentence-transformers into BENCHMARKS.md"
+	@echo "make observe - a real Prometheus scrapes two workers and the autoscaler; alert rules and dashboard checked"
 
 broker:
 	@bash scripts/ensure-broker.sh
@@ -38,7 +39,7 @@ models:
 # Static checks of compose/ and deploy/kubernetes/: there is no Docker engine or cluster
 # here, so `docker-compose config` (Debian's package) and the Kubernetes OpenAPI schemas
 # (kubernetes-validate, from PyPI) stand in for them.
-deploy-check: pyenv
+deploy-check: pyenv prometheus-tools
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "deploy-check: installing Debian's docker-compose (for 'docker-compose config')"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -47,6 +48,31 @@ deploy-check: pyenv
 	@$(PY) -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || \
 	  $(VENV)/bin/pip install -q --disable-pip-version-check 'kubernetes-validate>=1.30,<2'
 	$(PY) scripts/check-deploy.py
+
+# Debian's prometheus package: the `prometheus` server (make observe runs one on a free
+# port) and `promtool` (checks and unit-tests deploy/prometheus/rules.yml). The package
+# enables a system service on port 9090: it is stopped and disabled, never used.
+prometheus-tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  echo "prometheus-tools: installing Debian's prometheus (prometheus, promtool)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	  else $$SUDO service prometheus stop >/dev/null 2>&1 || true; \
+	    $$SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true; fi; }
+	@promtool --version 2>&1 | head -n 1
+
+# Operations you can see: the alert rules checked and unit-tested by promtool, then a
+# real Prometheus (scrape_interval 1s) on two workers and the autoscaler while
+# score-batch runs; its HTTP API must show the rows, the batch histogram, the time to
+# drain, up == 1 and the four alerts; every metric of deploy/grafana/surge.json must be
+# in the live /metrics (tests/observe.rs; make test runs it too).
+observe: broker build prometheus-tools
+	promtool check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && promtool test rules rules_test.yml
+	$(CARGO) test -p surge-tests --test observe -- --nocapture
 
 pyenv:
 	@if ! $(PY) -c 'import pika, msgpack' 2>/dev/null; then \
@@ -86,7 +112,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
-test: broker pyenv node-client chromium models build deploy-check docs-check
+test: broker pyenv node-client chromium models build prometheus-tools deploy-check docs-check
 	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
 
 check: lint test

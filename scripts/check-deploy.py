@@ -2,7 +2,8 @@
 """Static checks of Surge's deployment files (no Docker engine, no cluster needed).
 
 * compose/docker-compose.yml: `docker-compose config` accepts it (with and without the
-  autoscale profile); workers have replicas and a stop grace period.
+  autoscale and observe profiles); workers have replicas and a stop grace period; the
+  observe profile's Prometheus config passes `promtool check config` (rules included).
 * compose/Dockerfile: multi-stage; the runtime stage runs as a non-root user.
 * deploy/kubernetes/*.yaml: core kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict); KEDA kinds against the schema below (the fields of
@@ -11,6 +12,7 @@
 Exits non-zero with one line per problem.
 """
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +30,37 @@ def fail(msg):
     problems.append(msg)
 
 
+def check_prometheus(svc):
+    """The observe profile's Prometheus: it mounts deploy/prometheus, its config is
+    valid (`promtool check config`, which also checks rules.yml) and it scrapes the
+    worker service by its compose DNS name."""
+    mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}"
+              for v in svc.get("volumes", [])]
+    if not any(m.split(":")[0].rstrip("/").endswith("deploy/prometheus") for m in mounts):
+        fail("compose: prometheus must mount deploy/prometheus (its config and rules.yml)")
+    cfg_arg = [a for a in svc.get("command", []) if str(a).startswith("--config.file=")]
+    cfg_name = cfg_arg[0].rsplit("/", 1)[-1] if cfg_arg else None
+    cfg_path = ROOT / "deploy" / "prometheus" / (cfg_name or "")
+    if not cfg_name or not cfg_path.is_file():
+        fail(f"compose: prometheus --config.file {cfg_name!r} is not a file in deploy/prometheus")
+        return
+    if shutil.which("promtool") is None:
+        fail("promtool is not installed: run `make prometheus-tools` (Debian's prometheus)")
+        return
+    r = subprocess.run(["promtool", "check", "config", str(cfg_path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"promtool check config {cfg_path.name}: {(r.stdout + r.stderr).strip()}")
+    scrape = yaml.safe_load(cfg_path.read_text())
+    jobs = {j["job_name"]: j for j in scrape.get("scrape_configs", [])}
+    names = [n for d in jobs.get("surge", {}).get("dns_sd_configs", []) for n in d.get("names", [])]
+    if "worker" not in names:
+        fail(f"{cfg_path.name}: job surge must discover the compose service 'worker' by DNS")
+
+
 # --- Compose ---------------------------------------------------------------------------
 compose = ROOT / "compose" / "docker-compose.yml"
-for extra in ([], ["--profile", "autoscale"]):
+PROFILE_SERVICES = {"autoscale": ["autoscaler"], "observe": ["prometheus"]}
+for extra in ([], ["--profile", "autoscale"], ["--profile", "observe"]):
     r = subprocess.run(
         ["docker-compose", "-f", str(compose), *extra, "config"],
         capture_output=True, text=True, cwd=ROOT,
@@ -40,7 +70,7 @@ for extra in ([], ["--profile", "autoscale"]):
         continue
     cfg = yaml.safe_load(r.stdout)
     services = cfg.get("services", {})
-    for needed in ["rabbitmq", "worker"] + (["autoscaler"] if extra else []):
+    for needed in ["rabbitmq", "worker"] + (PROFILE_SERVICES[extra[1]] if extra else []):
         if needed not in services:
             fail(f"compose: service {needed!r} missing")
     worker = services.get("worker", {})
@@ -50,6 +80,9 @@ for extra in ([], ["--profile", "autoscale"]):
         fail("compose: worker has no stop_grace_period (it must outlast a batch)")
     if "AMQP_URL" not in worker.get("environment", {}):
         fail("compose: worker has no AMQP_URL")
+
+    if extra == ["--profile", "observe"]:
+        check_prometheus(services.get("prometheus", {}))
 
 # --- Dockerfile ------------------------------------------------------------------------
 dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
@@ -223,5 +256,6 @@ if problems:
     for p in problems:
         print(f"  - {p}", file=sys.stderr)
     sys.exit(1)
-print(f"check-deploy: ok (compose with and without the autoscale profile, Dockerfile, "
+print(f"check-deploy: ok (compose with and without the autoscale and observe profiles, "
+      f"Prometheus config, Dockerfile, "
       f"{len(docs)} Kubernetes objects against v{K8S_VERSION} schemas and KEDA's)")
