@@ -211,6 +211,9 @@ fn query(port: u16, q: &str) -> Vec<(Value, f64)> {
         .unwrap_or_default()
 }
 
+/// A condition on an instant vector: (labels, value) per series.
+type Check = Box<dyn Fn(&[(Value, f64)]) -> bool>;
+
 /// Rows of a CSV file with a header.
 fn data_rows(path: &Path) -> usize {
     let text = std::fs::read_to_string(path).unwrap();
@@ -370,7 +373,7 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
     }
 
     // 4. What Prometheus sees.
-    let checks: Vec<(&str, String, Box<dyn Fn(&[(Value, f64)]) -> bool>)> = vec![
+    let checks: Vec<(&str, String, Check)> = vec![
         (
             "every row scored",
             "sum(surge_rows_total)".into(),
