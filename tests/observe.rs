@@ -11,7 +11,8 @@
 //!    the time to drain, `up == 1` for the three targets, and the four alerts of
 //!    rules.yml in `/api/v1/rules`;
 //! 5. scripts/check-dashboard.py checks every metric of deploy/grafana/surge.json
-//!    against the live /metrics texts.
+//!    against the live /metrics texts;
+//! 6. a worker stopped, SurgeWorkerDown goes pending for it in `/api/v1/alerts`.
 //!
 //! Missing tools fail the test loudly: it never skips.
 
@@ -473,10 +474,37 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
     );
     println!("observe: {}", checked.trim());
 
+    // 6. A rule at work: stop worker 2, and SurgeWorkerDown goes pending for its
+    //    instance (firing would take the rule's whole minute).
+    w2.stop(Duration::from_secs(30));
+    let down = format!("127.0.0.1:{}", w2.metrics_port);
+    let start = Instant::now();
+    loop {
+        prom.assert_running();
+        let alerts = api(prom_port, "/api/v1/alerts").unwrap_or_default();
+        let pending = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| {
+                a["labels"]["alertname"] == "SurgeWorkerDown"
+                    && a["labels"]["instance"] == down.as_str()
+                    && (a["state"] == "pending" || a["state"] == "firing")
+            });
+        if pending {
+            println!("observe: SurgeWorkerDown is pending for the stopped worker {down}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "SurgeWorkerDown not pending for {down} within 30 s; /api/v1/alerts: {alerts}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // Clean up: the autoscaler drains its own worker; then the rest.
     auto.stop(Duration::from_secs(30));
     w1.stop(Duration::from_secs(30));
-    w2.stop(Duration::from_secs(30));
     prom.stop(Duration::from_secs(30));
     let _ = conn.close(200, "done".into()).await;
     // _topologies deletes both prefixes' queues and exchanges.
