@@ -122,7 +122,8 @@ check: lint test
 # duplicates dropped, dead-lettered, lost.
 test-faults: broker build
 	SURGE_FAULTS=full $(CARGO) test -p surge-tests --no-fail-fast \
-	  --test faults --test hostile --test broker_faults --test security -- --nocapture 2>&1 \
+	  --test faults --test hostile --test broker_faults --test security --test failover --test cluster \
+	  -- --nocapture 2>&1 \
 	  | grep -vE '^\s*$$|^\s+Running|^\s+Compiling' | tail -n 300
 
 soak: broker build
