@@ -12,6 +12,7 @@
 //!    rules.yml in `/api/v1/rules`;
 //! 5. scripts/check-dashboard.py checks every metric of deploy/grafana/surge.json
 //!    against the live /metrics texts;
+//!    and every PromQL expression of the dashboard runs in that Prometheus;
 //! 6. a worker stopped, SurgeWorkerDown goes pending for it in `/api/v1/alerts`.
 //!
 //! Missing tools fail the test loudly: it never skips.
@@ -473,6 +474,38 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
             .args(&sources),
     );
     println!("observe: {}", checked.trim());
+
+    // Every PromQL expression of the dashboard parses and runs in this Prometheus
+    // (Grafana's variables replaced as Grafana would: $__rate_interval, $model = All).
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/surge.json")).unwrap(),
+    )
+    .expect("deploy/grafana/surge.json is JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    assert!(
+        exprs.len() >= 12,
+        "the dashboard has {} expressions",
+        exprs.len()
+    );
+    for e in &exprs {
+        let q = e.replace("$__rate_interval", "1m").replace("$model", ".*");
+        let path = format!("/api/v1/query?query={}", encode(&q));
+        let (status, body) = http_get(prom_port, &path).expect("Prometheus answers");
+        assert!(
+            status == 200 && body.contains(r#""status":"success""#),
+            "dashboard expression {e:?} fails in Prometheus ({status}): {body}"
+        );
+    }
+    println!(
+        "observe: the dashboard's {} expressions run in Prometheus",
+        exprs.len()
+    );
 
     // 6. A rule at work: stop worker 2, and SurgeWorkerDown goes pending for its
     //    instance (firing would take the rule's whole minute).
