@@ -11,7 +11,7 @@
 //!    the time to drain, `up == 1` for the three targets, and the four alerts of
 //!    rules.yml in `/api/v1/rules`;
 //! 5. scripts/check-dashboard.py checks every metric of deploy/grafana/surge.json
-//!    against the live /metrics texts;
+//!    against the live /metrics texts,
 //!    and every PromQL expression of the dashboard runs in that Prometheus;
 //! 6. a worker stopped, SurgeWorkerDown goes pending for it in `/api/v1/alerts`.
 //!
