@@ -236,6 +236,7 @@ pub async fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<RunningWo
     // The recorder goes in before the models load, so that folders refused at start
     // are counted.
     let recorder = config.metrics_addr.and_then(|_| metrics::install());
+    metrics::zero_counters();
     let models = load_models(&config)?;
     let engine = engine::Engine::start(models).map_err(|source| WorkerError::Io {
         what: "starting the model thread".into(),

@@ -23,3 +23,22 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?;
     surge_ops::install_recorder(builder)
 }
+
+/// Every reason a message is dead-lettered (the `reason` label of [`DEAD_LETTERED`]).
+/// (The other decode failures are answered with an error result, not dead-lettered.)
+pub const DEAD_LETTER_REASONS: [&str; 5] = [
+    "missing_message_id",
+    "unsupported_content_type",
+    "malformed",
+    "too_deep",
+    "unroutable_result",
+];
+
+/// Registers the counters that alerts take `increase()` of at 0, so the first event
+/// after a start is an increase Prometheus can see rather than the series' first value.
+pub fn zero_counters() {
+    for reason in DEAD_LETTER_REASONS {
+        ::metrics::counter!(DEAD_LETTERED, "reason" => reason).absolute(0);
+    }
+    ::metrics::counter!(RECONNECTS).absolute(0);
+}
