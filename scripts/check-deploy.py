@@ -2,12 +2,16 @@
 """Static checks of Surge's deployment files (no Docker engine, no cluster needed).
 
 * compose/docker-compose.yml: `docker-compose config` accepts it (with and without the
-  autoscale and observe profiles); workers have replicas and a stop grace period; the
-  observe profile's Prometheus config passes `promtool check config` (rules included).
+  autoscale, observe and cluster profiles); workers have replicas and a stop grace
+  period; the observe profile's Prometheus config passes `promtool check config` (rules
+  included); the cluster profile's three nodes share a cookie and the classic-config
+  peer discovery file, and its workers list every node.
 * compose/Dockerfile: multi-stage; the runtime stage runs as a non-root user.
 * deploy/kubernetes/*.yaml: core kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict); KEDA kinds against the schema below (the fields of
-  KEDA 2.x's CRDs that these files use); and the cross-references between them.
+  KEDA 2.x's CRDs that these files use); the RabbitmqCluster against the fields of the
+  RabbitMQ Cluster Operator's CRD it uses (odd replicas >= 3, quorum queues spanning
+  the nodes); and the cross-references between them.
 
 Exits non-zero with one line per problem.
 """
@@ -57,10 +61,41 @@ def check_prometheus(svc):
         fail(f"{cfg_path.name}: job surge must discover the compose service 'worker' by DNS")
 
 
+def check_cluster(services):
+    """The cluster profile: three nodes with one Erlang cookie and the classic-config
+    peer discovery file listing all three, and workers whose AMQP_URL names every node."""
+    nodes = ["rabbit-1", "rabbit-2", "rabbit-3"]
+    conf = (ROOT / "compose" / "rabbitmq" / "cluster.conf").read_text()
+    cookies = set()
+    for n in nodes:
+        svc = services.get(n, {})
+        if svc.get("hostname") != n:
+            fail(f"compose: {n} must have hostname {n} (its node name is rabbit@{n})")
+        if f"rabbit@{n}" not in conf:
+            fail(f"cluster.conf: classic_config does not list rabbit@{n}")
+        cookies.add(svc.get("environment", {}).get("RABBITMQ_ERLANG_COOKIE"))
+        mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}"
+                  for v in svc.get("volumes", [])]
+        if not any("cluster.conf" in m and "/etc/rabbitmq/conf.d/" in m for m in mounts):
+            fail(f"compose: {n} does not mount rabbitmq/cluster.conf into conf.d")
+    if len(cookies) != 1 or None in cookies:
+        fail("compose: the cluster nodes must share one RABBITMQ_ERLANG_COOKIE")
+    if "peer_discovery_backend = classic_config" not in conf:
+        fail("cluster.conf: peer discovery must be classic_config")
+    url = services.get("worker-cluster", {}).get("environment", {}).get("AMQP_URL", "")
+    for n in nodes:
+        if n not in url:
+            fail(f"compose: worker-cluster's AMQP_URL does not name {n}")
+
+
 # --- Compose ---------------------------------------------------------------------------
 compose = ROOT / "compose" / "docker-compose.yml"
-PROFILE_SERVICES = {"autoscale": ["autoscaler"], "observe": ["prometheus"]}
-for extra in ([], ["--profile", "autoscale"], ["--profile", "observe"]):
+PROFILE_SERVICES = {
+    "autoscale": ["autoscaler"],
+    "observe": ["prometheus"],
+    "cluster": ["rabbit-1", "rabbit-2", "rabbit-3", "worker-cluster"],
+}
+for extra in ([], ["--profile", "autoscale"], ["--profile", "observe"], ["--profile", "cluster"]):
     r = subprocess.run(
         ["docker-compose", "-f", str(compose), *extra, "config"],
         capture_output=True, text=True, cwd=ROOT,
@@ -83,6 +118,8 @@ for extra in ([], ["--profile", "autoscale"], ["--profile", "observe"]):
 
     if extra == ["--profile", "observe"]:
         check_prometheus(services.get("prometheus", {}))
+    if extra == ["--profile", "cluster"]:
+        check_cluster(services)
 
 # --- Dockerfile ------------------------------------------------------------------------
 dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
@@ -190,6 +227,63 @@ KEDA_SCHEMAS = {
     },
 }
 
+# The fields of the RabbitMQ Cluster Operator's RabbitmqCluster CRD (rabbitmq.com/v1beta1)
+# that Surge's manifest uses, with the types the CRD gives them.
+KEDA_SCHEMAS["RabbitmqCluster"] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "rabbitmq.com/v1beta1"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["replicas"],
+            "properties": {
+                "replicas": {"type": "integer", "minimum": 1},
+                "image": {"type": "string"},
+                "imagePullSecrets": {"type": "array"},
+                "resources": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"requests": {"type": "object"}, "limits": {"type": "object"}},
+                },
+                "persistence": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "storageClassName": {"type": "string"},
+                        "storage": {"type": "string", "pattern": "^[0-9]+(Ki|Mi|Gi|Ti)?$"},
+                    },
+                },
+                "rabbitmq": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "additionalPlugins": {"type": "array", "items": {"type": "string"}},
+                        "additionalConfig": {"type": "string"},
+                        "advancedConfig": {"type": "string"},
+                        "envConfig": {"type": "string"},
+                    },
+                },
+                "service": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"enum": ["ClusterIP", "LoadBalancer", "NodePort"]},
+                        "annotations": {"type": "object"},
+                    },
+                },
+                "affinity": {"type": "object"},
+                "tolerations": {"type": "array"},
+                "tls": {"type": "object"},
+                "override": {"type": "object"},
+                "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+}
+
 docs = []
 for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
     for d in yaml.safe_load_all(f.read_text()):
@@ -230,6 +324,18 @@ for name, dep in deployments.items():
         s = v.get("secret", {}).get("secretName")
         if s and s not in secrets:
             fail(f"{name}: volume {v['name']} names Secret {s!r}, which no file defines")
+for rc in by_kind.get("RabbitmqCluster", []):
+    n = rc["metadata"]["name"]
+    replicas = rc["spec"]["replicas"]
+    if replicas < 3 or replicas % 2 == 0:
+        fail(f"{n}: RabbitmqCluster replicas {replicas}: use an odd number >= 3, so a majority survives a node's loss")
+    extra_cfg = rc["spec"].get("rabbitmq", {}).get("additionalConfig", "")
+    if "quorum_queue.initial_cluster_size" not in extra_cfg:
+        fail(f"{n}: set quorum_queue.initial_cluster_size so job queues span the nodes")
+    host = f"{n}.{rc['metadata'].get('namespace', 'default')}.svc"
+    for sec in secrets.values():
+        if host not in sec.get("stringData", {}).get("amqp-url", ""):
+            fail(f"Secret {sec['metadata']['name']}: amqp-url does not point at the cluster's service {host}")
 if not by_kind.get("ScaledObject"):
     fail("kubernetes: no KEDA ScaledObject")
 for so in by_kind.get("ScaledObject", []):
@@ -256,6 +362,6 @@ if problems:
     for p in problems:
         print(f"  - {p}", file=sys.stderr)
     sys.exit(1)
-print(f"check-deploy: ok (compose with and without the autoscale and observe profiles, "
+print(f"check-deploy: ok (compose with and without the autoscale, observe and cluster profiles, "
       f"Prometheus config, Dockerfile, "
       f"{len(docs)} Kubernetes objects against v{K8S_VERSION} schemas and KEDA's)")
