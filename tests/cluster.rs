@@ -158,17 +158,36 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         );
     }
     let (leader_during, members_during) = cluster.quorum_leader(&queue);
-    // Down for at least 10 s in all, then back with its data.
-    if t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_secs(10) - t0.elapsed());
+    // Down for at least 10 s in all, then back with its data. score-batch is
+    // watched meanwhile (and while the node boots) for the moment the run ends.
+    let mut finished = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if finished.is_none() && sb.try_wait().ok().flatten().is_some() {
+            finished = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    cluster.nodes[victim].launch();
-    let back = t0.elapsed();
+    let victim_node = &mut cluster.nodes[victim];
+    let back = std::thread::scope(|s| {
+        let booting = s.spawn(|| {
+            victim_node.launch();
+            t0.elapsed()
+        });
+        while !booting.is_finished() {
+            if finished.is_none() && sb.try_wait().ok().flatten().is_some() {
+                finished = Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        booting
+            .join()
+            .unwrap_or_else(|_| panic!("restarting the node failed"))
+    });
     let out = sb
         .wait_with_output()
         .unwrap_or_else(|e| panic!("score-batch: {e}"));
-    let run_took = t_run.elapsed();
-    let finished_after_fault = t0.elapsed();
+    let finished_after_fault = finished.unwrap_or_else(|| t0.elapsed());
+    let run_took = t_run.elapsed() - (t0.elapsed() - finished_after_fault);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -183,7 +202,7 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
     figures::report(&format!("cluster {fault:?}"), &s, &got, dead, &output);
     let reconnects = |w: &WorkerProc| w.metric_sum("surge_reconnects_total");
     println!(
-        "CLUSTER {fault:?}: {n_rows} rows; node {} ({}) {} after {:.1}s; workers resumed {} after the fault began \
+        "CLUSTER {fault:?}: {n_rows} rows; node {} ({}) {} after {:.1}s; workers answered 5 more jobs {} after the fault began \
          ({before} jobs before); node back at {:.1}s; run finished {:.1}s after the fault ({:.1}s in all); \
          reconnects: score-batch {}, w-node0 {}, w-node1 {}; leader before {leader}, while down {leader_during} \
          (members {}), after {leader_after}",
@@ -194,7 +213,7 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
             Fault::KillClientNode => "killed",
         },
         down_after.as_secs_f64(),
-        recovered.map_or("not within 10 s".to_string(), |d| format!("{:.1}s", d.as_secs_f64())),
+        recovered.map_or("not within 10 s (results unroutable)".to_string(), |d| format!("{:.1}s", d.as_secs_f64())),
         back.as_secs_f64(),
         finished_after_fault.as_secs_f64(),
         run_took.as_secs_f64(),
