@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::{Channel, Connection};
-use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
+use surge_broker::{timed, topology, AmqpUrl, Backoff, BrokerError, Timeouts};
 pub use surge_ops::shutdown::{Shutdown, ShutdownTrigger};
 use surge_protocol::Topology;
 use thiserror::Error;
@@ -94,7 +94,7 @@ struct BrokerView {
     timeouts: Timeouts,
     conn: Option<(Connection, Channel)>,
     next_try: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl BrokerView {
@@ -142,14 +142,14 @@ impl BrokerView {
         .await;
         match result {
             Ok(d) => {
-                self.backoff = Duration::from_millis(200);
+                self.backoff.reset();
                 Some(d)
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?self.backoff, "cannot read queue depth; leaving the pools as they are");
+                let delay = self.backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "cannot read queue depth; leaving the pools as they are");
                 self.conn = None;
-                self.next_try = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                self.next_try = Instant::now() + delay;
                 None
             }
         }
@@ -281,7 +281,7 @@ pub async fn run(cfg: AutoscaleConfig, shutdown: Shutdown) -> Result<(), Autosca
         timeouts: cfg.timeouts,
         conn: None,
         next_try: Instant::now(),
-        backoff: Duration::from_millis(200),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
     };
     let started = Instant::now();
     let mut scaled: Vec<Scaled> = cfg

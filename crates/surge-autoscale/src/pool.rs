@@ -63,7 +63,7 @@ pub struct Pool {
     workers: Vec<Worker>,
     seq: u64,
     /// Restart backoff after unexpected exits.
-    backoff: Duration,
+    backoff: surge_broker::Backoff,
     not_before: Option<Instant>,
     prev_rows: f64,
     /// Restarts after unexpected exits, for the metric.
@@ -97,7 +97,7 @@ impl Pool {
             launch,
             workers: Vec::new(),
             seq: 0,
-            backoff: BACKOFF_MIN,
+            backoff: surge_broker::Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             not_before: None,
             prev_rows: 0.0,
             crashes: 0,
@@ -147,15 +147,15 @@ impl Pool {
         for (id, status, uptime) in crashed {
             self.crashes += 1;
             if uptime > Duration::from_secs(60) {
-                self.backoff = BACKOFF_MIN;
+                self.backoff.reset();
             }
             let status = status
                 .map(|s: ExitStatus| s.to_string())
                 .unwrap_or_default();
-            warn!(model = %self.model, worker = %id, %status, restart_in = ?self.backoff,
+            let delay = self.backoff.next_delay();
+            warn!(model = %self.model, worker = %id, %status, restart_in = ?delay,
                 "worker exited unexpectedly; a replacement will start after the backoff");
-            self.not_before = Some(now + self.backoff);
-            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            self.not_before = Some(now + delay);
         }
     }
 
@@ -216,8 +216,7 @@ impl Pool {
                     Err(e) => {
                         warn!(model = %self.model, error = %e, program = %self.launch.program.display(),
                             "cannot start a worker; retrying after the backoff");
-                        self.not_before = Some(Instant::now() + self.backoff);
-                        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                        self.not_before = Some(Instant::now() + self.backoff.next_delay());
                         break;
                     }
                 }

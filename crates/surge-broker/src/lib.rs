@@ -9,12 +9,14 @@
 //! * [`topology`]: declaring the v1 exchanges and queues, idempotently.
 //! * [`publish`]: publishing with `mandatory` and publisher confirms, where only a
 //!   broker ack of a routed message counts as success.
+//! * [`backoff`]: the one exponential backoff every retry loop uses.
 //!
 //! lapin does not bound its awaits and has known hangs when the broker goes away, so
 //! every broker await here goes through [`timed`]. lapin does not reconnect either:
 //! callers own a reconnect loop that rebuilds connection, channels, topology and
 //! consumers (see `surge-worker`).
 
+pub mod backoff;
 pub mod connect;
 mod error;
 pub mod publish;
@@ -25,6 +27,7 @@ pub mod url;
 use std::future::Future;
 use std::time::Duration;
 
+pub use backoff::Backoff;
 pub use connect::{connect, Timeouts};
 pub use error::BrokerError;
 pub use lapin;

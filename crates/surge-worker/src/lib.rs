@@ -297,7 +297,8 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<(), WorkerE
 /// Runs sessions until shutdown; after a broker error, waits (exponential backoff,
 /// 100 ms to 5 s) and starts a new one.
 async fn reconnect_loop(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), WorkerError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        surge_broker::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     info!(url = %shared.config.url, worker = %shared.worker_id, "worker starting");
     loop {
         if shutdown.is_triggered() {
@@ -315,15 +316,15 @@ async fn reconnect_loop(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), W
                     break;
                 }
                 if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
-                warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "broker connection lost; reconnecting");
                 ::metrics::counter!(metrics::RECONNECTS).increment(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.wait() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
