@@ -23,6 +23,7 @@ mod error;
 pub mod folder;
 pub mod golden;
 pub mod mlp;
+pub mod registry;
 pub mod spec;
 pub mod weights;
 
@@ -35,6 +36,7 @@ pub use device::{select_device, DeviceSpec};
 pub use error::ModelError;
 pub use folder::{compare_versions, discover, is_quiet, layout, versions, Layout};
 pub use golden::Proof;
+pub use registry::Registry;
 pub use spec::{InputSpec, ModelInfo, SpecFile};
 
 /// A batch of inputs for one forward pass.

@@ -83,13 +83,13 @@ pub(crate) async fn watch(
             let root = cfg.models_dir.join(&name);
             match surge_model::layout(&root) {
                 Ok(Layout::Flat) => {
-                    if !serving.contains_key(&name) {
+                    if !serving.serves(&name) {
                         candidates.push((name, None));
                     }
                 }
                 Ok(Layout::Versioned(versions)) => {
                     for v in versions {
-                        if !serving.contains_key(&crate::engine::key(&name, &v)) {
+                        if !serving.contains(&name, &v) {
                             candidates.push((name.clone(), Some(v)));
                         }
                     }
@@ -110,7 +110,8 @@ pub(crate) async fn watch(
         }
         for (name, version) in candidates {
             let label = match &version {
-                Some(v) => crate::engine::key(&name, v),
+                // A label for logs and for remembering refusals; never parsed.
+                Some(v) => format!("{name}@{v}"),
                 None => name.clone(),
             };
             let dir = match &version {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, RwLock};
 
-use surge_model::{Batch, Model, ModelError, ModelInfo, Scores};
+use surge_model::{Batch, Model, ModelError, Registry, Scores};
 use tokio::sync::oneshot;
 
 /// Owned inputs of one forward pass.
@@ -53,7 +53,7 @@ pub fn split(scores: &Scores, sizes: &[usize]) -> Option<Vec<Vec<Vec<f32>>>> {
 
 enum Request {
     Score {
-        model: String,
+        model: ModelKey,
         inputs: BatchInputs,
         sizes: Vec<usize>,
         reply: oneshot::Sender<Result<Scored, ModelError>>,
@@ -62,26 +62,15 @@ enum Request {
     Add(Box<dyn Model>, oneshot::Sender<()>),
 }
 
-/// The engine's key of one version of a model: `name@version`.
-pub fn key(name: &str, version: &str) -> String {
-    format!("{name}@{version}")
+/// One version of a model: `(name, version)`.
+pub type ModelKey = (String, String);
+
+fn key_of(m: &dyn Model) -> ModelKey {
+    (m.info().name.clone(), m.info().version.clone())
 }
 
-/// Records `info` under `name@version`, and under `name` when it is the newest version
-/// known (the one a job naming no version gets).
-fn insert_info(map: &mut HashMap<String, ModelInfo>, info: &ModelInfo) {
-    map.insert(key(&info.name, &info.version), info.clone());
-    let newer = map.get(&info.name).is_none_or(|cur| {
-        surge_model::compare_versions(&info.version, &cur.version) != std::cmp::Ordering::Less
-    });
-    if newer {
-        map.insert(info.name.clone(), info.clone());
-    }
-}
-
-/// What the engine serves: by `name` (the newest version) and by `name@version`; a
-/// snapshot, cheap to clone.
-pub type ModelInfos = Arc<HashMap<String, ModelInfo>>;
+/// What the engine serves; a snapshot, cheap to clone.
+pub type ModelInfos = Arc<Registry>;
 
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
@@ -95,13 +84,10 @@ impl Engine {
     /// Moves `models` onto a new thread and returns a handle to it. The thread ends
     /// when the last handle is dropped.
     pub fn start(models: Vec<Box<dyn Model>>) -> std::io::Result<Self> {
-        let mut infos = HashMap::new();
-        for m in &models {
-            insert_info(&mut infos, m.info());
-        }
-        let mut by_name: HashMap<String, Box<dyn Model>> = models
+        let infos = Registry::of(models.iter().map(|m| m.info()));
+        let mut by_name: HashMap<ModelKey, Box<dyn Model>> = models
             .into_iter()
-            .map(|m| (key(&m.info().name, &m.info().version), m))
+            .map(|m| (key_of(m.as_ref()), m))
             .collect();
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
@@ -110,7 +96,7 @@ impl Engine {
                 while let Ok(req) = rx.recv() {
                     let (model, inputs, sizes, reply) = match req {
                         Request::Add(m, done) => {
-                            by_name.insert(key(&m.info().name, &m.info().version), m);
+                            by_name.insert(key_of(m.as_ref()), m);
                             let _ = done.send(());
                             continue;
                         }
@@ -123,7 +109,10 @@ impl Engine {
                     };
                     let started = std::time::Instant::now();
                     let out = match by_name.get(&model) {
-                        None => Err(ModelError::BadBatch(format!("no model {model}"))),
+                        None => Err(ModelError::BadBatch(format!(
+                            "no model {} version {}",
+                            model.0, model.1
+                        ))),
                         Some(m) => {
                             let batch = match &inputs {
                                 BatchInputs::Rows { values, dim } => {
@@ -181,36 +170,33 @@ impl Engine {
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut map = (**guard).clone();
-        insert_info(&mut map, &info);
+        map.insert(info);
         *guard = Arc::new(map);
         Ok(())
     }
 
     /// Names of the models served (one per queue), sorted.
     pub fn model_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .models()
-            .keys()
-            .filter(|k| !k.contains('@'))
-            .cloned()
-            .collect();
-        names.sort();
-        names
+        self.models()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 
-    /// Scores one batch with `model` (an engine key, `name@version`): the inputs of
+    /// Scores one batch with `model` (name and version): the inputs of
     /// consecutive jobs of `sizes` inputs each. Returns each job's outputs and the
     /// forward pass time.
     pub async fn score(
         &self,
-        model: &str,
+        model: &ModelKey,
         inputs: BatchInputs,
         sizes: Vec<usize>,
     ) -> Result<Scored, ModelError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Score {
-                model: model.to_string(),
+                model: model.clone(),
                 inputs,
                 sizes,
                 reply,

@@ -2,9 +2,7 @@
 //! with an error result, or dead-letter it. One bad job is answered on its own and
 //! never reaches a batch, so it cannot fail its batch mates.
 
-use std::collections::HashMap;
-
-use surge_model::ModelInfo;
+use surge_model::Registry;
 use surge_protocol::codec::{decode_job, probe_model};
 use surge_protocol::{Encoding, ErrorKind, Inputs, Job, JobResult, Limits};
 
@@ -58,7 +56,7 @@ pub enum Disposition {
 pub fn prepare(
     env: &Envelope,
     body: &[u8],
-    models: &HashMap<String, ModelInfo>,
+    models: &Registry,
     limits: &Limits,
     worker: &str,
     now_ms: u64,
@@ -98,49 +96,28 @@ pub fn prepare(
             };
         }
     };
-    // A name with '@' would address a version through the name: not a model name.
-    let newest = (!job.model.contains('@'))
-        .then(|| models.get(&job.model))
-        .flatten();
-    let Some(newest) = newest else {
-        let mut served: Vec<&str> = models
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !k.contains('@'))
-            .collect();
-        served.sort_unstable();
+    if !models.serves(&job.model) {
         return answer(
             &job.model.clone(),
             ErrorKind::UnknownModel,
             format!(
                 "no model named {:?} is served here (served: {})",
                 job.model,
-                served.join(", ")
+                models.names().join(", ")
             ),
         );
-    };
-    let info = match &job.version {
-        None => newest,
-        Some(v) => match models.get(&format!("{}@{v}", job.model)) {
-            Some(info) => info,
-            None => {
-                let prefix = format!("{}@", job.model);
-                let mut served: Vec<&str> = models
-                    .keys()
-                    .filter_map(|k| k.strip_prefix(&prefix))
-                    .collect();
-                served.sort_unstable_by(|a, b| surge_model::compare_versions(a, b));
-                return answer(
-                    &job.model.clone(),
-                    ErrorKind::UnknownVersion,
-                    format!(
-                        "model {} has no version {v:?} here (served: {})",
-                        job.model,
-                        served.join(", ")
-                    ),
-                );
-            }
-        },
+    }
+    let Some(info) = models.get(&job.model, job.version.as_deref()) else {
+        return answer(
+            &job.model.clone(),
+            ErrorKind::UnknownVersion,
+            format!(
+                "model {} has no version {:?} here (served: {})",
+                job.model,
+                job.version.as_deref().unwrap_or_default(),
+                models.versions(&job.model).join(", ")
+            ),
+        );
     };
     // From here on the job names the version that scores it.
     job.version = Some(info.version.clone());
@@ -210,13 +187,13 @@ pub fn rows(inputs: &Inputs) -> usize {
 mod tests {
     use std::path::PathBuf;
 
-    use surge_model::InputSpec;
+    use surge_model::{InputSpec, ModelInfo};
     use surge_protocol::codec::encode;
     use surge_protocol::{Inputs, Job};
 
     use super::*;
 
-    fn models() -> HashMap<String, ModelInfo> {
+    fn models() -> Registry {
         let info = ModelInfo {
             name: "m".into(),
             version: "1.0.0".into(),
@@ -232,11 +209,7 @@ mod tests {
             version: "0.9.0".into(),
             ..info.clone()
         };
-        HashMap::from([
-            ("m".to_string(), info.clone()),
-            ("m@1.0.0".to_string(), info),
-            ("m@0.9.0".to_string(), old),
-        ])
+        Registry::of(&[info, old])
     }
 
     #[test]

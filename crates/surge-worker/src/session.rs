@@ -31,7 +31,7 @@ use tracing::{info, warn, Instrument};
 use crate::answer::{Acks, Item, Outcome};
 use crate::batcher::{AckFrontier, Fill, Gathering};
 use crate::drain::Answered;
-use crate::engine::BatchInputs;
+use crate::engine::{BatchInputs, ModelKey};
 use crate::metrics as m;
 use crate::prepare::{prepare, Disposition, Envelope};
 use crate::shutdown::Shutdown;
@@ -182,10 +182,9 @@ pub(crate) async fn run_session(
     result
 }
 
-/// The engine key of a prepared job: `prepare` has set its version to the one that
-/// scores it.
-fn engine_key(job: &Job) -> String {
-    crate::engine::key(&job.model, job.version.as_deref().unwrap_or_default())
+/// The model version that scores a prepared job: `prepare` has set its version.
+fn engine_key(job: &Job) -> ModelKey {
+    (job.model.clone(), job.version.clone().unwrap_or_default())
 }
 
 /// Declares `model`'s queue and starts consuming it on a channel of its own.
@@ -363,7 +362,7 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         now_ms(),
     );
     let fill = match &disposition {
-        Disposition::Score { job, .. } => match models.get(&engine_key(job)) {
+        Disposition::Score { job, .. } => match models.get(&job.model, job.version.as_deref()) {
             Some(info) => Fill::of(&job.inputs, &info.input),
             None => Fill {
                 rows: job.inputs.len(),
@@ -446,7 +445,7 @@ async fn process_batch(
     }
     let worker = shared.worker_id.as_str();
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<ModelKey, Vec<usize>> = BTreeMap::new();
     let now = now_ms();
     let mut jobs: Vec<Option<ToScore>> = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
@@ -511,7 +510,11 @@ async fn process_batch(
     }
 
     for (model, idx) in groups {
-        let info = shared.engine.models().get(&model).cloned();
+        let info = shared
+            .engine
+            .models()
+            .get(&model.0, Some(&model.1))
+            .cloned();
         let inputs = gather_inputs(
             idx.iter()
                 .filter_map(|&i| jobs[i].as_ref().map(|j| &j.job.inputs)),
@@ -525,12 +528,12 @@ async fn process_batch(
         metrics::histogram!(m::BATCH_ROWS).record(total_rows as f64);
         let (mut per_job, ms, failure) = match (scored, &info) {
             (Ok(s), Some(_)) => {
-                metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.clone())
+                metrics::histogram!(m::INFERENCE_SECONDS, "model" => model.0.clone())
                     .record(s.ms / 1e3);
                 (s.per_job.into_iter(), s.ms, None)
             }
             (Err(e), _) => {
-                warn!(error = %e, model = %model, "forward pass failed");
+                warn!(error = %e, model = %model.0, version = %model.1, "forward pass failed");
                 (
                     Vec::new().into_iter(),
                     0.0,
