@@ -1,32 +1,40 @@
 //! `score-batch`: a file of rows in, scores out, through RabbitMQ and Surge workers.
 
-use std::io::{BufReader, IsTerminal};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use surge_cli::{init_logging, LogFormat};
-use surge_client::table::{read_table_with, write_table, Format, ReadOptions, Selection, Table};
-use surge_client::{score_table, ScoreConfig};
+use surge_client::stream::{open, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS};
+use surge_client::table::{Format, ReadOptions, Selection, Table};
+use surge_client::{score_stream, ClientError, DoneJob, ScoreConfig, SourceJob, Summary};
 use surge_worker::broker::{AmqpUrl, Timeouts};
 use surge_worker::protocol::{Encoding, Topology};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Score a file of rows (CSV or JSON Lines) with a Surge model, through RabbitMQ.
 ///
 /// Rows are split into jobs, published with confirms, scored by `surge worker`
 /// processes (started before or after this command), and written out in input order:
-/// the input columns, then one column per model output, then `error` (empty when the
-/// row scored). Every row is answered exactly once: results that arrive twice are
-/// dropped, and jobs whose results are overdue are published again.
+/// the input columns (or those --keep names), then one column per model output, then
+/// `error` (empty when the row scored). Every row is answered exactly once: results
+/// that arrive twice are dropped, and jobs whose results are overdue are published
+/// again.
+///
+/// Files of any length run in bounded memory: the input is read as the run goes, at
+/// most --max-in-flight jobs are read and not yet written, and rows are written as soon
+/// as every row before them is answered.
 ///
 /// Columns are matched to the model's features by name, so their order in the file
 /// does not matter. By default every column that holds numbers is sent under its
 /// header name; columns with no number at all (ids, dates, notes) are not sent and
 /// come out as they went in; extra numeric columns are ignored by the worker; a missing
 /// feature fails its rows with an error that names it. A sent cell that is empty or not
-/// a number stops the run before anything is published, naming its row and column.
+/// a number stops the run, naming its row and column: before anything is published when
+/// it is among the first 10,000 rows (which also decide which columns hold numbers).
 ///
 /// While no worker consumes the model's queue, score-batch says so after 10 s (on the
 /// progress bar, or as a WARN line when stderr is not a terminal), and it says so when
@@ -73,9 +81,20 @@ struct Cli {
     /// Column holding texts, for text models. Default: a non-numeric column named `text`.
     #[arg(long)]
     text_column: Option<String>,
+    /// Input columns to write to the output (comma-separated), in this order. Default:
+    /// every input column.
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
     /// Rows per job.
     #[arg(long, default_value_t = 256)]
     rows_per_job: usize,
+    /// Jobs read and not yet written out, at most: what bounds memory (with
+    /// --max-in-flight-mb). Enough to keep the workers busy; more only costs memory.
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Megabytes those jobs hold (their rows as read), at most.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight_mb: usize,
     /// Seconds after which a job with no result is published again.
     #[arg(long, default_value_t = 60)]
     job_timeout: u64,
@@ -127,19 +146,31 @@ async fn run(cli: Cli) -> Result<i32> {
     let options = ReadOptions {
         header: !cli.no_header,
     };
-    let mut table = if cli.input == "-" {
-        read_table_with(std::io::stdin().lock(), in_format, options)?
+    let started = Instant::now();
+    let reader: Box<dyn Read + Send> = if cli.input == "-" {
+        Box::new(std::io::stdin())
     } else {
-        let f =
-            std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?;
-        read_table_with(BufReader::new(f), in_format, options)?
+        Box::new(std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?)
     };
+    let (mut table, source) = open(reader, in_format, options, SAMPLE_ROWS)?;
     if table.records.is_empty() {
-        bail!("{} holds no rows", cli.input);
+        bail!(
+            "{} holds no rows; give a file with a header and at least one row",
+            cli.input
+        );
     }
     let selection = table.select(&cli.columns, cli.text_column.as_deref())?;
     table.adopt_names(&selection);
     report_selection(&table, &selection);
+    // The rows read ahead are checked before anything is published.
+    table.inputs(&selection, 0, table.records.len())?;
+    let keep = table.keep(&cli.keep)?;
+    let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
+    let total_rows = source.exhausted().then_some(table.records.len());
+    let columns = match &selection {
+        Selection::Features { names, .. } => names.clone(),
+        Selection::Text(_) => None,
+    };
 
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, model);
     cfg.version = version;
@@ -151,43 +182,48 @@ async fn run(cli: Cli) -> Result<i32> {
     cfg.pack = !cli.no_pack;
     cfg.idle_hint_after = Duration::from_secs(cli.idle_hint_secs);
     cfg.publish_window = cli.publish_window;
+    cfg.max_in_flight = cli.max_in_flight.max(1);
+    cfg.max_in_flight_bytes = cli.max_in_flight_mb.max(1) << 20;
     cfg.timeouts = Timeouts::default();
     cfg.progress = !cli.quiet && std::io::stderr().is_terminal();
-    let scored = score_table(&cfg, &table, &selection).await?;
 
-    if cli.output == "-" {
-        write_table(
-            std::io::stdout().lock(),
-            out_format,
-            &table,
-            &scored.output_names,
-            &scored.outcomes,
-        )?;
-    } else {
-        let path = PathBuf::from(&cli.output);
-        // Written next to the target and renamed, so a reader never sees half a file.
-        let tmp = path.with_extension("partial");
-        let f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        write_table(
-            std::io::BufWriter::new(f),
-            out_format,
-            &table,
-            &scored.output_names,
-            &scored.outcomes,
-        )?;
-        std::fs::rename(&tmp, &path)
+    // The output: stdout, or a file written next to the target and renamed at the
+    // end, so a reader never sees half a file.
+    let target = (cli.output != "-").then(|| PathBuf::from(&cli.output));
+    let tmp = target.as_ref().map(|p| p.with_extension("partial"));
+    let out: Box<dyn Write + Send> = match &tmp {
+        None => Box::new(std::io::stdout()),
+        Some(tmp) => Box::new(
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        ),
+    };
+    let result = pipeline(
+        &cfg, table, selection, keep, kept, source, total_rows, columns, out, out_format,
+    )
+    .await;
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(tmp) = &tmp {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(e.into());
+        }
+    };
+    if let (Some(tmp), Some(path)) = (&tmp, &target) {
+        std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     }
-    let s = &scored.summary;
+    let wall = started.elapsed();
     if !cli.quiet {
         eprintln!(
-            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s; duplicates dropped {}, republished {}, reconnects {}",
+            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s (wall, reading to last row written; scoring alone {:.0} rows/s); duplicates dropped {}, republished {}, reconnects {}",
             s.rows,
             s.jobs,
             s.rows_ok,
             s.rows_failed,
-            s.elapsed.as_secs_f64(),
+            wall.as_secs_f64(),
+            s.rows as f64 / wall.as_secs_f64().max(1e-9),
             s.rows_per_second(),
             s.duplicates,
             s.republished,
@@ -205,6 +241,50 @@ async fn run(cli: Cli) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Reading, scoring and writing, overlapped: a thread reads rows into jobs, the run
+/// publishes them and collects results (a bounded window in flight), and a thread
+/// writes answered jobs in input order.
+#[allow(clippy::too_many_arguments)]
+async fn pipeline(
+    cfg: &ScoreConfig,
+    table: Table,
+    selection: Selection,
+    keep: Vec<usize>,
+    kept: Vec<String>,
+    source: surge_client::stream::RowSource,
+    total_rows: Option<usize>,
+    columns: Option<Vec<String>>,
+    out: Box<dyn Write + Send>,
+    out_format: Format,
+) -> Result<Summary, ClientError> {
+    let (src_tx, src_rx) = mpsc::channel::<Result<SourceJob<RowBytes>, ClientError>>(16);
+    let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
+    let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job);
+    // Not joined: it ends at its next job once the run has stopped listening.
+    std::thread::spawn(move || encoder.run(source, src_tx));
+    let writer = std::thread::spawn(move || -> Result<(), ClientError> {
+        let mut w = OutputWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, out),
+            out_format,
+            kept,
+        );
+        while let Some(done) = sink_rx.blocking_recv() {
+            w.write(done)?;
+        }
+        w.finish()?;
+        Ok(())
+    });
+    let scored = score_stream(cfg, columns, total_rows, src_rx, sink_tx).await;
+    // The sink is closed now (score_stream owned it): the writer ends.
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| ClientError::Output(format!("the output writer: {e}")))?
+        .map_err(|_| ClientError::Output("the output writer panicked".into()))?;
+    let summary = scored?;
+    written?;
+    Ok(summary)
 }
 
 /// Says what is sent and how, so a column left out is never a surprise.
