@@ -90,10 +90,10 @@ struct Cli {
     rows_per_job: usize,
     /// Jobs read and not yet written out, at most: what bounds memory (with
     /// --max-in-flight-mb). Enough to keep the workers busy; more only costs memory.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
     /// Megabytes those jobs hold (their rows as read), at most.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     max_in_flight_mb: usize,
     /// Seconds after which a job with no result is published again.
     #[arg(long, default_value_t = 60)]
@@ -167,6 +167,8 @@ async fn run(cli: Cli) -> Result<i32> {
     let keep = table.keep(&cli.keep)?;
     let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
     let total_rows = source.exhausted().then_some(table.records.len());
+    // The rows read ahead travel in `source` too: the table keeps only the names.
+    table.records = Vec::new();
     let columns = match &selection {
         Selection::Features { names, .. } => names.clone(),
         Selection::Text(_) => None,
