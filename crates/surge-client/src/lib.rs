@@ -15,6 +15,9 @@
 //!   reply queue of the run's own, republish jobs whose results are overdue, and
 //!   reconnect after a lost connection.
 
+pub mod parquet_io;
+/// The Arrow type of a Parquet column (re-exported for [`stream::open_parquet`]).
+pub use arrow_schema::DataType;
 pub mod stream;
 pub mod table;
 pub mod tracker;

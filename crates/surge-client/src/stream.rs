@@ -11,12 +11,16 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use arrow_schema::DataType;
 
 use csv::ByteRecord;
 use serde_json::Value;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
+use crate::parquet_io::{self, ParquetOut, ParquetRows};
 use crate::table::{
     cell_from_csv, csv_cell, Cell, Format, JsonShape, ReadOptions, Selection, Table,
 };
@@ -34,6 +38,7 @@ enum Record {
 
 enum Inner {
     Csv(csv::Reader<Box<dyn Read + Send>>),
+    Parquet(ParquetRows),
     Json {
         lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
         shape: JsonShape,
@@ -77,6 +82,12 @@ pub fn open(
             named = options.header;
             Inner::Csv(rdr)
         }
+        Format::Parquet => {
+            return Err(ClientError::Input(
+                "Parquet input must be a file (it is read from its footer): use open_parquet"
+                    .into(),
+            ))
+        }
         Format::JsonLines => {
             named = true;
             Inner::Json {
@@ -86,6 +97,35 @@ pub fn open(
             }
         }
     };
+    read_ahead(inner, columns, named, format, options, sample)
+}
+
+/// Opens the Parquet file at `path` as [`open`] does, and also returns the Arrow
+/// type of each column.
+pub fn open_parquet(
+    path: &Path,
+    sample: usize,
+) -> Result<(Table, RowSource, Vec<DataType>), ClientError> {
+    let (columns, types, rows) = parquet_io::open(path)?;
+    let (table, src) = read_ahead(
+        Inner::Parquet(rows),
+        columns,
+        true,
+        Format::Parquet,
+        ReadOptions::default(),
+        sample,
+    )?;
+    Ok((table, src, types))
+}
+
+fn read_ahead(
+    inner: Inner,
+    columns: Vec<String>,
+    named: bool,
+    format: Format,
+    options: ReadOptions,
+    sample: usize,
+) -> Result<(Table, RowSource), ClientError> {
     let mut src = RowSource {
         inner,
         ahead: VecDeque::new(),
@@ -119,7 +159,7 @@ pub fn open(
             table.columns.clone_from(&shape.columns);
             table.named = shape.named;
         }
-        Inner::Csv(_) => {}
+        Inner::Csv(_) | Inner::Parquet(_) => {}
     }
     Ok((table, src))
 }
@@ -160,6 +200,7 @@ impl RowSource {
                     }
                 }
             }
+            Inner::Parquet(rows) => rows.next()?.map(Record::Json),
             Inner::Json {
                 lines,
                 shape,
@@ -400,6 +441,26 @@ impl Encoder {
                     }
                 }
             }
+            Format::Parquet => {
+                // A JSON array of the kept cells (CSV cells as text), read back by the
+                // Parquet writer.
+                out.push(b'[');
+                for (i, &k) in self.keep.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match rec {
+                        Record::Csv(r) => {
+                            let cell = String::from_utf8_lossy(r.get(k).unwrap_or_default());
+                            serde_json::to_writer(&mut *out, &cell).map_err(json)?
+                        }
+                        Record::Json(cells) => {
+                            serde_json::to_writer(&mut *out, cells.get(k).unwrap_or(&Value::Null))
+                                .map_err(json)?
+                        }
+                    }
+                }
+            }
             Format::JsonLines => {
                 out.push(b'{');
                 for (i, &k) in self.keep.iter().enumerate() {
@@ -431,23 +492,28 @@ const HOLD_ROWS: usize = 100_000;
 
 /// Writes answered jobs, in the order given, with the output columns the first
 /// scored job names.
-pub struct OutputWriter<W: Write> {
-    out: W,
+pub struct OutputWriter<W: Write + Send> {
+    out: Option<W>,
+    parquet: Option<ParquetOut<W>>,
     format: Format,
     kept: Vec<String>,
+    kept_types: Vec<DataType>,
     names: Option<Vec<String>>,
     held: Vec<DoneJob<RowBytes>>,
     held_rows: usize,
     line: Vec<u8>,
 }
 
-impl<W: Write> OutputWriter<W> {
+impl<W: Write + Send> OutputWriter<W> {
     /// A writer of `format` whose rows start with the columns named `kept`.
     pub fn new(out: W, format: Format, kept: Vec<String>) -> Self {
+        let kept_types = vec![DataType::Utf8; kept.len()];
         Self {
-            out,
+            out: Some(out),
+            parquet: None,
             format,
             kept,
+            kept_types,
             names: None,
             held: Vec::new(),
             held_rows: 0,
@@ -455,16 +521,27 @@ impl<W: Write> OutputWriter<W> {
         }
     }
 
+    /// For Parquet output: the Arrow types of the kept columns in the input (`None`
+    /// for a text input), which decide their types in the output.
+    pub fn with_input_types(mut self, types: Option<Vec<DataType>>) -> Self {
+        self.kept_types = match types {
+            Some(t) => t.iter().map(|t| parquet_io::kept_type(Some(t))).collect(),
+            None => vec![DataType::Utf8; self.kept.len()],
+        };
+        self
+    }
+
     /// Writes one answered job (or holds it until the output columns are known).
     pub fn write(&mut self, done: DoneJob<RowBytes>) -> Result<(), ClientError> {
         if self.names.is_none() {
             if job_outcome(&done.job, &done.result).is_ok() {
-                self.start(done.result.output_names.clone())?;
+                let dim = done.result.outputs.first().map_or(1, Vec::len);
+                self.start(done.result.output_names.clone(), dim)?;
             } else {
                 self.held_rows += done.payload.len();
                 self.held.push(done);
                 if self.held_rows > HOLD_ROWS {
-                    self.start(Vec::new())?;
+                    self.start(Vec::new(), 1)?;
                 }
                 return Ok(());
             }
@@ -475,27 +552,51 @@ impl<W: Write> OutputWriter<W> {
     /// Writes what is held and flushes; returns the inner writer.
     pub fn finish(mut self) -> Result<W, ClientError> {
         if self.names.is_none() {
-            self.start(Vec::new())?;
+            self.start(Vec::new(), 1)?;
         }
-        self.out
-            .flush()
-            .map_err(|e| ClientError::Output(e.to_string()))?;
-        Ok(self.out)
+        let io = |e: std::io::Error| ClientError::Output(e.to_string());
+        let mut out = match (self.parquet.take(), self.out.take()) {
+            (Some(p), _) => p.finish()?,
+            (None, Some(out)) => out,
+            (None, None) => return Err(ClientError::Output("the output was lost".into())),
+        };
+        out.flush().map_err(io)?;
+        Ok(out)
     }
 
-    fn start(&mut self, names: Vec<String>) -> Result<(), ClientError> {
-        if self.format == Format::Csv {
-            let mut header = self.kept.clone();
-            if names.is_empty() {
-                header.push("embedding".into());
-            } else {
-                header.extend(names.iter().cloned());
+    fn start(&mut self, names: Vec<String>, dim: usize) -> Result<(), ClientError> {
+        match self.format {
+            Format::Csv => {
+                let mut header = self.kept.clone();
+                if names.is_empty() {
+                    header.push("embedding".into());
+                } else {
+                    header.extend(names.iter().cloned());
+                }
+                header.push("error".into());
+                let out = self
+                    .out
+                    .as_mut()
+                    .ok_or_else(|| ClientError::Output("the output was lost".into()))?;
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(&header)
+                    .map_err(|e| ClientError::Output(e.to_string()))?;
+                w.flush().map_err(|e| ClientError::Output(e.to_string()))?;
             }
-            header.push("error".into());
-            let mut w = csv::Writer::from_writer(&mut self.out);
-            w.write_record(&header)
-                .map_err(|e| ClientError::Output(e.to_string()))?;
-            w.flush().map_err(|e| ClientError::Output(e.to_string()))?;
+            Format::Parquet => {
+                let out = self
+                    .out
+                    .take()
+                    .ok_or_else(|| ClientError::Output("the output was lost".into()))?;
+                self.parquet = Some(ParquetOut::new(
+                    out,
+                    &self.kept,
+                    self.kept_types.clone(),
+                    names.clone(),
+                    dim,
+                )?);
+            }
+            Format::JsonLines => {}
         }
         self.names = Some(names);
         for done in std::mem::take(&mut self.held) {
@@ -509,16 +610,27 @@ impl<W: Write> OutputWriter<W> {
         let outcome = job_outcome(&done.job, &done.result);
         let names = self.names.clone().unwrap_or_default();
         for r in 0..done.payload.len() {
-            let mut line = std::mem::take(&mut self.line);
-            line.clear();
-            line.extend_from_slice(done.payload.row(r));
             let outputs = outcome
                 .as_ref()
                 .ok()
                 .and_then(|()| done.result.outputs.get(r));
             let error = outcome.as_ref().err().map(|(_, msg)| msg.as_str());
+            if let Some(pq) = self.parquet.as_mut() {
+                let mut text = done.payload.row(r).to_vec();
+                text.push(b']');
+                let kept: Vec<Value> = serde_json::from_slice(&text).map_err(|e| {
+                    ClientError::Output(format!("row {}: {e}", done.job.start + r + 1))
+                })?;
+                pq.push(kept, outputs.map(Vec::as_slice), error)?;
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            line.clear();
+            line.extend_from_slice(done.payload.row(r));
             self.row_tail(&mut line, &names, outputs.map(Vec::as_slice), error)?;
             self.out
+                .as_mut()
+                .ok_or_else(|| ClientError::Output("the output was lost".into()))?
                 .write_all(&line)
                 .map_err(|e| ClientError::Output(e.to_string()))?;
             self.line = line;
@@ -564,7 +676,7 @@ impl<W: Write> OutputWriter<W> {
                 field(line, error.unwrap_or("").as_bytes());
                 line.push(b'\n');
             }
-            Format::JsonLines => {
+            Format::JsonLines | Format::Parquet => {
                 let mut sep = !self.kept.is_empty();
                 let mut key = |line: &mut Vec<u8>, k: &str| -> Result<(), ClientError> {
                     if sep {

@@ -23,6 +23,9 @@ pub enum Format {
     Csv,
     /// One JSON value per line: an object, an array of numbers, or a string.
     JsonLines,
+    /// Apache Parquet: typed columns in row groups, read and written a row group at a
+    /// time (see [`crate::parquet_io`]).
+    Parquet,
 }
 
 impl Format {
@@ -33,8 +36,9 @@ impl Format {
             return match f.to_ascii_lowercase().as_str() {
                 "csv" => Ok(Format::Csv),
                 "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+                "parquet" | "pq" => Ok(Format::Parquet),
                 other => Err(ClientError::Input(format!(
-                    "unknown format {other:?}; use csv or jsonl"
+                    "unknown format {other:?}; use csv, jsonl or parquet"
                 ))),
             };
         }
@@ -45,6 +49,7 @@ impl Format {
             .to_ascii_lowercase();
         Ok(match ext.as_str() {
             "jsonl" | "ndjson" | "json" => Format::JsonLines,
+            "parquet" | "pq" => Format::Parquet,
             _ => Format::Csv,
         })
     }
@@ -194,6 +199,9 @@ pub fn read_table_with(
                 format,
             })
         }
+        Format::Parquet => Err(ClientError::Input(
+            "Parquet is read a row group at a time: use stream::open_parquet".into(),
+        )),
         Format::JsonLines => {
             let mut shape = JsonShape::default();
             let mut records = Vec::new();
@@ -616,6 +624,11 @@ pub fn write_table(
                     .map_err(|e| ClientError::Output(e.to_string()))?;
             }
             w.flush().map_err(io)?;
+        }
+        Format::Parquet => {
+            return Err(ClientError::Output(
+                "Parquet is written a row group at a time: use stream::OutputWriter".into(),
+            ))
         }
         Format::JsonLines => {
             for (rec, outcome) in table.records.iter().zip(outcomes) {

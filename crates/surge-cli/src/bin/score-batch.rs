@@ -1,21 +1,23 @@
 //! `score-batch`: a file of rows in, scores out, through RabbitMQ and Surge workers.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use surge_cli::{init_logging, LogFormat};
-use surge_client::stream::{open, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS};
+use surge_client::parquet_io::is_numeric;
+use surge_client::stream::{open, open_parquet, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS};
 use surge_client::table::{Format, ReadOptions, Selection, Table};
+use surge_client::DataType;
 use surge_client::{score_stream, ClientError, DoneJob, ScoreConfig, SourceJob, Summary};
 use surge_worker::broker::{AmqpUrl, Timeouts};
 use surge_worker::protocol::{Encoding, Topology};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Score a file of rows (CSV or JSON Lines) with a Surge model, through RabbitMQ.
+/// Score a file of rows (CSV, JSON Lines or Parquet) with a Surge model, through RabbitMQ.
 ///
 /// Rows are split into jobs, published with confirms, scored by `surge worker`
 /// processes (started before or after this command), and written out in input order:
@@ -54,16 +56,16 @@ struct Cli {
     /// Model to score with; `name@version` pins a version.
     #[arg(long, env = "SURGE_MODEL")]
     model: String,
-    /// Input file (.csv, .jsonl); `-` for stdin.
+    /// Input file (.csv, .jsonl, .parquet); `-` for stdin (CSV, JSON Lines).
     #[arg(long, short)]
     input: String,
-    /// Output file (.csv, .jsonl); `-` for stdout.
+    /// Output file (.csv, .jsonl, .parquet); `-` for stdout.
     #[arg(long, short)]
     output: String,
-    /// Input format, when the extension does not say (csv, jsonl).
+    /// Input format, when the extension does not say (csv, jsonl, parquet).
     #[arg(long)]
     input_format: Option<String>,
-    /// Output format, when the extension does not say (csv, jsonl).
+    /// Output format, when the extension does not say (csv, jsonl, parquet).
     #[arg(long)]
     output_format: Option<String>,
     /// Columns to send (comma-separated), matched to the model's features by name.
@@ -147,12 +149,24 @@ async fn run(cli: Cli) -> Result<i32> {
         header: !cli.no_header,
     };
     let started = Instant::now();
-    let reader: Box<dyn Read + Send> = if cli.input == "-" {
-        Box::new(std::io::stdin())
+    let (mut table, source, types) = if in_format == Format::Parquet {
+        if cli.input == "-" {
+            bail!("Parquet input must be a file (it is read from its footer), not stdin");
+        }
+        let (t, s, types) = open_parquet(Path::new(&cli.input), SAMPLE_ROWS)?;
+        (t, s, Some(types))
     } else {
-        Box::new(std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?)
+        let reader: Box<dyn Read + Send> = if cli.input == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(
+                std::fs::File::open(&cli.input)
+                    .with_context(|| format!("opening {}", cli.input))?,
+            )
+        };
+        let (t, s) = open(reader, in_format, options, SAMPLE_ROWS)?;
+        (t, s, None)
     };
-    let (mut table, source) = open(reader, in_format, options, SAMPLE_ROWS)?;
     if table.records.is_empty() {
         bail!(
             "{} holds no rows; give a file with a header and at least one row",
@@ -160,12 +174,25 @@ async fn run(cli: Cli) -> Result<i32> {
         );
     }
     let selection = table.select(&cli.columns, cli.text_column.as_deref())?;
+    if let (Some(types), Selection::Features { cols, .. }) = (&types, &selection) {
+        for &c in cols.iter() {
+            if !is_numeric(&types[c]) {
+                bail!(
+                    "column {:?} of {} is {} in the Parquet file, not a number: every feature column must be an integer or float column; convert it, or leave it out (--columns lists the columns to send)",
+                    table.columns[c],
+                    cli.input,
+                    types[c]
+                );
+            }
+        }
+    }
     table.adopt_names(&selection);
     report_selection(&table, &selection);
     // The rows read ahead are checked before anything is published.
     table.inputs(&selection, 0, table.records.len())?;
     let keep = table.keep(&cli.keep)?;
     let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
+    let kept_types = types.map(|t| keep.iter().map(|&k| t[k].clone()).collect());
     let total_rows = source.exhausted().then_some(table.records.len());
     // The rows read ahead travel in `source` too: the table keeps only the names.
     table.records = Vec::new();
@@ -200,7 +227,16 @@ async fn run(cli: Cli) -> Result<i32> {
         ),
     };
     let result = pipeline(
-        &cfg, table, selection, keep, kept, source, total_rows, columns, out, out_format,
+        &cfg,
+        table,
+        selection,
+        keep,
+        (kept, kept_types),
+        source,
+        total_rows,
+        columns,
+        out,
+        out_format,
     )
     .await;
     let s = match result {
@@ -254,7 +290,7 @@ async fn pipeline(
     table: Table,
     selection: Selection,
     keep: Vec<usize>,
-    kept: Vec<String>,
+    (kept, kept_types): (Vec<String>, Option<Vec<DataType>>),
     source: surge_client::stream::RowSource,
     total_rows: Option<usize>,
     columns: Option<Vec<String>>,
@@ -271,7 +307,8 @@ async fn pipeline(
             std::io::BufWriter::with_capacity(1 << 20, out),
             out_format,
             kept,
-        );
+        )
+        .with_input_types(kept_types);
         while let Some(done) = sink_rx.blocking_recv() {
             w.write(done)?;
         }
