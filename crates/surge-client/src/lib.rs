@@ -16,6 +16,7 @@
 //!   reconnect after a lost connection.
 
 pub mod parquet_io;
+pub mod resume;
 /// The Arrow type of a Parquet column (re-exported for [`stream::open_parquet`]).
 pub use arrow_schema::DataType;
 pub mod stream;
@@ -73,6 +74,23 @@ pub enum ClientError {
     },
 }
 
+/// A fresh run id: `sb-` and 12 hex digits.
+pub fn new_run_id() -> String {
+    format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Where a resumed run picks up: its id (so its reply queue and job ids are the
+/// killed run's), and the jobs and rows already written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFrom {
+    /// The run's id.
+    pub run_id: String,
+    /// Jobs written before the run stopped.
+    pub jobs: usize,
+    /// Rows of those jobs.
+    pub rows: usize,
+}
+
 /// How to run a scoring run.
 #[derive(Debug, Clone)]
 pub struct ScoreConfig {
@@ -104,6 +122,9 @@ pub struct ScoreConfig {
     /// Bytes held by those jobs (as their sources count them) at most; the window
     /// always holds at least one job.
     pub max_in_flight_bytes: usize,
+    /// Continue the run with this id after the jobs it already wrote (`None`: a new
+    /// run with a new id).
+    pub resume: Option<ResumeFrom>,
     /// Bounds on broker awaits.
     pub timeouts: Timeouts,
     /// Show a progress bar (on a terminal).
@@ -132,6 +153,7 @@ impl ScoreConfig {
             publish_window: 1000,
             max_in_flight: 2048,
             max_in_flight_bytes: 64 << 20,
+            resume: None,
             timeouts: Timeouts::default(),
             progress: false,
             limits: Limits::default(),
@@ -325,7 +347,10 @@ pub async fn score_stream<T: Send>(
     sink: mpsc::Sender<DoneJob<T>>,
 ) -> Result<Summary, ClientError> {
     let started = Instant::now();
-    let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let run_id = match &cfg.resume {
+        Some(r) => r.run_id.clone(),
+        None => new_run_id(),
+    };
     let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
     let bar = match (cfg.progress, total_rows) {
         (true, Some(n)) => ProgressBar::new(n as u64),
@@ -360,7 +385,10 @@ pub async fn score_stream<T: Send>(
         idle_hint: None,
     };
     let mut run = Run {
-        window: Window::new(&run_id),
+        window: match &cfg.resume {
+            Some(r) => Window::starting_at(&run_id, r.jobs, r.rows),
+            None => Window::new(&run_id),
+        },
         bytes: 0,
         source,
         source_done: false,

@@ -282,6 +282,8 @@ pub struct Encoder {
     rows_per_job: usize,
     /// `"name":` of each kept column, for JSON output.
     json_keys: Vec<Vec<u8>>,
+    /// Rows to read past before the first job (written by the run resumed).
+    skip: usize,
 }
 
 impl Encoder {
@@ -309,7 +311,14 @@ impl Encoder {
             out,
             rows_per_job: rows_per_job.max(1),
             json_keys,
+            skip: 0,
         }
+    }
+
+    /// Reads past the first `rows` rows (already written by the run being resumed).
+    pub fn skipping(mut self, rows: usize) -> Self {
+        self.skip = rows;
+        self
     }
 
     /// Reads every row of `src`, sends one job per `rows_per_job` rows to `tx`, and
@@ -321,6 +330,16 @@ impl Encoder {
         tx: mpsc::Sender<Result<SourceJob<RowBytes>, ClientError>>,
     ) {
         let mut row_no = 0usize;
+        while row_no < self.skip {
+            match src.next() {
+                Ok(Some(_)) => row_no += 1,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
         loop {
             match self.job(&mut src, &mut row_no) {
                 Ok(Some(job)) => {
@@ -502,9 +521,46 @@ pub struct OutputWriter<W: Write + Send> {
     held: Vec<DoneJob<RowBytes>>,
     held_rows: usize,
     line: Vec<u8>,
+    written: Checkpoint,
+}
+
+/// How much of the output is written: what a resumed run keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Jobs written.
+    pub jobs: usize,
+    /// Rows written.
+    pub rows: usize,
+    /// Bytes written (header included).
+    pub bytes: u64,
+    /// The output columns, once the header is written.
+    pub names: Option<Vec<String>>,
 }
 
 impl<W: Write + Send> OutputWriter<W> {
+    /// A writer that continues an output of `format` already holding what `from`
+    /// says (its header included): `out` must be positioned at its end. Not for
+    /// Parquet, whose footer is written last.
+    pub fn resumed(out: W, format: Format, kept: Vec<String>, from: Checkpoint) -> Self {
+        let mut w = Self::new(out, format, kept);
+        w.names = from.names.clone();
+        w.written = from;
+        w
+    }
+
+    /// Flushes what is written and says how much that is; `None` for Parquet, which
+    /// cannot be resumed.
+    pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, ClientError> {
+        if self.format == Format::Parquet || self.names.is_none() {
+            return Ok(None);
+        }
+        if let Some(out) = self.out.as_mut() {
+            out.flush()
+                .map_err(|e| ClientError::Output(e.to_string()))?;
+        }
+        Ok(Some(self.written.clone()))
+    }
+
     /// A writer of `format` whose rows start with the columns named `kept`.
     pub fn new(out: W, format: Format, kept: Vec<String>) -> Self {
         let kept_types = vec![DataType::Utf8; kept.len()];
@@ -518,6 +574,7 @@ impl<W: Write + Send> OutputWriter<W> {
             held: Vec::new(),
             held_rows: 0,
             line: Vec::new(),
+            written: Checkpoint::default(),
         }
     }
 
@@ -574,14 +631,18 @@ impl<W: Write + Send> OutputWriter<W> {
                     header.extend(names.iter().cloned());
                 }
                 header.push("error".into());
-                let out = self
-                    .out
-                    .as_mut()
-                    .ok_or_else(|| ClientError::Output("the output was lost".into()))?;
-                let mut w = csv::Writer::from_writer(out);
+                let mut bytes = Vec::new();
+                let mut w = csv::Writer::from_writer(&mut bytes);
                 w.write_record(&header)
                     .map_err(|e| ClientError::Output(e.to_string()))?;
                 w.flush().map_err(|e| ClientError::Output(e.to_string()))?;
+                drop(w);
+                self.out
+                    .as_mut()
+                    .ok_or_else(|| ClientError::Output("the output was lost".into()))?
+                    .write_all(&bytes)
+                    .map_err(|e| ClientError::Output(e.to_string()))?;
+                self.written.bytes += bytes.len() as u64;
             }
             Format::Parquet => {
                 let out = self
@@ -598,7 +659,8 @@ impl<W: Write + Send> OutputWriter<W> {
             }
             Format::JsonLines => {}
         }
-        self.names = Some(names);
+        self.names = Some(names.clone());
+        self.written.names = Some(names);
         for done in std::mem::take(&mut self.held) {
             self.rows(&done)?;
         }
@@ -633,8 +695,11 @@ impl<W: Write + Send> OutputWriter<W> {
                 .ok_or_else(|| ClientError::Output("the output was lost".into()))?
                 .write_all(&line)
                 .map_err(|e| ClientError::Output(e.to_string()))?;
+            self.written.bytes += line.len() as u64;
             self.line = line;
         }
+        self.written.jobs += 1;
+        self.written.rows += done.payload.len();
         Ok(())
     }
 

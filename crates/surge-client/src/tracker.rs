@@ -251,6 +251,16 @@ impl<T> Window<T> {
         }
     }
 
+    /// An empty window whose first job is job `jobs`, starting at row `rows`: a run
+    /// resumed after its first `jobs` jobs were written.
+    pub fn starting_at(run_id: &str, jobs: usize, rows: usize) -> Self {
+        let mut w = Self::new(run_id);
+        w.base = jobs;
+        w.next_row = rows;
+        w.rows_done = rows;
+        w
+    }
+
     /// Adds the next job (unpublished); returns its index.
     pub fn push(&mut self, inputs: Inputs, payload: T) -> usize {
         let i = self.base + self.slots.len();

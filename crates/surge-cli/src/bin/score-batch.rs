@@ -1,6 +1,6 @@
 //! `score-batch`: a file of rows in, scores out, through RabbitMQ and Surge workers.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -8,10 +8,15 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use surge_cli::{init_logging, LogFormat};
 use surge_client::parquet_io::is_numeric;
-use surge_client::stream::{open, open_parquet, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS};
+use surge_client::resume::{fingerprint, state_path, RunState};
+use surge_client::stream::{
+    open, open_parquet, Checkpoint, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS,
+};
 use surge_client::table::{Format, ReadOptions, Selection, Table};
 use surge_client::DataType;
-use surge_client::{score_stream, ClientError, DoneJob, ScoreConfig, SourceJob, Summary};
+use surge_client::{
+    new_run_id, score_stream, ClientError, DoneJob, ResumeFrom, ScoreConfig, SourceJob, Summary,
+};
 use surge_worker::broker::{AmqpUrl, Timeouts};
 use surge_worker::protocol::{Encoding, Topology};
 use tokio::sync::mpsc;
@@ -119,6 +124,13 @@ struct Cli {
     /// No progress bar and no summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Continue an interrupted run writing the same --output from the same --input:
+    /// the rows it wrote are kept, results waiting in its reply queue (kept an hour)
+    /// are taken, and only the rest are published. Refused when the input changed.
+    /// Every run to a CSV or JSON Lines file keeps its state in `<output>.state`
+    /// until it completes.
+    #[arg(long)]
+    resume: bool,
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -220,11 +232,101 @@ async fn run(cli: Cli) -> Result<i32> {
     // end, so a reader never sees half a file.
     let target = (cli.output != "-").then(|| PathBuf::from(&cli.output));
     let tmp = target.as_ref().map(|p| p.with_extension("partial"));
-    let out: Box<dyn Write + Send> = match &tmp {
-        None => Box::new(std::io::stdout()),
-        Some(tmp) => Box::new(
+    // Resuming: a state file beside the output (not for stdout or Parquet output,
+    // whose footer is written last).
+    let resumable = target.is_some() && out_format != Format::Parquet && cli.input != "-";
+    let state_file = target.as_ref().filter(|_| resumable).map(|p| state_path(p));
+    let state = match (&state_file, cli.resume) {
+        (None, true) => bail!(
+            "--resume needs an output file of CSV or JSON Lines and an input file (not stdin/stdout, not Parquet output)"
+        ),
+        (None, false) => None,
+        (Some(sf), resume) => {
+            let saved = RunState::load(sf)?;
+            let input = fingerprint(Path::new(&cli.input))?;
+            match (saved, resume) {
+                (Some(_), false) => bail!(
+                    "{} holds the state of an interrupted run writing {}: add --resume to continue it, or delete it (and {}) to start over",
+                    sf.display(),
+                    cli.output,
+                    tmp.as_ref().map_or(String::new(), |t| t.display().to_string())
+                ),
+                (None, true) => bail!(
+                    "--resume: there is no interrupted run to resume ({} does not exist); run without --resume",
+                    sf.display()
+                ),
+                (Some(st), true) => {
+                    if st.input != input {
+                        bail!(
+                            "--resume refused: {} changed since the interrupted run (its size, modification time or first bytes differ), and resuming would mix two inputs; delete {} and {} to start over",
+                            cli.input,
+                            sf.display(),
+                            tmp.as_ref().map_or(String::new(), |t| t.display().to_string())
+                        );
+                    }
+                    if st.rows_per_job != cfg.rows_per_job {
+                        bail!(
+                            "--resume refused: the interrupted run had --rows-per-job {}; give the same",
+                            st.rows_per_job
+                        );
+                    }
+                    Some(st)
+                }
+                (None, false) => {
+                    let st = RunState {
+                        run_id: new_run_id(),
+                        input,
+                        rows_per_job: cfg.rows_per_job,
+                        jobs_written: 0,
+                        rows_written: 0,
+                        bytes_written: 0,
+                        output_names: None,
+                    };
+                    st.save(sf)?;
+                    Some(st)
+                }
+            }
+        }
+    };
+    let from = match (&state, cli.resume) {
+        (Some(st), true) => Some(Checkpoint {
+            jobs: st.jobs_written,
+            rows: st.rows_written,
+            bytes: st.bytes_written,
+            names: st.output_names.clone(),
+        }),
+        _ => None,
+    };
+    cfg.resume = state.as_ref().map(|st| ResumeFrom {
+        run_id: st.run_id.clone(),
+        jobs: st.jobs_written,
+        rows: st.rows_written,
+    });
+    if let Some(f) = &from {
+        info!(
+            jobs = f.jobs,
+            rows = f.rows,
+            "resuming: the rows already written are kept, the rest are scored"
+        );
+    }
+
+    // The output: stdout, or a file written next to the target and renamed at the
+    // end, so a reader never sees half a file.
+    let out: Box<dyn Write + Send> = match (&tmp, &from) {
+        (None, _) => Box::new(std::io::stdout()),
+        (Some(tmp), None) => Box::new(
             std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
         ),
+        (Some(tmp), Some(f)) => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(tmp)
+                .with_context(|| format!("--resume: opening {}", tmp.display()))?;
+            file.set_len(f.bytes)
+                .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()))
+                .with_context(|| format!("--resume: cutting {} back", tmp.display()))?;
+            Box::new(file)
+        }
     };
     let result = pipeline(
         &cfg,
@@ -237,13 +339,26 @@ async fn run(cli: Cli) -> Result<i32> {
         columns,
         out,
         out_format,
+        (state_file.clone().zip(state), from),
     )
     .await;
     let s = match result {
         Ok(s) => s,
         Err(e) => {
-            if let Some(tmp) = &tmp {
-                let _ = std::fs::remove_file(tmp);
+            // Bad input stays bad: nothing to resume. Otherwise the partial output
+            // and the state are kept for --resume.
+            let keep_state = state_file.is_some() && !matches!(e, ClientError::Input(_));
+            if keep_state {
+                eprintln!(
+                    "score-batch: the rows written so far are kept; rerun the same command with --resume to continue"
+                );
+            } else {
+                if let Some(tmp) = &tmp {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                if let Some(sf) = &state_file {
+                    let _ = std::fs::remove_file(sf);
+                }
             }
             return Err(e.into());
         }
@@ -251,6 +366,9 @@ async fn run(cli: Cli) -> Result<i32> {
     if let (Some(tmp), Some(path)) = (&tmp, &target) {
         std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    }
+    if let Some(sf) = &state_file {
+        let _ = std::fs::remove_file(sf);
     }
     let wall = started.elapsed();
     if !cli.quiet {
@@ -296,21 +414,40 @@ async fn pipeline(
     columns: Option<Vec<String>>,
     out: Box<dyn Write + Send>,
     out_format: Format,
+    (state, from): (Option<(PathBuf, RunState)>, Option<Checkpoint>),
 ) -> Result<Summary, ClientError> {
     let (src_tx, src_rx) = mpsc::channel::<Result<SourceJob<RowBytes>, ClientError>>(16);
     let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
-    let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job);
+    let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
+        .skipping(from.as_ref().map_or(0, |f| f.rows));
     // Not joined: it ends at its next job once the run has stopped listening.
     std::thread::spawn(move || encoder.run(source, src_tx));
     let writer = std::thread::spawn(move || -> Result<(), ClientError> {
-        let mut w = OutputWriter::new(
-            std::io::BufWriter::with_capacity(1 << 20, out),
-            out_format,
-            kept,
-        )
-        .with_input_types(kept_types);
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut w = match from {
+            Some(f) => OutputWriter::resumed(out, out_format, kept, f),
+            None => OutputWriter::new(out, out_format, kept).with_input_types(kept_types),
+        };
+        let mut saved = Instant::now();
         while let Some(done) = sink_rx.blocking_recv() {
             w.write(done)?;
+            // The state follows the output at most 200 ms behind, always after a
+            // flush: it never counts bytes that are not in the file.
+            if let Some((path, st)) = &state {
+                if saved.elapsed() >= Duration::from_millis(200) {
+                    saved = Instant::now();
+                    if let Some(cp) = w.checkpoint()? {
+                        let st = RunState {
+                            jobs_written: cp.jobs,
+                            rows_written: cp.rows,
+                            bytes_written: cp.bytes,
+                            output_names: cp.names,
+                            ..st.clone()
+                        };
+                        st.save(path)?;
+                    }
+                }
+            }
         }
         w.finish()?;
         Ok(())
