@@ -775,3 +775,99 @@ impl<W: Write + Send> OutputWriter<W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use surge_protocol::{ErrorKind, JobResult};
+
+    use super::*;
+    use crate::tracker::PlannedJob;
+
+    fn run(input: &str, out: Format, keep: &[&str], per_job: usize) -> String {
+        let (table, src) = open(
+            Box::new(std::io::Cursor::new(input.as_bytes().to_vec())),
+            Format::Csv,
+            ReadOptions::default(),
+            2,
+        )
+        .unwrap();
+        let sel = table.select(&["b".to_string()], None).unwrap();
+        let keep_names: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        let keep = table.keep(&keep_names).unwrap();
+        let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
+        let enc = Encoder::new(table, sel, keep, out, per_job);
+        let (tx, mut rx) = mpsc::channel(64);
+        enc.run(src, tx);
+        let mut w = OutputWriter::new(Vec::new(), out, kept);
+        let mut start = 0;
+        let mut k = 0;
+        while let Ok(job) = rx.try_recv() {
+            let job = job.unwrap();
+            let n = job.inputs.len();
+            let id = format!("r-{k}");
+            let result = if k == 1 {
+                JobResult::failure(&id, "m", ErrorKind::InvalidInput, "bad, \"x\"", "w")
+            } else {
+                let mut r = JobResult::failure(&id, "m", ErrorKind::Internal, "", "w");
+                r.status = surge_protocol::Status::Ok;
+                r.error = None;
+                r.output_names = vec!["p".into()];
+                r.outputs = (0..n).map(|i| vec![i as f32 + 0.5]).collect();
+                r
+            };
+            let done = DoneJob {
+                job: PlannedJob {
+                    id,
+                    start,
+                    end: start + n,
+                },
+                payload: job.payload,
+                result,
+            };
+            w.write(done).unwrap();
+            start += n;
+            k += 1;
+        }
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cells_come_back_byte_for_byte_with_keep_and_errors_quoted() {
+        let input = "id,b,note\n007,1.50,\"a, b\"\nx,2,\"say \"\"hi\"\"\"\n9,3e0,\n";
+        assert_eq!(
+            run(input, Format::Csv, &[], 2),
+            "id,b,note,p,error\n007,1.50,\"a, b\",0.5,\n\
+             x,2,\"say \"\"hi\"\"\",1.5,\n\
+             9,3e0,,,\"invalid_input: bad, \"\"x\"\"\"\n"
+        );
+        assert_eq!(
+            run(input, Format::Csv, &["note", "id"], 2),
+            "note,id,p,error\n\"a, b\",007,0.5,\n\
+             \"say \"\"hi\"\"\",x,1.5,\n\
+             ,9,,\"invalid_input: bad, \"\"x\"\"\"\n"
+        );
+        assert_eq!(
+            run(input, Format::JsonLines, &["id"], 2),
+            "{\"id\":7,\"p\":0.5}\n{\"id\":\"x\",\"p\":1.5}\n{\"id\":9,\"error\":\"invalid_input: bad, \\\"x\\\"\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_bad_cell_past_the_rows_read_ahead_names_its_row() {
+        let (table, src) = open(
+            Box::new(std::io::Cursor::new(b"a\n1\n2\nzz\n".to_vec())),
+            Format::Csv,
+            ReadOptions::default(),
+            1,
+        )
+        .unwrap();
+        let sel = table.select(&[], None).unwrap();
+        let enc = Encoder::new(table, sel, vec![0], Format::Csv, 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        enc.run(src, tx);
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert!(rx.try_recv().unwrap().is_ok());
+        let err = rx.try_recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("row 3, column \"a\" holds \"zz\""), "{err}");
+    }
+}
