@@ -3,8 +3,8 @@
 # SURGE_BATCH_ROWS rows (default 10,000,000) at 256 rows per job through one release
 # worker, against the in-memory throughput (`surge-bench throughput`) of the same rows
 # in the same run. The files go to $TMPDIR (default /tmp) and are removed on exit.
-# Peak RSS is score-batch's VmHWM, from /usr/bin/time -v when it is installed, else
-# polled from /proc/<pid>/status.
+# Peak RSS is score-batch's VmHWM, polled from /proc/<pid>/status while it runs.
+# Release binaries come from ${CARGO_TARGET_DIR:-target}/release (bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${SURGE_BATCH_ROWS:-10000000}
@@ -20,11 +20,10 @@ RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --met
 pids+=($!)
 sleep 2
 
-peak_kb() { # peak_kb PID: polls VmHWM until PID exits, prints the last value
+peak_kb() { # peak_kb PID: polls VmHWM while PID runs (a zombie has none), prints the last
   local pid=$1 kb=0 v
-  while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    [ -n "$v" ] && kb=$v
+  while v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) && [ -n "$v" ]; do
+    kb=$v
     sleep 0.1
   done
   echo "$kb"
