@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: observe prometheus-tools chromium docs-check bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
+.PHONY: observe prometheus-tools chromium docs-check bench-batch bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -16,6 +16,7 @@ help:
 	@echo "make check  - cargo fmt --check, clippy -D warnings, then make test"
 	@echo "make train  - retrain models/breast-cancer bit for bit"
 	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
+	@echo "make bench-batch - score-batch peak RSS and wall rows/s, CSV and Parquet, 10M rows (SURGE_BATCH_ROWS)"
 	@echo "make bench-elastic - cold start, burst, replicas and worker-seconds into BENCHMARKS.md"
 	@echo "make test-faults - the fault and security suite at full size (100,000 rows, 10,000 hostile messages)"
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
@@ -137,6 +138,9 @@ bench: broker
 
 bench-elastic: broker
 	@bash scripts/bench-elastic.sh
+
+bench-batch: broker
+	@bash scripts/bench-batch.sh
 
 bench-embeddings: broker models
 	@bash scripts/bench-embeddings.sh

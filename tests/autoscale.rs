@@ -259,7 +259,13 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
 
     let poller = StatusPoller::start(port);
     let burst = Instant::now();
-    let mut sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "10"]);
+    // The whole burst at once: every job in flight (score-batch bounds it otherwise).
+    let mut sb = spawn_score_batch(
+        &prefix,
+        &input,
+        &output,
+        &["--rows-per-job", "10", "--max-in-flight", "100000"],
+    );
     let (mut max_replicas, mut max_connected) = (0.0f64, 0.0f64);
     let mut first_worker_at = None;
     let mut page_checked = false;

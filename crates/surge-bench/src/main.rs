@@ -19,6 +19,7 @@
 //! asks for the `inputs` list form.
 
 mod elastic;
+mod genrows;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -54,6 +55,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Writes a file of `rows` breast-cancer rows (CSV, or Parquet by extension) for
+    /// the score-batch bench.
+    GenRows {
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The dataset the rows repeat (30 feature columns first).
+        #[arg(long, default_value = "data/breast-cancer-wisconsin/data.csv")]
+        data: std::path::PathBuf,
+    },
     /// Rows/s through running workers for the breast-cancer model.
     Throughput {
         #[arg(long)]
@@ -521,6 +533,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let pack = !cli.no_pack;
     match cli.cmd {
+        Cmd::GenRows { rows, out, data } => genrows::gen_rows(&data, &out, rows),
         Cmd::Throughput { rows, rows_per_job } => {
             throughput(&cli.prefix, pack, rows, rows_per_job).await
         }

@@ -5,14 +5,21 @@
 //!
 //! * [`table`]: reading CSV / JSON Lines into rows and writing rows plus scores back,
 //!   in input order (pure).
+//! * [`stream`]: files of any length in bounded memory: rows read incrementally into
+//!   jobs, and written back in input order as their jobs are answered.
 //! * [`tracker`]: the plan (rows → jobs with idempotent ids) and the bookkeeping of
 //!   which jobs are answered, deduplicating results that arrive twice (pure).
 //! * [`watch`]: hints for a run that is stuck (no worker consumes the model's queue)
 //!   or failing (every job so far answered with an error) (pure).
-//! * [`score_table`]: the broker side: publish jobs with confirms, collect results on a
+//! * [`score_stream`] (and [`score_table`], [`score_jobs`] for inputs in memory): the broker side: publish jobs with confirms, collect results on a
 //!   reply queue of the run's own, republish jobs whose results are overdue, and
 //!   reconnect after a lost connection.
 
+pub mod parquet_io;
+pub mod resume;
+/// The Arrow type of a Parquet column (re-exported for [`stream::open_parquet`]).
+pub use arrow_schema::DataType;
+pub mod stream;
 pub mod table;
 pub mod tracker;
 pub mod watch;
@@ -38,7 +45,7 @@ use table::{RowOutcome, Selection, Table};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use tracker::{plan, Recorded, Tracker};
+use tracker::{plan, JobState, Recorded, Window};
 use watch::{FailWatch, IdleSignal, IdleWatch};
 
 /// Why a run failed.
@@ -67,6 +74,23 @@ pub enum ClientError {
     },
 }
 
+/// A fresh run id: `sb-` and 12 hex digits.
+pub fn new_run_id() -> String {
+    format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Where a resumed run picks up: its id (so its reply queue and job ids are the
+/// killed run's), and the jobs and rows already written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFrom {
+    /// The run's id.
+    pub run_id: String,
+    /// Jobs written before the run stopped.
+    pub jobs: usize,
+    /// Rows of those jobs.
+    pub rows: usize,
+}
+
 /// How to run a scoring run.
 #[derive(Debug, Clone)]
 pub struct ScoreConfig {
@@ -92,6 +116,15 @@ pub struct ScoreConfig {
     pub pack: bool,
     /// Jobs published before their confirms are awaited.
     pub publish_window: usize,
+    /// Jobs read and not yet written out (in flight or waiting for an earlier job) at
+    /// most: what bounds a streaming run's memory.
+    pub max_in_flight: usize,
+    /// Bytes held by those jobs (as their sources count them) at most; the window
+    /// always holds at least one job.
+    pub max_in_flight_bytes: usize,
+    /// Continue the run with this id after the jobs it already wrote (`None`: a new
+    /// run with a new id).
+    pub resume: Option<ResumeFrom>,
     /// Bounds on broker awaits.
     pub timeouts: Timeouts,
     /// Show a progress bar (on a terminal).
@@ -118,6 +151,9 @@ impl ScoreConfig {
             encoding: Encoding::Msgpack,
             pack: true,
             publish_window: 1000,
+            max_in_flight: 2048,
+            max_in_flight_bytes: 64 << 20,
+            resume: None,
             timeouts: Timeouts::default(),
             progress: false,
             limits: Limits::default(),
@@ -207,31 +243,128 @@ pub async fn score_jobs(cfg: &ScoreConfig, inputs: Vec<Inputs>) -> Result<Answer
 }
 
 /// [`score_jobs`] with the names of each row's values, sent as every job's `columns`
-/// so that the worker matches them to the model's features by name.
+/// so that the worker matches them to the model's features by name. Every job is
+/// published at once (the inputs are in memory already); [`score_stream`] is the
+/// bounded form.
 pub async fn score_jobs_with_columns(
     cfg: &ScoreConfig,
     inputs: Vec<Inputs>,
     columns: Option<Vec<String>>,
 ) -> Result<Answered, ClientError> {
-    let started = Instant::now();
-    let run_id = format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let jobs = tracker::plan_sizes(&run_id, inputs.iter().map(Inputs::len));
     let total_rows: usize = inputs.iter().map(Inputs::len).sum();
-    let mut tracker = Tracker::new(jobs);
+    let n = inputs.len();
+    let mut cfg = cfg.clone();
+    cfg.max_in_flight = usize::MAX;
+    cfg.max_in_flight_bytes = usize::MAX;
+    let (src_tx, src_rx) = mpsc::channel(n.max(1));
+    for inputs in inputs {
+        // The channel holds every job: this never waits.
+        let _ = src_tx.try_send(Ok(SourceJob {
+            inputs,
+            payload: (),
+            bytes: 0,
+        }));
+    }
+    drop(src_tx);
+    let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<()>>(1024);
+    let collect = tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(n);
+        while let Some(d) = sink_rx.recv().await {
+            jobs.push((d.job, d.result));
+        }
+        jobs
+    });
+    let summary = score_stream(&cfg, columns, Some(total_rows), src_rx, sink_tx).await?;
+    let jobs = collect
+        .await
+        .map_err(|e| ClientError::Output(format!("collecting results: {e}")))?;
+    let summary = Summary {
+        rows_ok: 0,
+        rows_failed: 0,
+        failures: BTreeMap::new(),
+        ..summary
+    };
+    Ok(Answered { jobs, summary })
+}
+
+/// A job read from the input: what it sends, and what goes with it to the output.
+#[derive(Debug)]
+pub struct SourceJob<T> {
+    /// The rows or texts sent.
+    pub inputs: Inputs,
+    /// The input rows to write back with the results (opaque to the run).
+    pub payload: T,
+    /// About how much memory the job holds, for [`ScoreConfig::max_in_flight_bytes`].
+    pub bytes: usize,
+}
+
+/// A job answered, handed on in input order.
+#[derive(Debug)]
+pub struct DoneJob<T> {
+    /// Its id and rows.
+    pub job: tracker::PlannedJob,
+    /// What came with it from the source.
+    pub payload: T,
+    /// Its (first) result.
+    pub result: JobResult,
+}
+
+/// How the rows of one answered job came out: the outputs of each row, or the one
+/// error message of them all.
+pub fn job_outcome(job: &tracker::PlannedJob, r: &JobResult) -> Result<(), (String, String)> {
+    let n = job.end - job.start;
+    match (r.status, r.outputs.len() == n) {
+        (Status::Ok, true) => Ok(()),
+        _ => Err(match &r.error {
+            Some(e) => (
+                e.kind.as_str().to_string(),
+                format!("{}: {}", e.kind, e.message),
+            ),
+            None => (
+                "internal".to_string(),
+                format!(
+                    "internal: the worker returned {} outputs for {n} rows",
+                    r.outputs.len()
+                ),
+            ),
+        }),
+    }
+}
+
+/// Scores the jobs that `source` yields, with a bounded window in flight: at most
+/// [`ScoreConfig::max_in_flight`] jobs (and about [`ScoreConfig::max_in_flight_bytes`])
+/// are read and not yet handed on, so a run of any length holds only that much. Each
+/// job is handed to `sink` once answered and once every job before it has been, so
+/// the sink sees them in input order. Results that arrive twice are dropped, overdue
+/// jobs are published again, and a lost connection is re-made. An `Err` from the
+/// source ends the run with that error. `total_rows`, when known, sizes the progress
+/// bar. The summary's row counts are those of the jobs handed on.
+pub async fn score_stream<T: Send>(
+    cfg: &ScoreConfig,
+    columns: Option<Vec<String>>,
+    total_rows: Option<usize>,
+    source: mpsc::Receiver<Result<SourceJob<T>, ClientError>>,
+    sink: mpsc::Sender<DoneJob<T>>,
+) -> Result<Summary, ClientError> {
+    let started = Instant::now();
+    let run_id = match &cfg.resume {
+        Some(r) => r.run_id.clone(),
+        None => new_run_id(),
+    };
     let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
-    let bar = if cfg.progress {
-        ProgressBar::new(total_rows as u64)
-    } else {
-        ProgressBar::hidden()
+    let bar = match (cfg.progress, total_rows) {
+        (true, Some(n)) => ProgressBar::new(n as u64),
+        (true, None) => ProgressBar::no_length(),
+        (false, _) => ProgressBar::hidden(),
     };
     bar.set_style(bar_style(false));
     info!(
         run = %run_id,
-        rows = total_rows,
-        jobs = tracker.jobs().len(),
+        rows = ?total_rows,
         model = %cfg.model,
         packed = cfg.pack && cfg.encoding == Encoding::Msgpack,
         by_name = columns.is_some(),
+        max_in_flight = cfg.max_in_flight,
         "scoring"
     );
     let job_queue = cfg.topology.job_queue(&cfg.model);
@@ -239,25 +372,36 @@ pub async fn score_jobs_with_columns(
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
         cfg,
-        inputs: &inputs,
         columns: columns.as_deref(),
         reply_queue: &reply_queue,
         job_queue: &job_queue,
         bar: &bar,
         started,
     };
+    let expected_jobs = total_rows.map(|r| r.div_ceil(cfg.rows_per_job.max(1)));
     let mut watch = Watches {
         idle: IdleWatch::new(cfg.idle_hint_after, cfg.idle_hint_every).idle_from(started),
-        fail: FailWatch::new(tracker.jobs().len().min(3)),
+        fail: FailWatch::new(expected_jobs.unwrap_or(3).min(3)),
         idle_hint: None,
     };
+    let mut run = Run {
+        window: match &cfg.resume {
+            Some(r) => Window::starting_at(&run_id, r.jobs, r.rows),
+            None => Window::new(&run_id),
+        },
+        bytes: 0,
+        source,
+        source_done: false,
+        sink,
+        summary: Summary::default(),
+    };
     loop {
-        match ctx.session(&mut tracker, &mut watch).await {
+        match ctx.session(&mut run, &mut watch).await {
             Ok(()) => break,
             Err(ClientError::Broker(e)) if e.is_connection_loss() => {
                 reconnects += 1;
                 warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
-                ctx.check_timeout(&tracker, &watch)?;
+                ctx.check_timeout(&run, &watch)?;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -265,31 +409,69 @@ pub async fn score_jobs_with_columns(
         }
     }
     bar.finish_and_clear();
-    let summary = Summary {
-        rows: total_rows,
-        jobs: tracker.jobs().len(),
-        duplicates: tracker.duplicates,
-        strays: tracker.strays,
-        republished: tracker.republished,
+    let w = &run.window;
+    Ok(Summary {
+        jobs: w.pushed(),
+        duplicates: w.duplicates,
+        strays: w.strays,
+        republished: w.republished,
         reconnects,
         elapsed: started.elapsed(),
-        ..Summary::default()
-    };
-    let mut jobs = Vec::with_capacity(summary.jobs);
-    for (job, result) in tracker.into_results() {
-        // The session only ends when every job is answered.
-        let result = result.unwrap_or_else(|| {
-            JobResult::failure(
-                &job.id,
-                &cfg.model,
-                surge_protocol::ErrorKind::Internal,
-                "no result",
-                "score-batch",
-            )
-        });
-        jobs.push((job, result));
+        ..run.summary
+    })
+}
+
+/// The state of a streaming run, kept across reconnects.
+struct Run<T> {
+    window: Window<(T, usize)>,
+    /// Bytes held by the jobs in the window.
+    bytes: usize,
+    source: mpsc::Receiver<Result<SourceJob<T>, ClientError>>,
+    source_done: bool,
+    sink: mpsc::Sender<DoneJob<T>>,
+    summary: Summary,
+}
+
+impl<T> Run<T> {
+    fn has_room(&self, cfg: &ScoreConfig) -> bool {
+        !self.source_done
+            && self.window.len() < cfg.max_in_flight.max(1)
+            && (self.window.is_empty() || self.bytes < cfg.max_in_flight_bytes)
     }
-    Ok(Answered { jobs, summary })
+
+    fn push(&mut self, job: SourceJob<T>) -> usize {
+        self.bytes += job.bytes;
+        self.window.push(job.inputs, (job.payload, job.bytes))
+    }
+
+    fn is_complete(&self) -> bool {
+        self.source_done && self.window.is_empty()
+    }
+
+    /// Hands on, in order, every answered job at the front of the window.
+    async fn hand_on(&mut self) -> Result<(), ClientError> {
+        while let Some((job, (payload, bytes), result)) = self.window.pop_done() {
+            self.bytes = self.bytes.saturating_sub(bytes);
+            let n = job.end - job.start;
+            self.summary.rows += n;
+            match job_outcome(&job, &result) {
+                Ok(()) => self.summary.rows_ok += n,
+                Err((kind, _)) => {
+                    self.summary.rows_failed += n;
+                    *self.summary.failures.entry(kind).or_default() += n;
+                }
+            }
+            self.sink
+                .send(DoneJob {
+                    job,
+                    payload,
+                    result,
+                })
+                .await
+                .map_err(|_| ClientError::Output("the output writer stopped".into()))?;
+        }
+        Ok(())
+    }
 }
 
 impl Answered {
@@ -298,30 +480,19 @@ impl Answered {
         let mut summary = self.summary;
         let mut output_names = Vec::new();
         let mut outcomes = Vec::with_capacity(summary.rows);
+        summary.rows = 0;
         for (job, r) in self.jobs {
             let n = job.end - job.start;
-            match (r.status, r.outputs.len() == n) {
-                (Status::Ok, true) => {
+            summary.rows += n;
+            match job_outcome(&job, &r) {
+                Ok(()) => {
                     if output_names.is_empty() {
                         output_names = r.output_names.clone();
                     }
                     summary.rows_ok += n;
                     outcomes.extend(r.outputs.into_iter().map(RowOutcome::Scored));
                 }
-                _ => {
-                    let (kind, msg) = match &r.error {
-                        Some(e) => (
-                            e.kind.as_str().to_string(),
-                            format!("{}: {}", e.kind, e.message),
-                        ),
-                        None => (
-                            "internal".to_string(),
-                            format!(
-                                "internal: the worker returned {} outputs for {n} rows",
-                                r.outputs.len()
-                            ),
-                        ),
-                    };
+                Err((kind, msg)) => {
                     summary.rows_failed += n;
                     *summary.failures.entry(kind).or_default() += n;
                     outcomes.extend((0..n).map(|_| RowOutcome::Failed(msg.clone())));
@@ -348,7 +519,6 @@ fn bar_style(with_hint: bool) -> ProgressStyle {
 
 struct RunCtx<'a> {
     cfg: &'a ScoreConfig,
-    inputs: &'a [Inputs],
     columns: Option<&'a [String]>,
     reply_queue: &'a str,
     job_queue: &'a str,
@@ -370,11 +540,11 @@ enum Incoming {
 }
 
 impl RunCtx<'_> {
-    fn check_timeout(&self, tracker: &Tracker, watch: &Watches) -> Result<(), ClientError> {
+    fn check_timeout<T>(&self, run: &Run<T>, watch: &Watches) -> Result<(), ClientError> {
         match self.cfg.timeout {
             Some(after) if self.started.elapsed() >= after => Err(ClientError::Timeout {
-                answered: tracker.done(),
-                total: tracker.jobs().len(),
+                answered: run.window.done(),
+                total: run.window.pushed(),
                 after,
                 hint: watch.idle_hint.clone().unwrap_or_else(|| {
                     format!(
@@ -398,11 +568,11 @@ impl RunCtx<'_> {
 
     /// Looks at the consumer count of the model's queue (on a channel of its own: a
     /// passive declare that fails closes its channel) and says what there is to say.
-    async fn probe_idle(
+    async fn probe_idle<T>(
         &self,
         conn: &lapin::Connection,
         probe: &mut Option<lapin::Channel>,
-        tracker: &Tracker,
+        run: &Run<T>,
         watch: &mut Watches,
     ) {
         let t = &self.cfg.timeouts;
@@ -431,8 +601,8 @@ impl RunCtx<'_> {
                     "no worker consumes {} (for {} s; {} of {} jobs answered): {}",
                     self.job_queue,
                     idle.as_secs(),
-                    tracker.done(),
-                    tracker.jobs().len(),
+                    run.window.done(),
+                    run.window.pushed(),
                     self.idle_advice()
                 );
                 if self.cfg.progress {
@@ -461,19 +631,23 @@ impl RunCtx<'_> {
 
     /// One connected session: declare, consume results, publish what is unpublished,
     /// wait until every job is answered. Returns `Err` on a lost connection.
-    async fn session(&self, tracker: &mut Tracker, watch: &mut Watches) -> Result<(), ClientError> {
+    async fn session<T: Send>(
+        &self,
+        run: &mut Run<T>,
+        watch: &mut Watches,
+    ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
         let conn = surge_broker::connect(&cfg.url, "score-batch", t).await?;
-        let res = self.connected(&conn, tracker, watch).await;
+        let res = self.connected(&conn, run, watch).await;
         let _ = tokio::time::timeout(t.operation, conn.close(200, "score-batch done".into())).await;
         res
     }
 
-    async fn connected(
+    async fn connected<T: Send>(
         &self,
         conn: &lapin::Connection,
-        tracker: &mut Tracker,
+        run: &mut Run<T>,
         watch: &mut Watches,
     ) -> Result<(), ClientError> {
         let cfg = self.cfg;
@@ -575,7 +749,7 @@ impl RunCtx<'_> {
 
         let mut probe = None;
         let outcome = self
-            .publish_and_wait(conn, &ch, &mut probe, tracker, watch, &mut rx)
+            .publish_and_wait(conn, &ch, &mut probe, run, watch, &mut rx)
             .await;
         if let Some(p) = probe {
             let _ =
@@ -605,33 +779,58 @@ impl RunCtx<'_> {
         outcome
     }
 
-    async fn publish_and_wait(
+    async fn publish_and_wait<T: Send>(
         &self,
         conn: &lapin::Connection,
         ch: &lapin::Channel,
         probe: &mut Option<lapin::Channel>,
-        tracker: &mut Tracker,
+        run: &mut Run<T>,
         watch: &mut Watches,
         rx: &mut mpsc::Receiver<Incoming>,
     ) -> Result<(), ClientError> {
-        self.publish(ch, tracker, tracker.unpublished()).await?;
+        self.publish(ch, run, run.window.unpublished()).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         // The consumer count is read a few times per hint period, at most every 2 s.
         let probe_every = (self.cfg.idle_hint_after / 4)
             .clamp(Duration::from_millis(250), Duration::from_secs(2));
         let mut last_probe: Option<Instant> = None;
-        while !tracker.is_complete() {
+        while !run.is_complete() {
+            let room = run.has_room(self.cfg);
             tokio::select! {
+                item = run.source.recv(), if room => {
+                    let mut fresh = Vec::new();
+                    match item {
+                        Some(Ok(job)) => fresh.push(run.push(job)),
+                        Some(Err(e)) => return Err(e),
+                        None => run.source_done = true,
+                    }
+                    // Whatever else is ready goes in the same publish window.
+                    while run.has_room(self.cfg) {
+                        match run.source.try_recv() {
+                            Ok(Ok(job)) => fresh.push(run.push(job)),
+                            Ok(Err(e)) => return Err(e),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => run.source_done = true,
+                        }
+                    }
+                    if !fresh.is_empty() {
+                        self.publish(ch, run, fresh).await?;
+                    }
+                    if run.source_done {
+                        self.bar.set_length(run.window.pushed_rows() as u64);
+                    }
+                }
                 msg = rx.recv() => match msg {
                     Some(Incoming::Result(r)) => {
                         // Only a job's first result counts towards "every job failed".
-                        let said = if tracker.is_pending(&r.job_id) {
+                        let said = if run.window.is_pending(&r.job_id) {
                             watch.fail.record(&r)
                         } else {
                             None
                         };
-                        if tracker.record(*r) == Recorded::New {
-                            self.bar.set_position(tracker.rows_done() as u64);
+                        if run.window.record(*r) == Recorded::New {
+                            self.bar.set_position(run.window.rows_done() as u64);
+                            run.hand_on().await?;
                         }
                         if let Some(said) = said {
                             self.bar.suspend(|| warn!(model = %self.cfg.model, "{said}"));
@@ -641,24 +840,24 @@ impl RunCtx<'_> {
                     None => return Err(BrokerError::ConsumerEnded { queue: self.reply_queue.to_string() }.into()),
                 },
                 _ = tick.tick() => {
-                    self.check_timeout(tracker, watch)?;
+                    self.check_timeout(run, watch)?;
                     if last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
                         last_probe = Some(Instant::now());
-                        self.probe_idle(conn, probe, tracker, watch).await;
+                        self.probe_idle(conn, probe, run, watch).await;
                     }
-                    let overdue = tracker.overdue(Instant::now(), self.cfg.job_timeout);
+                    let overdue = run.window.overdue(Instant::now(), self.cfg.job_timeout);
                     if !overdue.is_empty() {
                         info!(
                             jobs = overdue.len(),
                             dead_letters = %self.cfg.topology.dead_queue(),
                             "results overdue; publishing those jobs again (if this repeats, look for them in the dead-letter queue and check the worker logs)"
                         );
-                        tracker.republished += overdue.len() as u64;
-                        self.publish(ch, tracker, overdue).await?;
+                        run.window.republished += overdue.len() as u64;
+                        self.publish(ch, run, overdue).await?;
                     }
-                    let unpublished = tracker.unpublished();
+                    let unpublished = run.window.unpublished();
                     if !unpublished.is_empty() {
-                        self.publish(ch, tracker, unpublished).await?;
+                        self.publish(ch, run, unpublished).await?;
                     }
                 }
             }
@@ -668,10 +867,10 @@ impl RunCtx<'_> {
 
     /// Publishes jobs `indices` in windows, marking each confirmed one. A nacked job
     /// stays unpublished and goes again on the next tick.
-    async fn publish(
+    async fn publish<T>(
         &self,
         ch: &lapin::Channel,
-        tracker: &mut Tracker,
+        run: &mut Run<T>,
         indices: Vec<usize>,
     ) -> Result<(), ClientError> {
         let cfg = self.cfg;
@@ -680,12 +879,18 @@ impl RunCtx<'_> {
         for window in indices.chunks(cfg.publish_window.max(1)) {
             let mut pending = Vec::with_capacity(window.len());
             for &i in window {
-                let id = tracker.jobs()[i].id.clone();
+                let Some(slot) = run.window.slot(i) else {
+                    continue;
+                };
+                if matches!(slot.state, JobState::Done(_)) {
+                    continue;
+                }
+                let id = slot.job.id.clone();
                 let job = JobRef {
                     v: PROTOCOL_VERSION,
                     model: &cfg.model,
                     version: cfg.version.as_deref(),
-                    inputs: &self.inputs[i],
+                    inputs: &slot.inputs,
                     columns: self.columns,
                     deadline_ms: None,
                     sent_ms: Some(now_ms()),
@@ -701,23 +906,21 @@ impl RunCtx<'_> {
                     .with_timestamp(now_ms() / 1000);
                 pending.push((
                     i,
+                    id,
                     start_publish(ch, &exchange, &cfg.model, &body, props, t).await?,
                 ));
             }
-            for (i, confirm) in pending {
+            for (i, id, confirm) in pending {
                 match confirmed(confirm, &exchange, &cfg.model, t).await {
-                    Ok(()) => tracker.published(i, Instant::now()),
+                    Ok(()) => run.window.published(i, Instant::now()),
                     Err(BrokerError::Nacked { .. }) => {
-                        warn!(job = %tracker.jobs()[i].id, "the broker refused a job (queue full?); will retry")
+                        warn!(job = %id, "the broker refused a job (queue full?); will retry")
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
         }
-        debug!(
-            unpublished = tracker.unpublished().len(),
-            "publish window done"
-        );
+        debug!(in_flight = run.window.len(), "publish window done");
         Ok(())
     }
 }

@@ -23,6 +23,9 @@ pub enum Format {
     Csv,
     /// One JSON value per line: an object, an array of numbers, or a string.
     JsonLines,
+    /// Apache Parquet: typed columns in row groups, read and written a row group at a
+    /// time (see [`crate::parquet_io`]).
+    Parquet,
 }
 
 impl Format {
@@ -33,8 +36,9 @@ impl Format {
             return match f.to_ascii_lowercase().as_str() {
                 "csv" => Ok(Format::Csv),
                 "jsonl" | "ndjson" | "json" => Ok(Format::JsonLines),
+                "parquet" | "pq" => Ok(Format::Parquet),
                 other => Err(ClientError::Input(format!(
-                    "unknown format {other:?}; use csv or jsonl"
+                    "unknown format {other:?}; use csv, jsonl or parquet"
                 ))),
             };
         }
@@ -45,6 +49,7 @@ impl Format {
             .to_ascii_lowercase();
         Ok(match ext.as_str() {
             "jsonl" | "ndjson" | "json" => Format::JsonLines,
+            "parquet" | "pq" => Format::Parquet,
             _ => Format::Csv,
         })
     }
@@ -84,7 +89,7 @@ pub enum Selection {
 
 /// What a cell holds, as far as sending it as a number goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Cell {
+pub(crate) enum Cell {
     /// A finite f32.
     Number(f32),
     /// Nothing: an empty CSV cell, JSON `null` or a missing key.
@@ -102,25 +107,31 @@ impl Table {
                 _ => Cell::Other,
             },
             // Only CSV has numbers as text; a JSON string is a string.
-            Value::String(s) if self.format == Format::Csv => {
-                let t = s.trim();
-                if t.is_empty() {
-                    return Cell::Empty;
-                }
-                // Parsed straight to f32 (correctly rounded), not through f64.
-                match t.parse::<f32>() {
-                    Ok(x) if x.is_finite() => Cell::Number(x),
-                    _ => Cell::Other,
-                }
-            }
+            Value::String(s) if self.format == Format::Csv => csv_cell(s.as_bytes()),
             _ => Cell::Other,
         }
     }
 }
 
+/// A CSV cell, as far as sending it as a number goes.
+pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
+    let Ok(s) = std::str::from_utf8(bytes) else {
+        return Cell::Other;
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Cell::Empty;
+    }
+    // Parsed straight to f32 (correctly rounded), not through f64.
+    match t.parse::<f32>() {
+        Ok(x) if x.is_finite() => Cell::Number(x),
+        _ => Cell::Other,
+    }
+}
+
 /// A CSV cell as a JSON value, for JSON Lines output: integers stay integers (so ids
 /// are written back as they were read), other numbers become numbers, the rest text.
-fn cell_from_csv(s: &str) -> Value {
+pub(crate) fn cell_from_csv(s: &str) -> Value {
     if let Ok(i) = s.parse::<i64>() {
         return Value::from(i);
     }
@@ -188,71 +199,101 @@ pub fn read_table_with(
                 format,
             })
         }
+        Format::Parquet => Err(ClientError::Input(
+            "Parquet is read a row group at a time: use stream::open_parquet".into(),
+        )),
         Format::JsonLines => {
-            let mut columns: Vec<String> = Vec::new();
-            let mut named = true;
+            let mut shape = JsonShape::default();
             let mut records = Vec::new();
             for (i, line) in reader.lines().enumerate() {
                 let line = line.map_err(|e| ClientError::Input(format!("line {}: {e}", i + 1)))?;
-                if line.trim().is_empty() {
-                    continue;
+                if let Some(cells) = shape.parse(i + 1, &line)? {
+                    records.push(cells);
                 }
-                let v: Value = serde_json::from_str(&line)
-                    .map_err(|e| ClientError::Input(format!("line {}: not JSON: {e}", i + 1)))?;
-                let first = columns.is_empty();
-                let cells = match v {
-                    Value::Object(map) if first || named => {
-                        if first {
-                            columns = map.keys().cloned().collect();
-                        }
-                        columns
-                            .iter()
-                            .map(|c| map.get(c).cloned().unwrap_or(Value::Null))
-                            .collect()
-                    }
-                    Value::Array(items) if first || !named => {
-                        if first {
-                            columns = (1..=items.len()).map(|j| format!("column_{j}")).collect();
-                            named = false;
-                        }
-                        items
-                    }
-                    Value::String(s) if first || columns == ["text"] => {
-                        if first {
-                            columns = vec!["text".into()];
-                        }
-                        vec![Value::String(s)]
-                    }
-                    Value::Object(_) | Value::Array(_) | Value::String(_) => {
-                        return Err(ClientError::Input(format!(
-                            "line {}: every line must have the shape of the first (all objects, all arrays or all strings)",
-                            i + 1
-                        )))
-                    }
-                    other => {
-                        return Err(ClientError::Input(format!(
-                            "line {}: expected an object, an array or a string, got {other}",
-                            i + 1
-                        )))
-                    }
-                };
-                if cells.len() != columns.len() {
-                    return Err(ClientError::Input(format!(
-                        "line {}: {} values, but the first line had {}",
-                        i + 1,
-                        cells.len(),
-                        columns.len()
-                    )));
-                }
-                records.push(cells);
             }
             Ok(Table {
-                columns,
+                columns: shape.columns,
                 records,
-                named,
+                named: shape.named,
                 format,
             })
         }
+    }
+}
+
+/// The shape of a JSON Lines file, set by its first line: every line must match it.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonShape {
+    pub(crate) columns: Vec<String>,
+    pub(crate) named: bool,
+}
+
+impl Default for JsonShape {
+    fn default() -> Self {
+        Self {
+            columns: Vec::new(),
+            named: true,
+        }
+    }
+}
+
+impl JsonShape {
+    /// The cells of line `line_no` (counted from 1); `None` for a blank line.
+    pub(crate) fn parse(
+        &mut self,
+        line_no: usize,
+        line: &str,
+    ) -> Result<Option<Vec<Value>>, ClientError> {
+        if line.trim().is_empty() {
+            return Ok(None);
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| ClientError::Input(format!("line {line_no}: not JSON: {e}")))?;
+        let first = self.columns.is_empty();
+        let named = self.named;
+        let cells = match v {
+            Value::Object(map) if first || named => {
+                if first {
+                    self.columns = map.keys().cloned().collect();
+                }
+                self.columns
+                    .iter()
+                    .map(|c| map.get(c).cloned().unwrap_or(Value::Null))
+                    .collect()
+            }
+            Value::Array(items) if first || !named => {
+                if first {
+                    self.columns = (1..=items.len()).map(|j| format!("column_{j}")).collect();
+                    self.named = false;
+                }
+                items
+            }
+            Value::String(s) if first || self.columns == ["text"] => {
+                if first {
+                    self.columns = vec!["text".into()];
+                }
+                vec![Value::String(s)]
+            }
+            Value::Object(_) | Value::Array(_) | Value::String(_) => {
+                return Err(ClientError::Input(format!(
+                    "line {line_no}: every line must have the shape of the first (all objects, all arrays or all strings)"
+                )))
+            }
+            other => {
+                return Err(ClientError::Input(format!(
+                    "line {line_no}: expected an object, an array or a string, got {other}"
+                )))
+            }
+        };
+        let cells: Vec<Value> = cells;
+        if cells.len() != self.columns.len() {
+            return Err(ClientError::Input(format!(
+                "line {line_no}: {} values, but the first line had {}",
+                cells.len(),
+                self.columns.len()
+            )));
+        }
+        Ok(Some(cells))
     }
 }
 
@@ -423,6 +464,50 @@ impl Table {
             .collect()
     }
 
+    /// The error for cell `v` of column `c` in row `row_no` (counted from 1, header
+    /// not counted), which is not a finite number although `sel` sends it.
+    pub(crate) fn cell_error(
+        &self,
+        sel: &Selection,
+        row_no: usize,
+        c: usize,
+        v: &Value,
+    ) -> ClientError {
+        let why = match self.cell(v) {
+            Cell::Empty => "is empty".to_string(),
+            _ => format!("holds {}, which is not a finite number", show(v)),
+        };
+        let by_name = matches!(sel, Selection::Features { names: Some(_), .. });
+        let fix = if self.named && by_name {
+            format!(
+                "fix the cell; or, if {:?} is not one of the model's features, leave it out (--columns lists the columns to send)",
+                self.columns[c]
+            )
+        } else {
+            "fix the cell".to_string()
+        };
+        ClientError::Input(format!(
+            "row {row_no}, {} {why}: every value sent to the model must be a number; {fix}",
+            self.describe_column(c),
+        ))
+    }
+
+    /// Indices of the columns named by `--keep` (every column when empty).
+    pub fn keep(&self, names: &[String]) -> Result<Vec<usize>, ClientError> {
+        if names.is_empty() {
+            return Ok((0..self.columns.len()).collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.index(n.trim()).map_err(|e| match e {
+                    ClientError::Input(m) => ClientError::Input(format!("--keep: {m}")),
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
     fn describe_column(&self, c: usize) -> String {
         if self.named {
             format!("column {:?}", self.columns[c])
@@ -445,33 +530,15 @@ impl Table {
                     })
                     .collect(),
             )),
-            Selection::Features { cols, names } => {
+            Selection::Features { cols, .. } => {
                 let mut values = Vec::with_capacity((end - start) * cols.len());
                 for (i, r) in self.records[start..end].iter().enumerate() {
                     for &c in cols {
-                        let why = match self.cell(&r[c]) {
-                            Cell::Number(x) => {
-                                values.push(x);
-                                continue;
-                            }
-                            Cell::Empty => "is empty".to_string(),
-                            Cell::Other => {
-                                format!("holds {}, which is not a finite number", show(&r[c]))
-                            }
-                        };
-                        let fix = if self.named && names.is_some() {
-                            format!(
-                                "fix the cell; or, if {:?} is not one of the model's features, leave it out (--columns lists the columns to send)",
-                                self.columns[c]
-                            )
-                        } else {
-                            "fix the cell".to_string()
-                        };
-                        return Err(ClientError::Input(format!(
-                            "row {}, {} {why}: every value sent to the model must be a number; {fix}",
-                            start + i + 1,
-                            self.describe_column(c),
-                        )));
+                        if let Cell::Number(x) = self.cell(&r[c]) {
+                            values.push(x);
+                            continue;
+                        }
+                        return Err(self.cell_error(sel, start + i + 1, c, &r[c]));
                     }
                 }
                 Ok(Inputs::Rows(Rows::from_flat(values, cols.len())))
@@ -557,6 +624,11 @@ pub fn write_table(
                     .map_err(|e| ClientError::Output(e.to_string()))?;
             }
             w.flush().map_err(io)?;
+        }
+        Format::Parquet => {
+            return Err(ClientError::Output(
+                "Parquet is written a row group at a time: use stream::OutputWriter".into(),
+            ))
         }
         Format::JsonLines => {
             for (rec, outcome) in table.records.iter().zip(outcomes) {

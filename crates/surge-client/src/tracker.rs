@@ -2,10 +2,10 @@
 //! as plain data with no broker. Results arrive at least once; the first result for
 //! a job id is kept and later ones are counted as duplicates and dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use surge_protocol::JobResult;
+use surge_protocol::{Inputs, JobResult};
 
 /// One job of a run: rows `start..end` of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,203 @@ impl Tracker {
     }
 }
 
+/// A job of a streaming run, in the window of jobs not yet handed on.
+#[derive(Debug)]
+pub struct Slot<T> {
+    /// Its id and rows.
+    pub job: PlannedJob,
+    /// What it sends (dropped once answered).
+    pub inputs: Inputs,
+    /// What goes with it to the output (the input rows to write back).
+    pub payload: T,
+    /// Where it stands.
+    pub state: JobState,
+}
+
+/// The jobs of a streaming run that are read but not yet handed on in order: a
+/// sliding window over [`Tracker`]'s bookkeeping, so that a run of any length holds
+/// only the jobs in flight. Job `i` has id `<run id>-<i>`; a result for a job already
+/// handed on is known by its index to be a duplicate, with nothing kept per job.
+#[derive(Debug)]
+pub struct Window<T> {
+    run_id: String,
+    base: usize,
+    slots: VecDeque<Slot<T>>,
+    next_row: usize,
+    done_in_window: usize,
+    rows_done: usize,
+    /// Results dropped because their job was already answered.
+    pub duplicates: u64,
+    /// Results dropped because they belong to no job of this run.
+    pub strays: u64,
+    /// Jobs published again after their result did not come in time.
+    pub republished: u64,
+}
+
+impl<T> Window<T> {
+    /// An empty window for run `run_id`.
+    pub fn new(run_id: &str) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            base: 0,
+            slots: VecDeque::new(),
+            next_row: 0,
+            done_in_window: 0,
+            rows_done: 0,
+            duplicates: 0,
+            strays: 0,
+            republished: 0,
+        }
+    }
+
+    /// An empty window whose first job is job `jobs`, starting at row `rows`: a run
+    /// resumed after its first `jobs` jobs were written.
+    pub fn starting_at(run_id: &str, jobs: usize, rows: usize) -> Self {
+        let mut w = Self::new(run_id);
+        w.base = jobs;
+        w.next_row = rows;
+        w.rows_done = rows;
+        w
+    }
+
+    /// Adds the next job (unpublished); returns its index.
+    pub fn push(&mut self, inputs: Inputs, payload: T) -> usize {
+        let i = self.base + self.slots.len();
+        let n = inputs.len();
+        self.slots.push_back(Slot {
+            job: PlannedJob {
+                id: format!("{}-{i}", self.run_id),
+                start: self.next_row,
+                end: self.next_row + n,
+            },
+            inputs,
+            payload,
+            state: JobState::Unpublished,
+        });
+        self.next_row += n;
+        i
+    }
+
+    /// Jobs in the window (read, not yet handed on).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no job is in the window.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Jobs pushed so far.
+    pub fn pushed(&self) -> usize {
+        self.base + self.slots.len()
+    }
+
+    /// Rows of the jobs pushed so far.
+    pub fn pushed_rows(&self) -> usize {
+        self.next_row
+    }
+
+    /// Jobs answered so far (handed on or in the window).
+    pub fn done(&self) -> usize {
+        self.base + self.done_in_window
+    }
+
+    /// Rows whose job is answered.
+    pub fn rows_done(&self) -> usize {
+        self.rows_done
+    }
+
+    /// Job `i`, if it is in the window.
+    pub fn slot(&self, i: usize) -> Option<&Slot<T>> {
+        i.checked_sub(self.base).and_then(|k| self.slots.get(k))
+    }
+
+    /// Marks job `i` as confirmed by the broker at `at` (unless already answered).
+    pub fn published(&mut self, i: usize, at: Instant) {
+        if let Some(s) = i.checked_sub(self.base).and_then(|k| self.slots.get_mut(k)) {
+            if !matches!(s.state, JobState::Done(_)) {
+                s.state = JobState::Published(at);
+            }
+        }
+    }
+
+    /// Indices of the window's jobs never confirmed.
+    pub fn unpublished(&self) -> Vec<usize> {
+        self.filter(|s| matches!(s, JobState::Unpublished))
+    }
+
+    /// Indices of the window's jobs confirmed longer than `timeout` ago without a result.
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> Vec<usize> {
+        self.filter(|s| matches!(s, JobState::Published(at) if now.saturating_duration_since(*at) >= timeout))
+    }
+
+    fn filter(&self, f: impl Fn(&JobState) -> bool) -> Vec<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| f(&s.state))
+            .map(|(k, _)| self.base + k)
+            .collect()
+    }
+
+    /// The index of `job_id` when it names a job of this run (handed on or not).
+    fn index_of(&self, job_id: &str) -> Option<usize> {
+        job_id
+            .strip_prefix(self.run_id.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+
+    /// True when `job_id` is a job in the window with no result yet.
+    pub fn is_pending(&self, job_id: &str) -> bool {
+        self.index_of(job_id)
+            .and_then(|i| self.slot(i))
+            .is_some_and(|s| !matches!(s.state, JobState::Done(_)))
+    }
+
+    /// Records a result: the first for a job is kept, later ones are duplicates.
+    pub fn record(&mut self, result: JobResult) -> Recorded {
+        let Some(i) = self.index_of(&result.job_id) else {
+            self.strays += 1;
+            return Recorded::Unknown;
+        };
+        if i < self.base {
+            self.duplicates += 1;
+            return Recorded::Duplicate;
+        }
+        let Some(s) = self.slots.get_mut(i - self.base) else {
+            self.strays += 1;
+            return Recorded::Unknown;
+        };
+        if matches!(s.state, JobState::Done(_)) {
+            self.duplicates += 1;
+            return Recorded::Duplicate;
+        }
+        self.rows_done += s.job.end - s.job.start;
+        self.done_in_window += 1;
+        s.inputs = Inputs::Texts(Vec::new());
+        s.state = JobState::Done(Box::new(result));
+        Recorded::New
+    }
+
+    /// Takes out the first job of the window once it is answered: jobs leave in
+    /// order, so the output can be written as soon as its prefix is complete.
+    pub fn pop_done(&mut self) -> Option<(PlannedJob, T, JobResult)> {
+        if !matches!(self.slots.front()?.state, JobState::Done(_)) {
+            return None;
+        }
+        let s = self.slots.pop_front()?;
+        self.base += 1;
+        self.done_in_window -= 1;
+        match s.state {
+            JobState::Done(r) => Some((s.job, s.payload, *r)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use surge_protocol::ErrorKind;
@@ -250,5 +447,42 @@ mod tests {
         assert_eq!(t.overdue(later, Duration::from_secs(5)), vec![0]);
         assert_eq!(t.overdue(t0, Duration::from_secs(5)), Vec::<usize>::new());
         assert_eq!(t.unpublished(), vec![2]);
+    }
+
+    #[test]
+    fn the_window_hands_jobs_on_in_order_and_knows_old_ids_as_duplicates() {
+        let mut w: Window<u32> = Window::new("r");
+        for k in 0..3 {
+            w.push(Inputs::rows(&[vec![1.0], vec![2.0]]), k);
+        }
+        assert_eq!(w.unpublished(), vec![0, 1, 2]);
+        let t0 = Instant::now();
+        w.published(0, t0);
+        w.published(1, t0);
+        assert_eq!(w.record(result("r-1")), Recorded::New);
+        assert!(w.pop_done().is_none(), "job 0 is not answered yet");
+        assert_eq!(w.record(result("r-0")), Recorded::New);
+        let (job, payload, _) = w.pop_done().unwrap();
+        assert_eq!(
+            (job.id.as_str(), job.start, job.end, payload),
+            ("r-0", 0, 2, 0)
+        );
+        assert_eq!(w.pop_done().unwrap().1, 1);
+        assert!(w.pop_done().is_none());
+        assert_eq!(w.record(result("r-0")), Recorded::Duplicate);
+        assert_eq!(w.record(result("r-1")), Recorded::Duplicate);
+        assert_eq!(w.record(result("r-9")), Recorded::Unknown);
+        assert_eq!(w.record(result("other-2")), Recorded::Unknown);
+        assert!(w.is_pending("r-2") && !w.is_pending("r-0"));
+        assert_eq!((w.done(), w.pushed(), w.len(), w.rows_done()), (2, 3, 1, 4));
+        assert_eq!(
+            w.overdue(t0 + Duration::from_secs(9), Duration::from_secs(5)),
+            Vec::<usize>::new()
+        );
+        w.published(2, t0);
+        assert_eq!(
+            w.overdue(t0 + Duration::from_secs(9), Duration::from_secs(5)),
+            vec![2]
+        );
     }
 }

@@ -1,32 +1,47 @@
 //! `score-batch`: a file of rows in, scores out, through RabbitMQ and Surge workers.
 
-use std::io::{BufReader, IsTerminal};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use surge_cli::{init_logging, LogFormat};
-use surge_client::table::{read_table_with, write_table, Format, ReadOptions, Selection, Table};
-use surge_client::{score_table, ScoreConfig};
+use surge_client::parquet_io::is_numeric;
+use surge_client::resume::{fingerprint, state_path, RunState};
+use surge_client::stream::{
+    open, open_parquet, Checkpoint, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS,
+};
+use surge_client::table::{Format, ReadOptions, Selection, Table};
+use surge_client::DataType;
+use surge_client::{
+    new_run_id, score_stream, ClientError, DoneJob, ResumeFrom, ScoreConfig, SourceJob, Summary,
+};
 use surge_worker::broker::{AmqpUrl, Timeouts};
 use surge_worker::protocol::{Encoding, Topology};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Score a file of rows (CSV or JSON Lines) with a Surge model, through RabbitMQ.
+/// Score a file of rows (CSV, JSON Lines or Parquet) with a Surge model, through RabbitMQ.
 ///
 /// Rows are split into jobs, published with confirms, scored by `surge worker`
 /// processes (started before or after this command), and written out in input order:
-/// the input columns, then one column per model output, then `error` (empty when the
-/// row scored). Every row is answered exactly once: results that arrive twice are
-/// dropped, and jobs whose results are overdue are published again.
+/// the input columns (or those --keep names), then one column per model output, then
+/// `error` (empty when the row scored). Every row is answered exactly once: results
+/// that arrive twice are dropped, and jobs whose results are overdue are published
+/// again.
+///
+/// Files of any length run in bounded memory: the input is read as the run goes, at
+/// most --max-in-flight jobs are read and not yet written, and rows are written as soon
+/// as every row before them is answered.
 ///
 /// Columns are matched to the model's features by name, so their order in the file
 /// does not matter. By default every column that holds numbers is sent under its
 /// header name; columns with no number at all (ids, dates, notes) are not sent and
 /// come out as they went in; extra numeric columns are ignored by the worker; a missing
 /// feature fails its rows with an error that names it. A sent cell that is empty or not
-/// a number stops the run before anything is published, naming its row and column.
+/// a number stops the run, naming its row and column: before anything is published when
+/// it is among the first 10,000 rows (which also decide which columns hold numbers).
 ///
 /// While no worker consumes the model's queue, score-batch says so after 10 s (on the
 /// progress bar, or as a WARN line when stderr is not a terminal), and it says so when
@@ -46,16 +61,16 @@ struct Cli {
     /// Model to score with; `name@version` pins a version.
     #[arg(long, env = "SURGE_MODEL")]
     model: String,
-    /// Input file (.csv, .jsonl); `-` for stdin.
+    /// Input file (.csv, .jsonl, .parquet); `-` for stdin (CSV, JSON Lines).
     #[arg(long, short)]
     input: String,
-    /// Output file (.csv, .jsonl); `-` for stdout.
+    /// Output file (.csv, .jsonl, .parquet); `-` for stdout.
     #[arg(long, short)]
     output: String,
-    /// Input format, when the extension does not say (csv, jsonl).
+    /// Input format, when the extension does not say (csv, jsonl, parquet).
     #[arg(long)]
     input_format: Option<String>,
-    /// Output format, when the extension does not say (csv, jsonl).
+    /// Output format, when the extension does not say (csv, jsonl, parquet).
     #[arg(long)]
     output_format: Option<String>,
     /// Columns to send (comma-separated), matched to the model's features by name.
@@ -73,9 +88,20 @@ struct Cli {
     /// Column holding texts, for text models. Default: a non-numeric column named `text`.
     #[arg(long)]
     text_column: Option<String>,
+    /// Input columns to write to the output (comma-separated), in this order. Default:
+    /// every input column.
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
     /// Rows per job.
     #[arg(long, default_value_t = 256)]
     rows_per_job: usize,
+    /// Jobs read and not yet written out, at most: what bounds memory (with
+    /// --max-in-flight-mb). Enough to keep the workers busy; more only costs memory.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Megabytes those jobs hold (their rows as read), at most.
+    #[arg(long, default_value_t = 32)]
+    max_in_flight_mb: usize,
     /// Seconds after which a job with no result is published again.
     #[arg(long, default_value_t = 60)]
     job_timeout: u64,
@@ -98,6 +124,13 @@ struct Cli {
     /// No progress bar and no summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Continue an interrupted run writing the same --output from the same --input:
+    /// the rows it wrote are kept, results waiting in its reply queue (kept an hour)
+    /// are taken, and only the rest are published. Refused when the input changed.
+    /// Every run to a CSV or JSON Lines file keeps its state in `<output>.state`
+    /// until it completes.
+    #[arg(long)]
+    resume: bool,
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -127,19 +160,58 @@ async fn run(cli: Cli) -> Result<i32> {
     let options = ReadOptions {
         header: !cli.no_header,
     };
-    let mut table = if cli.input == "-" {
-        read_table_with(std::io::stdin().lock(), in_format, options)?
+    let started = Instant::now();
+    let (mut table, source, types) = if in_format == Format::Parquet {
+        if cli.input == "-" {
+            bail!("Parquet input must be a file (it is read from its footer), not stdin");
+        }
+        let (t, s, types) = open_parquet(Path::new(&cli.input), SAMPLE_ROWS)?;
+        (t, s, Some(types))
     } else {
-        let f =
-            std::fs::File::open(&cli.input).with_context(|| format!("opening {}", cli.input))?;
-        read_table_with(BufReader::new(f), in_format, options)?
+        let reader: Box<dyn Read + Send> = if cli.input == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(
+                std::fs::File::open(&cli.input)
+                    .with_context(|| format!("opening {}", cli.input))?,
+            )
+        };
+        let (t, s) = open(reader, in_format, options, SAMPLE_ROWS)?;
+        (t, s, None)
     };
     if table.records.is_empty() {
-        bail!("{} holds no rows", cli.input);
+        bail!(
+            "{} holds no rows; give a file with a header and at least one row",
+            cli.input
+        );
     }
     let selection = table.select(&cli.columns, cli.text_column.as_deref())?;
+    if let (Some(types), Selection::Features { cols, .. }) = (&types, &selection) {
+        for &c in cols.iter() {
+            if !is_numeric(&types[c]) {
+                bail!(
+                    "column {:?} of {} is {} in the Parquet file, not a number: every feature column must be an integer or float column; convert it, or leave it out (--columns lists the columns to send)",
+                    table.columns[c],
+                    cli.input,
+                    types[c]
+                );
+            }
+        }
+    }
     table.adopt_names(&selection);
     report_selection(&table, &selection);
+    // The rows read ahead are checked before anything is published.
+    table.inputs(&selection, 0, table.records.len())?;
+    let keep = table.keep(&cli.keep)?;
+    let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
+    let kept_types = types.map(|t| keep.iter().map(|&k| t[k].clone()).collect());
+    let total_rows = source.exhausted().then_some(table.records.len());
+    // The rows read ahead travel in `source` too: the table keeps only the names.
+    table.records = Vec::new();
+    let columns = match &selection {
+        Selection::Features { names, .. } => names.clone(),
+        Selection::Text(_) => None,
+    };
 
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, model);
     cfg.version = version;
@@ -151,43 +223,163 @@ async fn run(cli: Cli) -> Result<i32> {
     cfg.pack = !cli.no_pack;
     cfg.idle_hint_after = Duration::from_secs(cli.idle_hint_secs);
     cfg.publish_window = cli.publish_window;
+    cfg.max_in_flight = cli.max_in_flight.max(1);
+    cfg.max_in_flight_bytes = cli.max_in_flight_mb.max(1) << 20;
     cfg.timeouts = Timeouts::default();
     cfg.progress = !cli.quiet && std::io::stderr().is_terminal();
-    let scored = score_table(&cfg, &table, &selection).await?;
 
-    if cli.output == "-" {
-        write_table(
-            std::io::stdout().lock(),
-            out_format,
-            &table,
-            &scored.output_names,
-            &scored.outcomes,
-        )?;
-    } else {
-        let path = PathBuf::from(&cli.output);
-        // Written next to the target and renamed, so a reader never sees half a file.
-        let tmp = path.with_extension("partial");
-        let f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        write_table(
-            std::io::BufWriter::new(f),
-            out_format,
-            &table,
-            &scored.output_names,
-            &scored.outcomes,
-        )?;
-        std::fs::rename(&tmp, &path)
+    // The output: stdout, or a file written next to the target and renamed at the
+    // end, so a reader never sees half a file.
+    let target = (cli.output != "-").then(|| PathBuf::from(&cli.output));
+    let tmp = target.as_ref().map(|p| p.with_extension("partial"));
+    // Resuming: a state file beside the output (not for stdout or Parquet output,
+    // whose footer is written last).
+    let resumable = target.is_some() && out_format != Format::Parquet && cli.input != "-";
+    let state_file = target.as_ref().filter(|_| resumable).map(|p| state_path(p));
+    let state = match (&state_file, cli.resume) {
+        (None, true) => bail!(
+            "--resume needs an output file of CSV or JSON Lines and an input file (not stdin/stdout, not Parquet output)"
+        ),
+        (None, false) => None,
+        (Some(sf), resume) => {
+            let saved = RunState::load(sf)?;
+            let input = fingerprint(Path::new(&cli.input))?;
+            match (saved, resume) {
+                (Some(_), false) => bail!(
+                    "{} holds the state of an interrupted run writing {}: add --resume to continue it, or delete it (and {}) to start over",
+                    sf.display(),
+                    cli.output,
+                    tmp.as_ref().map_or(String::new(), |t| t.display().to_string())
+                ),
+                (None, true) => bail!(
+                    "--resume: there is no interrupted run to resume ({} does not exist); run without --resume",
+                    sf.display()
+                ),
+                (Some(st), true) => {
+                    if st.input != input {
+                        bail!(
+                            "--resume refused: {} changed since the interrupted run (its size, modification time or first bytes differ), and resuming would mix two inputs; delete {} and {} to start over",
+                            cli.input,
+                            sf.display(),
+                            tmp.as_ref().map_or(String::new(), |t| t.display().to_string())
+                        );
+                    }
+                    if st.rows_per_job != cfg.rows_per_job {
+                        bail!(
+                            "--resume refused: the interrupted run had --rows-per-job {}; give the same",
+                            st.rows_per_job
+                        );
+                    }
+                    Some(st)
+                }
+                (None, false) => {
+                    let st = RunState {
+                        run_id: new_run_id(),
+                        input,
+                        rows_per_job: cfg.rows_per_job,
+                        jobs_written: 0,
+                        rows_written: 0,
+                        bytes_written: 0,
+                        output_names: None,
+                    };
+                    st.save(sf)?;
+                    Some(st)
+                }
+            }
+        }
+    };
+    let from = match (&state, cli.resume) {
+        (Some(st), true) => Some(Checkpoint {
+            jobs: st.jobs_written,
+            rows: st.rows_written,
+            bytes: st.bytes_written,
+            names: st.output_names.clone(),
+        }),
+        _ => None,
+    };
+    cfg.resume = state.as_ref().map(|st| ResumeFrom {
+        run_id: st.run_id.clone(),
+        jobs: st.jobs_written,
+        rows: st.rows_written,
+    });
+    if let Some(f) = &from {
+        info!(
+            jobs = f.jobs,
+            rows = f.rows,
+            "resuming: the rows already written are kept, the rest are scored"
+        );
+    }
+
+    // The output: stdout, or a file written next to the target and renamed at the
+    // end, so a reader never sees half a file.
+    let out: Box<dyn Write + Send> = match (&tmp, &from) {
+        (None, _) => Box::new(std::io::stdout()),
+        (Some(tmp), None) => Box::new(
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        ),
+        (Some(tmp), Some(f)) => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(tmp)
+                .with_context(|| format!("--resume: opening {}", tmp.display()))?;
+            file.set_len(f.bytes)
+                .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()))
+                .with_context(|| format!("--resume: cutting {} back", tmp.display()))?;
+            Box::new(file)
+        }
+    };
+    let result = pipeline(
+        &cfg,
+        table,
+        selection,
+        keep,
+        (kept, kept_types),
+        source,
+        total_rows,
+        columns,
+        out,
+        out_format,
+        (state_file.clone().zip(state), from),
+    )
+    .await;
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // Bad input stays bad: nothing to resume. Otherwise the partial output
+            // and the state are kept for --resume.
+            let keep_state = state_file.is_some() && !matches!(e, ClientError::Input(_));
+            if keep_state {
+                eprintln!(
+                    "score-batch: the rows written so far are kept; rerun the same command with --resume to continue"
+                );
+            } else {
+                if let Some(tmp) = &tmp {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                if let Some(sf) = &state_file {
+                    let _ = std::fs::remove_file(sf);
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    if let (Some(tmp), Some(path)) = (&tmp, &target) {
+        std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     }
-    let s = &scored.summary;
+    if let Some(sf) = &state_file {
+        let _ = std::fs::remove_file(sf);
+    }
+    let wall = started.elapsed();
     if !cli.quiet {
         eprintln!(
-            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s; duplicates dropped {}, republished {}, reconnects {}",
+            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s (wall, reading to last row written; scoring alone {:.0} rows/s); duplicates dropped {}, republished {}, reconnects {}",
             s.rows,
             s.jobs,
             s.rows_ok,
             s.rows_failed,
-            s.elapsed.as_secs_f64(),
+            wall.as_secs_f64(),
+            s.rows as f64 / wall.as_secs_f64().max(1e-9),
             s.rows_per_second(),
             s.duplicates,
             s.republished,
@@ -205,6 +397,70 @@ async fn run(cli: Cli) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Reading, scoring and writing, overlapped: a thread reads rows into jobs, the run
+/// publishes them and collects results (a bounded window in flight), and a thread
+/// writes answered jobs in input order.
+#[allow(clippy::too_many_arguments)]
+async fn pipeline(
+    cfg: &ScoreConfig,
+    table: Table,
+    selection: Selection,
+    keep: Vec<usize>,
+    (kept, kept_types): (Vec<String>, Option<Vec<DataType>>),
+    source: surge_client::stream::RowSource,
+    total_rows: Option<usize>,
+    columns: Option<Vec<String>>,
+    out: Box<dyn Write + Send>,
+    out_format: Format,
+    (state, from): (Option<(PathBuf, RunState)>, Option<Checkpoint>),
+) -> Result<Summary, ClientError> {
+    let (src_tx, src_rx) = mpsc::channel::<Result<SourceJob<RowBytes>, ClientError>>(16);
+    let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
+    let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
+        .skipping(from.as_ref().map_or(0, |f| f.rows));
+    // Not joined: it ends at its next job once the run has stopped listening.
+    std::thread::spawn(move || encoder.run(source, src_tx));
+    let writer = std::thread::spawn(move || -> Result<(), ClientError> {
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut w = match from {
+            Some(f) => OutputWriter::resumed(out, out_format, kept, f),
+            None => OutputWriter::new(out, out_format, kept).with_input_types(kept_types),
+        };
+        let mut saved = Instant::now();
+        while let Some(done) = sink_rx.blocking_recv() {
+            w.write(done)?;
+            // The state follows the output at most 200 ms behind, always after a
+            // flush: it never counts bytes that are not in the file.
+            if let Some((path, st)) = &state {
+                if saved.elapsed() >= Duration::from_millis(200) {
+                    saved = Instant::now();
+                    if let Some(cp) = w.checkpoint()? {
+                        let st = RunState {
+                            jobs_written: cp.jobs,
+                            rows_written: cp.rows,
+                            bytes_written: cp.bytes,
+                            output_names: cp.names,
+                            ..st.clone()
+                        };
+                        st.save(path)?;
+                    }
+                }
+            }
+        }
+        w.finish()?;
+        Ok(())
+    });
+    let scored = score_stream(cfg, columns, total_rows, src_rx, sink_tx).await;
+    // The sink is closed now (score_stream owned it): the writer ends.
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| ClientError::Output(format!("the output writer: {e}")))?
+        .map_err(|_| ClientError::Output("the output writer panicked".into()))?;
+    let summary = scored?;
+    written?;
+    Ok(summary)
 }
 
 /// Says what is sent and how, so a column left out is never a surprise.

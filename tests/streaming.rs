@@ -1,0 +1,144 @@
+//! score-batch on files of any length: a million rows through one worker in bounded
+//! memory (the peak RSS of the score-batch process is read from /proc while it runs),
+//! every row answered once and in order; `--keep` writes back only the columns named.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use surge_tests::*;
+
+/// The peak resident set (VmHWM) of process `pid`, in kB, while it runs.
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Writes `n` rows: `row_id`, then the 30 features of sample row `i % 569` as the
+/// sample holds them. Returns the sample's rows.
+fn write_big_csv(path: &Path, n: usize) -> Vec<String> {
+    let sample = std::fs::read_to_string(models_dir().join("breast-cancer/sample.csv"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut lines = sample.lines();
+    let header = lines.next().unwrap_or_default().to_string();
+    let rows: Vec<String> = lines.map(str::to_string).collect();
+    let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    writeln!(w, "row_id,{header}").unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..n {
+        writeln!(w, "{i},{}", rows[i % rows.len()]).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.flush().unwrap_or_else(|e| panic!("{e}"));
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
+    let _conn = require_broker().await;
+    let prefix = unique_prefix("stream");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rows.csv");
+    let output = dir.path().join("scores.csv");
+    const N: usize = 1_000_000;
+    let sample = write_big_csv(&input, N);
+    let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
+
+    let mut w = WorkerProc::spawn(
+        &prefix,
+        "w-stream",
+        dir.path(),
+        &["--model", "breast-cancer"],
+    );
+    w.wait_ready(Duration::from_secs(30));
+    let started = Instant::now();
+    let mut sb = Command::new(bin("score-batch"))
+        .args(["--model", "breast-cancer", "--prefix", &prefix])
+        .args(["--rows-per-job", "256", "--timeout", "240"])
+        .args(["--keep", "row_id"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting score-batch: {e}"));
+    let pid = sb.id();
+    let mut peak_kb = 0;
+    while sb.try_wait().unwrap_or_else(|e| panic!("{e}")).is_none() {
+        peak_kb = peak_kb.max(vm_hwm_kb(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sb.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let wall = started.elapsed();
+    assert!(out.status.success(), "score-batch failed: {stderr}");
+    println!(
+        "{N} rows ({} MB): peak RSS {} MB, {:.1} s, {:.0} rows/s; {}",
+        size >> 20,
+        peak_kb >> 10,
+        wall.as_secs_f64(),
+        N as f64 / wall.as_secs_f64(),
+        stderr.lines().find(|l| l.contains("rows in")).unwrap_or("")
+    );
+    assert!(
+        stderr.contains("rows/s (wall"),
+        "the summary reports the wall rate: {stderr}"
+    );
+    assert!(peak_kb > 0, "VmHWM of score-batch was never read");
+    assert!(
+        peak_kb < 200 * 1024,
+        "score-batch peaked at {} MB for a {} MB input: memory must not grow with the file",
+        peak_kb >> 10,
+        size >> 20
+    );
+
+    // Every row once, in order, with --keep's column only; row i scores as sample row
+    // i % 569 does.
+    let mut rdr = csv::Reader::from_path(&output).unwrap_or_else(|e| panic!("{e}"));
+    let header: Vec<String> = rdr
+        .headers()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header, ["row_id", "malignant_probability", "error"]);
+    let mut first = Vec::with_capacity(sample.len());
+    let mut n = 0;
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&rec[0], i.to_string(), "row {i} out of order or duplicated");
+        assert!(rec[2].is_empty(), "row {i} failed: {}", &rec[2]);
+        if i < sample.len() {
+            first.push(rec[1].to_string());
+        } else {
+            // The same cells score the same, up to the batch they share.
+            let got: f32 = rec[1].parse().unwrap_or(f32::NAN);
+            let want: f32 = first[i % sample.len()].parse().unwrap_or(f32::NAN);
+            assert!((got - want).abs() <= 1e-6, "row {i}: {got} vs {want}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, N);
+    let parsed: Vec<Vec<f32>> = sample
+        .iter()
+        .map(|l| {
+            l.split(',')
+                .map(|c| c.parse().unwrap_or(f32::NAN))
+                .collect()
+        })
+        .collect();
+    for (got, want) in first.iter().zip(reference_scores(&parsed)) {
+        let got: f32 = got.parse().unwrap_or(f32::NAN);
+        assert!((got - want).abs() <= 1e-6, "{got} vs in-process {want}");
+    }
+    w.stop(Duration::from_secs(20));
+    cleanup(&prefix, &["breast-cancer"]).await;
+}
