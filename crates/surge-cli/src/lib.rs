@@ -44,7 +44,7 @@ pub fn init_logging(format: LogFormat) {
 /// Triggers `trigger` on the first SIGTERM or SIGINT and exits the process at once on
 /// the second (Kubernetes sends SIGTERM, then SIGKILL after the grace period; a person
 /// at a terminal presses Ctrl-C twice).
-pub fn spawn_signal_handler(trigger: surge_worker::ShutdownTrigger) -> Result<()> {
+pub fn spawn_signal_handler(trigger: surge_ops::shutdown::ShutdownTrigger) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

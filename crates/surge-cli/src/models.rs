@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use surge_worker::broker::{AmqpUrl, Timeouts};
-use surge_worker::model::{self, Batch, DeviceSpec, InputSpec, Layout, Model, Proof};
-use surge_worker::protocol::Topology;
+use surge_broker::{AmqpUrl, Timeouts};
+use surge_model::{self as model, Batch, DeviceSpec, InputSpec, Layout, Model, Proof};
+use surge_protocol::Topology;
 
 /// Loads `dir` as the worker would. `dir` is a model folder (its parent is the models
 /// directory, its name the model name) or one version folder of a versioned model
@@ -143,7 +143,7 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
         connect: Duration::from_secs(3),
         operation: Duration::from_secs(3),
     };
-    let conn = surge_worker::broker::connect(&url, "surge models list", &t)
+    let conn = surge_broker::connect(&url, "surge models list", &t)
         .await
         .ok()?;
     let topo = Topology::new(prefix);
@@ -151,11 +151,10 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
     for n in names {
         // A passive declare of a missing queue closes its channel: one channel each.
         let depth = async {
-            let ch =
-                surge_worker::broker::timed("channel.open", t.operation, conn.create_channel())
-                    .await
-                    .ok()?;
-            surge_worker::broker::topology::queue_depth(&ch, &topo.job_queue(n), &t)
+            let ch = surge_broker::timed("channel.open", t.operation, conn.create_channel())
+                .await
+                .ok()?;
+            surge_broker::topology::queue_depth(&ch, &topo.job_queue(n), &t)
                 .await
                 .ok()
                 .map(|d| d.ready)
@@ -426,7 +425,7 @@ fn target(models_dir: &Path, name: &str, version: Option<&str>) -> Result<(PathB
         }
         return Ok((root, "1.0.0".to_string()));
     };
-    surge_worker::protocol::validate_model_name(version)
+    surge_protocol::validate_model_name(version)
         .map_err(|e| anyhow::anyhow!("--version {version:?}: {e}"))?;
     let dir = root.join(version);
     if !root.exists() {
@@ -478,7 +477,7 @@ fn target(models_dir: &Path, name: &str, version: Option<&str>) -> Result<(PathB
 /// then moved into place whole. Every file is written 0644 and every folder 0755.
 pub fn new_model(n: NewModel<'_>) -> Result<()> {
     use std::fmt::Write as _;
-    surge_worker::protocol::validate_model_name(n.name)
+    surge_protocol::validate_model_name(n.name)
         .map_err(|e| anyhow::anyhow!("model name {:?}: {e}", n.name))?;
     if n.arch != "mlp" {
         bail!("only --arch mlp can be scaffolded from weights alone (a {:?} model needs its config files; see README)", n.arch);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use surge_broker::{AmqpUrl, Timeouts};
 use surge_cli::{init_logging, LogFormat};
 use surge_client::parquet_io::is_numeric;
 use surge_client::resume::{fingerprint, state_path, RunState};
@@ -17,8 +18,7 @@ use surge_client::DataType;
 use surge_client::{
     new_run_id, score_stream, ClientError, DoneJob, ResumeFrom, ScoreConfig, SourceJob, Summary,
 };
-use surge_worker::broker::{AmqpUrl, Timeouts};
-use surge_worker::protocol::{Encoding, Topology};
+use surge_protocol::{Encoding, Topology};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -145,8 +145,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Some((m, v)) => (m.to_string(), Some(v.to_string())),
         None => (cli.model.clone(), None),
     };
-    surge_worker::protocol::validate_model_name(&model)
-        .with_context(|| format!("--model {model:?}"))?;
+    surge_protocol::validate_model_name(&model).with_context(|| format!("--model {model:?}"))?;
     let encoding = match cli.encoding.as_str() {
         "msgpack" => Encoding::Msgpack,
         "json" => Encoding::Json,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use surge_broker::{AmqpUrl, Timeouts};
 use surge_cli::{init_logging, spawn_signal_handler, LogFormat};
-use surge_worker::broker::{AmqpUrl, Timeouts};
 use surge_worker::{BatchPolicy, WorkerConfig};
 
 /// Surge: elastic batch inference on RabbitMQ.
@@ -70,7 +70,7 @@ enum ModelsCmd {
         prefix: String,
         /// Device to load the models on.
         #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
-        device: surge_worker::model::DeviceSpec,
+        device: surge_model::DeviceSpec,
     },
     /// Scaffold a model folder from a weights file: the layer shapes give model.toml
     /// (mlp only), the preprocessing and golden rows go in, the folder is checked
@@ -127,7 +127,7 @@ enum ModelsCmd {
         #[arg(long, requires = "golden")]
         expect: Option<PathBuf>,
         /// Largest |got - expected| allowed per golden output value.
-        #[arg(long, default_value_t = surge_worker::model::golden::DEFAULT_TOLERANCE)]
+        #[arg(long, default_value_t = surge_model::golden::DEFAULT_TOLERANCE)]
         tolerance: f32,
         /// Hidden activation: relu, tanh or gelu.
         #[arg(long, default_value = "relu")]
@@ -152,7 +152,7 @@ enum ModelsCmd {
         path: PathBuf,
         /// Device to load the model on.
         #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
-        device: surge_worker::model::DeviceSpec,
+        device: surge_model::DeviceSpec,
         /// Fail, too, when the folder has no golden rows.
         #[arg(long)]
         strict: bool,
@@ -265,7 +265,7 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
     let op = Duration::from_secs(args.broker_timeout_s.max(1));
     let cfg = AutoscaleConfig {
         url,
-        topology: surge_worker::protocol::Topology::new(args.prefix),
+        topology: surge_protocol::Topology::new(args.prefix),
         models,
         watch_models_dir,
         policy: PolicyConfig {
@@ -288,7 +288,7 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
         },
         metrics_addr: parse_addr(&args.metrics_addr, "--metrics-addr")?,
     };
-    let (trigger, shutdown) = surge_worker::shutdown::channel();
+    let (trigger, shutdown) = surge_ops::shutdown::channel();
     spawn_signal_handler(trigger)?;
     surge_autoscale::run(cfg, shutdown).await?;
     Ok(())
@@ -304,7 +304,7 @@ struct WorkerArgs {
     models: Vec<String>,
     /// Device: cpu, cuda, cuda:N (builds with the `cuda` feature) or auto.
     #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
-    device: surge_worker::model::DeviceSpec,
+    device: surge_model::DeviceSpec,
     /// Close a batch once it holds this many rows (jobs are never split).
     #[arg(long, env = "SURGE_MAX_BATCH_ROWS", default_value_t = 512)]
     max_batch_rows: usize,
@@ -357,14 +357,11 @@ struct WorkerArgs {
 /// else 1 (see `WorkerArgs::threads`).
 fn default_threads(models_dir: &std::path::Path, models: &[String]) -> usize {
     let names = if models.is_empty() {
-        surge_worker::model::discover(models_dir).unwrap_or_default()
+        surge_model::discover(models_dir).unwrap_or_default()
     } else {
         models.to_vec()
     };
-    if names
-        .iter()
-        .any(|n| surge_worker::model::takes_text(models_dir, n))
-    {
+    if names.iter().any(|n| surge_model::takes_text(models_dir, n)) {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         1
@@ -394,7 +391,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         max_tokens: args.max_batch_tokens,
     };
     cfg.prefetch = args.prefetch;
-    cfg.topology = surge_worker::protocol::Topology::new(args.prefix);
+    cfg.topology = surge_protocol::Topology::new(args.prefix);
     cfg.limits.max_message_bytes = args.max_message_bytes;
     cfg.limits.max_rows = args.max_rows_per_job;
     let op = Duration::from_secs(args.broker_timeout_s.max(1));
@@ -407,7 +404,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     cfg.batch_delay = Duration::from_millis(args.batch_delay_ms);
     cfg.watch_models =
         (args.watch_models_ms > 0).then(|| Duration::from_millis(args.watch_models_ms));
-    let (trigger, shutdown) = surge_worker::shutdown::channel();
+    let (trigger, shutdown) = surge_ops::shutdown::channel();
     spawn_signal_handler(trigger)?;
     surge_worker::run(cfg, shutdown).await?;
     Ok(())
