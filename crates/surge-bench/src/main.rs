@@ -3,10 +3,6 @@
 //! * `throughput`: rows/s end to end through running `surge worker`s (score-batch's
 //!   library: publish with confirms → workers → confirmed results → dedup).
 //! * `latency`: single-row jobs one at a time at low load; p50/p99 round trip.
-//! * `echo` / `echo-latency`: the ceiling. The same broker path with no model: a
-//!   producer publishes with confirms to a durable quorum queue; an in-process echo
-//!   consumer publishes each body back with confirms and acks after the confirm; a
-//!   results consumer counts.
 //! * `noop-worker`: the ceiling `make bench` measures Surge against. It consumes the
 //!   model's queue like `surge worker` (same queue, prefetch, confirms, acks after the
 //!   confirm, one `multiple` ack per batch) and answers every job, without decoding
@@ -29,9 +25,9 @@ use clap::{Parser, Subcommand};
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{AmqpUrl, Timeouts};
@@ -84,19 +80,6 @@ enum Cmd {
     },
     /// Single-row job round trips, one at a time.
     Latency {
-        #[arg(long, default_value_t = 500)]
-        samples: usize,
-    },
-    /// Messages/s through the no-op echo.
-    Echo {
-        #[arg(long)]
-        messages: usize,
-        /// Body bytes (the default is about a one-row job).
-        #[arg(long, default_value_t = 200)]
-        payload: usize,
-    },
-    /// Echo round trips, one at a time.
-    EchoLatency {
         #[arg(long, default_value_t = 500)]
         samples: usize,
     },
@@ -357,177 +340,6 @@ async fn noop_worker(prefix: &str, rows_per_job: usize, prefetch: u16) -> Result
     Ok(())
 }
 
-/// The no-op echo consumer: consumes `queue`, publishes each body to its `reply_to`
-/// with confirms, acks after the confirm — the same broker work as a worker, no model.
-async fn echo_server(conn: Connection, queue: String) -> Result<()> {
-    let t = timeouts();
-    let ch = conn.create_channel().await?;
-    let pubch = conn.create_channel().await?;
-    pubch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "echo".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    while let Some(first) = consumer.next().await {
-        // Take what is ready right now (up to 256) and answer it as one batch, like a worker.
-        let mut batch = vec![first?];
-        while batch.len() < 256 {
-            match consumer.next().now_or_never() {
-                Some(Some(d)) => batch.push(d?),
-                _ => break,
-            }
-        }
-        let mut pending = Vec::with_capacity(batch.len());
-        for d in &batch {
-            let reply = d
-                .properties
-                .reply_to()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            let props = BasicProperties::default()
-                .with_correlation_id(d.properties.message_id().clone().unwrap_or_default())
-                .with_delivery_mode(2);
-            pending.push((
-                start_publish(&pubch, "", &reply, &d.data, props, &t).await?,
-                reply,
-            ));
-        }
-        for (c, reply) in pending {
-            confirmed(c, "", &reply, &t).await?;
-        }
-        for d in batch {
-            d.acker.ack(BasicAckOptions::default()).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn echo_setup(prefix: &str) -> Result<(Connection, Channel, String)> {
-    let t = timeouts();
-    let url = AmqpUrl::from_env()?;
-    let conn = surge_broker::connect(&url, "surge-bench echo producer", &t).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let queue = format!(
-        "{prefix}.bench-echo-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum".to_string())),
-    );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await?;
-    let server_conn = surge_broker::connect(&url, "surge-bench echo server", &t).await?;
-    let q = queue.clone();
-    tokio::spawn(async move {
-        if let Err(e) = echo_server(server_conn, q).await {
-            eprintln!("echo server: {e:#}");
-        }
-    });
-    Ok((conn, ch, queue))
-}
-
-async fn echo(prefix: &str, messages: usize, payload: usize) -> Result<()> {
-    let t = timeouts();
-    let (conn, ch, queue) = echo_setup(prefix).await?;
-    let reply = format!("{queue}.reply");
-    let (_rch, mut consumer) = reply_channel(&conn, &reply).await?;
-    let body = vec![b'x'; payload];
-    let start = Instant::now();
-    let counter = tokio::spawn(async move {
-        let mut n = 0;
-        while n < messages {
-            match consumer.next().await {
-                Some(Ok(d)) => {
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
-                    n += 1;
-                }
-                _ => break,
-            }
-        }
-        n
-    });
-    for window in (0..messages).collect::<Vec<_>>().chunks(1000) {
-        let mut pending = Vec::with_capacity(window.len());
-        for i in window {
-            let props = BasicProperties::default()
-                .with_message_id(format!("e-{i}").as_str().into())
-                .with_reply_to(reply.as_str().into())
-                .with_delivery_mode(2);
-            pending.push(start_publish(&ch, "", &queue, &body, props, &t).await?);
-        }
-        for c in pending {
-            confirmed(c, "", &queue, &t).await?;
-        }
-    }
-    let got = tokio::time::timeout(Duration::from_secs(600), counter).await??;
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({"bench":"echo","messages":messages,"payload":payload,"received":got,"secs":secs,"msgs_per_s":got as f64/secs})
-    );
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    Ok(())
-}
-
-async fn echo_latency(prefix: &str, samples: usize) -> Result<()> {
-    let t = timeouts();
-    let (conn, ch, queue) = echo_setup(prefix).await?;
-    let reply = format!("{queue}.reply");
-    let (_rch, mut consumer) = reply_channel(&conn, &reply).await?;
-    let body = encode(
-        &Job::new("breast-cancer", Inputs::rows(&[row(0)])),
-        Encoding::Msgpack,
-    )?;
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..samples + 20 {
-        let props = BasicProperties::default()
-            .with_message_id(format!("el-{i}").as_str().into())
-            .with_reply_to(reply.as_str().into())
-            .with_delivery_mode(2);
-        let t0 = Instant::now();
-        let c = start_publish(&ch, "", &queue, &body, props, &t).await?;
-        confirmed(c, "", &queue, &t).await?;
-        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .context("no echo in 30 s")?;
-        let d = d.context("reply consumer ended")??;
-        let rtt = t0.elapsed().as_secs_f64() * 1e3;
-        d.acker.ack(BasicAckOptions::default()).await?;
-        if i >= 20 {
-            rtts.push(rtt);
-        }
-    }
-    rtts.sort_by(f64::total_cmp);
-    println!(
-        "{}",
-        serde_json::json!({"bench":"echo_latency","samples":samples,"p50_ms":percentile(&rtts,0.5),"p99_ms":percentile(&rtts,0.99)})
-    );
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -542,8 +354,6 @@ async fn main() -> Result<()> {
             rows_per_job,
             prefetch,
         } => noop_worker(&cli.prefix, rows_per_job, prefetch).await,
-        Cmd::Echo { messages, payload } => echo(&cli.prefix, messages, payload).await,
-        Cmd::EchoLatency { samples } => echo_latency(&cli.prefix, samples).await,
         Cmd::ColdStart {
             autoscaler,
             samples,
