@@ -270,9 +270,9 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     let mut first_worker_at = None;
     let mut page_checked = false;
     let status = loop {
-        if let Some(s) = sb.try_wait().unwrap() {
-            break s;
-        }
+        // Sampled before the exit check, so the last sample (after a slow page check)
+        // still counts.
+        let done = sb.try_wait().unwrap();
         let r = auto.replicas();
         let c = metric_at(port, "surge_autoscale_connected_replicas").unwrap_or(0.0);
         if r > 0.0 && first_worker_at.is_none() {
@@ -284,6 +284,9 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         if !page_checked && r >= 1.0 {
             page_checked = true;
             check_status_page(port, &poller);
+        }
+        if let Some(s) = done {
+            break s;
         }
         assert!(
             burst.elapsed() < Duration::from_secs(180),
