@@ -46,6 +46,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 mod cpu;
 mod encoder;
+mod int8;
 
 use encoder::Encoder;
 
@@ -77,6 +78,21 @@ pub struct BertSection {
     /// Whether embeddings are scaled to unit length (cosine similarity = dot product).
     #[serde(default = "yes")]
     pub normalize: bool,
+    /// How the encoder's linear layers compute: f32 (default) or int8 (CPU only).
+    #[serde(default)]
+    pub quantization: Quantization,
+}
+
+/// `quantization` in `[bert-embedding]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// f32 weights and activations, as trained.
+    #[default]
+    None,
+    /// The four GEMMs of each layer on 8-bit integers: weights per output channel at
+    /// load, activations per token at run time (see the module docs). CPU only.
+    Int8,
 }
 
 fn default_config() -> String {
@@ -255,8 +271,16 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
         ));
     }
 
+    let int8 = section.quantization == Quantization::Int8;
+    if int8 && !ctx.device.is_cpu() {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            &format!("{NAME}.quantization"),
+            "int8 runs on CPU only; leave quantization out to run on this device",
+        ));
+    }
     let tensors = take_tensors(&ctx.weights_path, &dims, &ctx.device)?;
-    let encoder = Encoder::new(tensors, &dims)?;
+    let encoder = Encoder::new(tensors, &dims, int8)?;
     Ok(Box::new(BertEmbedder {
         info: ctx.info.clone(),
         encoder,
