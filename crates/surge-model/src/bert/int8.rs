@@ -140,27 +140,36 @@ impl QuantLinear {
 
     /// `x · w` for the row-major `x` (`[m, k]`): `[m, n]`, row-major.
     pub(super) fn matmul(&self, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
-        let (k, n, kp) = (self.k, self.n, self.groups * 2);
+        let (k, n, groups) = (self.k, self.n, self.groups);
         debug_assert_eq!(x.len(), m * k);
-        let mut qa = vec![0i16; m * kp];
-        let mut sa = vec![0f32; m];
         let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || k == 0 {
             return out;
         }
-        let rows = chunk_rows(m);
+        // Quantized rows, packed by tiles of MR rows: `[tile][pair][row]` (rows past
+        // `m` hold zeros), so the kernel reads one sequential stream.
+        let tiles = m.div_ceil(MR);
+        let mut qa = vec![[0i16; 2]; tiles * groups * MR];
+        let mut sa = vec![0f32; tiles * MR];
         let amax = self.amax;
-        qa.par_chunks_mut(rows * kp)
-            .zip(x.par_chunks(rows * k.max(1)))
-            .zip(sa.par_chunks_mut(rows))
-            .for_each(|((q, x), sa)| {
-                let rows = q.chunks_exact_mut(kp).zip(x.chunks(k.max(1))).zip(sa);
-                for ((q, x), sa) in rows {
-                    *sa = quantize_row(x, q, amax, isa);
-                }
-            });
+        qa.par_chunks_mut(groups * MR)
+            .zip(x.par_chunks(MR * k))
+            .zip(sa.par_chunks_mut(MR))
+            .for_each_init(
+                || vec![0i16; 2 * groups],
+                |row, ((q, x), sa)| {
+                    for (r, (x, sa)) in x.chunks(k).zip(sa).enumerate() {
+                        *sa = quantize_row(x, row, amax, isa);
+                        for (g, pair) in row.chunks_exact(2).enumerate() {
+                            q[g * MR + r] = [pair[0], pair[1]];
+                        }
+                    }
+                },
+            );
+        let rows = chunk_rows(m);
         let blocks = n.div_ceil(NR);
-        let bstride = self.groups * NR * 2;
+        let bstride = groups * NR * 2;
+        let tstride = groups * MR;
         out.par_chunks_mut(rows * n)
             .enumerate()
             .for_each(|(c, out)| {
@@ -174,15 +183,13 @@ impl QuantLinear {
                         scale: &self.scale[j0..j0 + NR],
                     };
                     for t in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - t);
-                        let (r0, r1) = (i0 + t, i0 + t + mr);
+                        let tile_at = (i0 + t) / MR;
                         let a = Acts {
-                            q: &qa[r0 * kp..r1 * kp],
-                            kp,
-                            scale: &sa[r0..r1],
+                            q: &qa[tile_at * tstride..(tile_at + 1) * tstride],
+                            scale: &sa[tile_at * MR..(tile_at + 1) * MR],
                         };
                         let o = &mut out[t * n + j0..];
-                        tile(isa, &a, &w, o, n, width);
+                        tile(isa, &a, &w, o, n, MR.min(mc - t), width);
                     }
                 }
             });
@@ -234,9 +241,9 @@ fn quantize(x: &[f32], q: &mut [i16], inv: f32, amax: f32) {
 
 /// A tile's quantized activation rows.
 struct Acts<'a> {
-    /// `rows × kp` i16, row-major.
-    q: &'a [i16],
-    kp: usize,
+    /// `[pair][MR rows]`: inputs `2g, 2g + 1` of each row.
+    q: &'a [[i16; 2]],
+    /// Per row (MR).
     scale: &'a [f32],
 }
 
@@ -247,37 +254,26 @@ struct Weights<'a> {
     scale: &'a [f32],
 }
 
-/// `out[r * ldo + c] = Σ_k a[r, k] · w[k, c]` dequantized, for every row of `a` and the
-/// first `width` channels of the block.
-fn tile(isa: Isa, a: &Acts, w: &Weights, out: &mut [f32], ldo: usize, width: usize) {
+/// `out[r * ldo + c] = Σ_k a[r, k] · w[k, c]` dequantized, for the first `rows` rows of
+/// the tile and the first `width` channels of the block.
+fn tile(isa: Isa, a: &Acts, w: &Weights, out: &mut [f32], ldo: usize, rows: usize, width: usize) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
-        macro_rules! go {
-            ($($mr:literal)*) => {
-                match a.scale.len() {
-                    $($mr => {
-                        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2.
-                        unsafe { avx2::tile::<$mr>(a, w, out, ldo, width) }
-                    })*
-                    _ => unreachable!("tiles have 1..=MR rows"),
-                }
-            };
-        }
-        return go!(1 2 3 4 5 6);
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2.
+        return unsafe { avx2::tile(a, w, out, ldo, rows, width) };
     }
     let _ = isa;
-    tile_scalar(a, w, out, ldo, width);
+    tile_scalar(a, w, out, ldo, rows, width);
 }
 
 /// The portable tile: the same integer sums as the SIMD paths, the same f32 epilogue,
 /// so the results are bit-identical.
-fn tile_scalar(a: &Acts, w: &Weights, out: &mut [f32], ldo: usize, width: usize) {
+fn tile_scalar(a: &Acts, w: &Weights, out: &mut [f32], ldo: usize, rows: usize, width: usize) {
     let groups = w.b.len() / (NR * 2);
-    for (r, &sa) in a.scale.iter().enumerate() {
-        let row = &a.q[r * a.kp..(r + 1) * a.kp];
+    for (r, &sa) in a.scale.iter().enumerate().take(rows) {
         let mut acc = [0i32; NR];
         for g in 0..groups {
-            let (x0, x1) = (i32::from(row[2 * g]), i32::from(row[2 * g + 1]));
+            let [x0, x1] = a.q[g * MR + r].map(i32::from);
             let b = &w.b[g * NR * 2..(g + 1) * NR * 2];
             for (c, acc) in acc.iter_mut().enumerate() {
                 *acc += x0 * i32::from(b[2 * c]) + x1 * i32::from(b[2 * c + 1]);
@@ -294,7 +290,7 @@ fn tile_scalar(a: &Acts, w: &Weights, out: &mut [f32], ldo: usize, width: usize)
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Acts, Weights, NR};
+    use super::{Acts, Weights, MR, NR};
 
     /// [`super::abs_max`] with AVX2 (same result: max is exact).
     ///
@@ -343,29 +339,31 @@ mod avx2 {
         super::quantize(&x[n..], &mut q[n..], inv, amax);
     }
 
-    /// The AVX2 tile of `R` rows × 16 channels: per 2 inputs, one `vpmaddwd` (i16 pairs
-    /// multiplied and added into i32) per row and 8 channels.
+    /// The AVX2 tile of 6 rows × 16 channels (rows past `rows` are computed, not
+    /// stored): per 2 inputs, one `vpmaddwd` (i16 pairs multiplied and added into i32)
+    /// per row and 8 channels.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn tile<const R: usize>(
+    pub(super) unsafe fn tile(
         a: &Acts,
         w: &Weights,
         out: &mut [f32],
         ldo: usize,
+        rows: usize,
         width: usize,
     ) {
         let groups = w.b.len() / (NR * 2);
         assert!(
-            a.scale.len() == R
-                && a.q.len() >= R * a.kp
-                && a.kp >= 2 * groups
+            a.scale.len() == MR
+                && a.q.len() >= groups * MR
                 && w.scale.len() >= NR
+                && (1..=MR).contains(&rows)
                 && width <= NR
-                && out.len() >= (R - 1) * ldo + width
+                && out.len() >= (rows - 1) * ldo + width
         );
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
         let (pa, pb) = (a.q.as_ptr(), w.b.as_ptr());
         for g in 0..groups {
             // SAFETY: block `g` of 32 i16 lies within `w.b` (`groups` = len / 32).
@@ -376,9 +374,9 @@ mod avx2 {
                 )
             };
             for (r, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: row `r < R` holds `kp ≥ 2 · groups` i16 (asserted above), so
-                // values `2g..2g + 2` lie inside it.
-                let x = unsafe { pa.add(r * a.kp + 2 * g).cast::<i32>().read_unaligned() };
+                // SAFETY: pair `g · MR + r` lies in `a.q` (asserted above); a pair of i16
+                // is 4 bytes, read as one i32.
+                let x = unsafe { pa.add(g * MR + r).cast::<i32>().read_unaligned() };
                 let x = _mm256_set1_epi32(x);
                 acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, b0));
                 acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, b1));
@@ -391,7 +389,7 @@ mod avx2 {
                 _mm256_loadu_ps(w.scale.as_ptr().add(8)),
             ]
         };
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, acc) in acc.iter().enumerate().take(rows) {
             let sa = _mm256_set1_ps(a.scale[r]);
             let mut row = [0f32; NR];
             for h in 0..2 {
