@@ -16,7 +16,17 @@
 //! tokenizer = "tokenizer.json"  # the Hugging Face tokenizer
 //! pooling = "mean"              # mean | cls
 //! normalize = true              # L2-normalise each embedding
+//! quantization = "int8"         # optional: none (default) | int8 (CPU only)
 //! ```
+//!
+//! `quantization = "int8"` runs the four GEMMs of every layer on integers ([`int8`]):
+//! weights quantized at load to 8 bits per output channel, activations to 14 bits per
+//! token inside each GEMM, exact i32 sums (AVX2 `vpmaddwd`, or a portable scalar loop on
+//! other CPUs); attention, layer norms and GELU stay f32. On all-MiniLM-L6-v2 it keeps a
+//! minimum cosine of 0.996 to the f32 embeddings over the fixture's 61 texts
+//! (`tests/minilm_int8.rs` holds ≥ 0.99), and on a 2-core AVX2 Zen 3 it embeds about
+//! 1.5× the f32 path's sentences per second at 16 to 64 tokens (less at 256, where
+//! attention, still f32, takes a larger share). Without AVX2 it is slower than f32.
 //!
 //! Tensors: the Hugging Face BERT names (`embeddings.*`, `encoder.layer.{i}.*`), every
 //! one checked for shape and finiteness against `config.json`. `pooler.*` and
