@@ -6,20 +6,21 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 
+use super::int8::Linear;
 use super::{cpu, Dims};
 use crate::ModelError;
 
 /// One encoder layer, its weights laid out for 2-D GEMMs (`[in, out]`).
 pub(super) struct Layer {
-    qkv_w: Tensor,
+    qkv_w: Linear,
     qkv_b: Tensor,
-    out_w: Tensor,
+    out_w: Linear,
     out_b: Tensor,
     ln1_w: Tensor,
     ln1_b: Tensor,
-    ff1_w: Tensor,
+    ff1_w: Linear,
     ff1_b: Tensor,
-    ff2_w: Tensor,
+    ff2_w: Linear,
     ff2_b: Tensor,
     ln2_w: Tensor,
     ln2_b: Tensor,
@@ -41,7 +42,7 @@ struct HostParams {
 
 impl HostParams {
     fn of(l: &Layer) -> candle_core::Result<Option<Self>> {
-        if !l.qkv_w.device().is_cpu() || l.qkv_w.dtype() != DType::F32 {
+        if !l.qkv_b.device().is_cpu() || l.qkv_b.dtype() != DType::F32 {
             return Ok(None);
         }
         Ok(Some(Self {
@@ -70,12 +71,17 @@ pub(super) struct Encoder {
     eps: f32,
 }
 
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    x.matmul(w)?.broadcast_add(b)
+fn linear(x: &Tensor, w: &Linear, b: &Tensor) -> candle_core::Result<Tensor> {
+    w.forward(x)?.broadcast_add(b)
 }
 
 impl Encoder {
-    pub(super) fn new(mut t: HashMap<String, Tensor>, d: &Dims) -> Result<Self, ModelError> {
+    /// The encoder from the checked tensors `t`; `int8` quantizes the four GEMMs' weights.
+    pub(super) fn new(
+        mut t: HashMap<String, Tensor>,
+        d: &Dims,
+        int8: bool,
+    ) -> Result<Self, ModelError> {
         let mut take = |name: &str| {
             t.remove(name).ok_or_else(|| {
                 ModelError::Inference(format!("tensor {name} vanished after checking (a bug)"))
@@ -103,7 +109,7 @@ impl Encoder {
                 ],
                 0,
             )?;
-            let tr = |x: Tensor| x.t()?.contiguous();
+            let tr = |x: Tensor| Linear::new(x.t()?.contiguous()?, int8);
             let mut layer = Layer {
                 qkv_w: tr(qkv_w)?,
                 qkv_b,
@@ -188,23 +194,25 @@ impl Encoder {
             heads: self.heads,
             head_dim: self.head_dim,
         };
-        let mm = |a: &Tensor, w: &Tensor| a.apply_op2_no_bwd(w, &cpu::MatMul);
-        let context = mm(x, &l.qkv_w)?.apply_op1_no_bwd(&attention)?;
+        let context = l.qkv_w.forward_cpu(x)?.apply_op1_no_bwd(&attention)?;
         let norm1 = cpu::AddNorm {
             bias: &h.out_b,
             weight: &h.ln1_w,
             norm_bias: &h.ln1_b,
             eps: self.eps,
         };
-        let x = mm(&context, &l.out_w)?.apply_op2_no_bwd(x, &norm1)?;
-        let inner = mm(&x, &l.ff1_w)?.apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
+        let x = l.out_w.forward_cpu(&context)?.apply_op2_no_bwd(x, &norm1)?;
+        let inner = l
+            .ff1_w
+            .forward_cpu(&x)?
+            .apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
         let norm2 = cpu::AddNorm {
             bias: &h.ff2_b,
             weight: &h.ln2_w,
             norm_bias: &h.ln2_b,
             eps: self.eps,
         };
-        mm(&inner, &l.ff2_w)?.apply_op2_no_bwd(&x, &norm2)
+        l.ff2_w.forward_cpu(&inner)?.apply_op2_no_bwd(&x, &norm2)
     }
 
     /// One layer with Candle ops, on any device.

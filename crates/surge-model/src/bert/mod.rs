@@ -16,7 +16,17 @@
 //! tokenizer = "tokenizer.json"  # the Hugging Face tokenizer
 //! pooling = "mean"              # mean | cls
 //! normalize = true              # L2-normalise each embedding
+//! quantization = "int8"         # optional: none (default) | int8 (CPU only)
 //! ```
+//!
+//! `quantization = "int8"` runs the four GEMMs of every layer on integers ([`int8`]):
+//! weights quantized at load to 8 bits per output channel, activations to 14 bits per
+//! token inside each GEMM, exact i32 sums (AVX2 `vpmaddwd`, or a portable scalar loop on
+//! other CPUs); attention, layer norms and GELU stay f32. On all-MiniLM-L6-v2 it keeps a
+//! minimum cosine of 0.996 to the f32 embeddings over the fixture's 61 texts
+//! (`tests/minilm_int8.rs` holds ≥ 0.99), and on a 2-core AVX2 Zen 3 it embeds about
+//! 1.5× the f32 path's sentences per second at 16 to 64 tokens (less at 256, where
+//! attention, still f32, takes a larger share). Without AVX2 it is slower than f32.
 //!
 //! Tensors: the Hugging Face BERT names (`embeddings.*`, `encoder.layer.{i}.*`), every
 //! one checked for shape and finiteness against `config.json`. `pooler.*` and
@@ -46,6 +56,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 mod cpu;
 mod encoder;
+mod int8;
 
 use encoder::Encoder;
 
@@ -77,6 +88,21 @@ pub struct BertSection {
     /// Whether embeddings are scaled to unit length (cosine similarity = dot product).
     #[serde(default = "yes")]
     pub normalize: bool,
+    /// How the encoder's linear layers compute: f32 (default) or int8 (CPU only).
+    #[serde(default)]
+    pub quantization: Quantization,
+}
+
+/// `quantization` in `[bert-embedding]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// f32 weights and activations, as trained.
+    #[default]
+    None,
+    /// The four GEMMs of each layer on 8-bit integers: weights per output channel at
+    /// load, activations per token at run time (see the module docs). CPU only.
+    Int8,
 }
 
 fn default_config() -> String {
@@ -255,8 +281,16 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
         ));
     }
 
+    let int8 = section.quantization == Quantization::Int8;
+    if int8 && !ctx.device.is_cpu() {
+        return Err(ModelError::spec(
+            ctx.toml_path(),
+            &format!("{NAME}.quantization"),
+            "int8 runs on CPU only; leave quantization out to run on this device",
+        ));
+    }
     let tensors = take_tensors(&ctx.weights_path, &dims, &ctx.device)?;
-    let encoder = Encoder::new(tensors, &dims)?;
+    let encoder = Encoder::new(tensors, &dims, int8)?;
     Ok(Box::new(BertEmbedder {
         info: ctx.info.clone(),
         encoder,
