@@ -118,6 +118,18 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
 
     let log = finish(spawn(&prefix, &input, &output, &["--resume"]));
     assert!(log.contains("resuming"), "{log}");
+    // The jobs the killed run had in flight were answered into its reply queue while it
+    // was dead: the resumed run takes those results instead of publishing the jobs again.
+    let collected: usize = log
+        .split("collected from the killed run ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no collected count in the summary: {log}"));
+    assert!(
+        (1..=4).contains(&collected),
+        "collected {collected} results (4 jobs in flight at most): {log}"
+    );
     let (got, want) = (
         std::fs::read(&output).unwrap(),
         std::fs::read(&reference).unwrap(),

@@ -182,6 +182,9 @@ pub struct Summary {
     pub strays: u64,
     /// Jobs published again after their result was overdue.
     pub republished: u64,
+    /// Jobs of a resumed run answered by results the killed run left in its reply
+    /// queue: never published again.
+    pub collected: u64,
     /// Connections lost and re-made.
     pub reconnects: u64,
     /// Wall time.
@@ -386,9 +389,16 @@ pub async fn score_stream<T: Send>(
     };
     let mut run = Run {
         window: match &cfg.resume {
-            Some(r) => Window::starting_at(&run_id, r.jobs, r.rows),
+            Some(r) => {
+                let mut w = Window::starting_at(&run_id, r.jobs, r.rows);
+                // The killed run had at most `max_in_flight` jobs past the last one it
+                // wrote, and may have written a few more than its state file says.
+                w.hold_until(r.jobs + 2 * cfg.max_in_flight.max(1) + 64);
+                w
+            }
             None => Window::new(&run_id),
         },
+        collect_first: cfg.resume.is_some(),
         bytes: 0,
         source,
         source_done: false,
@@ -415,6 +425,7 @@ pub async fn score_stream<T: Send>(
         duplicates: w.duplicates,
         strays: w.strays,
         republished: w.republished,
+        collected: w.collected,
         reconnects,
         elapsed: started.elapsed(),
         ..run.summary
@@ -430,6 +441,8 @@ struct Run<T> {
     source_done: bool,
     sink: mpsc::Sender<DoneJob<T>>,
     summary: Summary,
+    /// A resumed run takes what waits in its reply queue before it publishes anything.
+    collect_first: bool,
 }
 
 impl<T> Run<T> {
@@ -788,6 +801,10 @@ impl RunCtx<'_> {
         watch: &mut Watches,
         rx: &mut mpsc::Receiver<Incoming>,
     ) -> Result<(), ClientError> {
+        if run.collect_first {
+            run.collect_first = false;
+            self.collect_waiting(run, rx).await?;
+        }
         self.publish(ch, run, run.window.unpublished()).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         // The consumer count is read a few times per hint period, at most every 2 s.
@@ -862,6 +879,38 @@ impl RunCtx<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A resumed run's first step: takes the results the killed run left in its reply
+    /// queue (and those still coming for jobs it had published), until none has come
+    /// for half a second or ten seconds have passed, so that the jobs they answer are
+    /// not published again.
+    async fn collect_waiting<T>(
+        &self,
+        run: &mut Run<T>,
+        rx: &mut mpsc::Receiver<Incoming>,
+    ) -> Result<(), ClientError> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+                Err(_) => break,
+                Ok(Some(Incoming::Result(r))) => {
+                    run.window.record(*r);
+                }
+                Ok(Some(Incoming::Lost(e))) => return Err(e.into()),
+                Ok(None) => {
+                    return Err(BrokerError::ConsumerEnded {
+                        queue: self.reply_queue.to_string(),
+                    }
+                    .into())
+                }
+            }
+        }
+        info!(
+            held = run.window.held(),
+            "collected the results the killed run left in its reply queue; their jobs are not published again"
+        );
         Ok(())
     }
 

@@ -2,9 +2,10 @@
 //! id names its durable reply queue and its job ids), which input it read (size,
 //! modification time and a hash of its first mebibyte), and how much of the output is
 //! written (jobs, rows and bytes, saved after the output is flushed). A resumed run
-//! cuts the partial output back to those bytes, skips those rows of the input, and
-//! publishes the rest under the same ids: results of the killed run still waiting in
-//! its reply queue are taken, and any that arrive twice are dropped.
+//! cuts the partial output back to those bytes, skips those rows of the input, takes
+//! the results of the killed run waiting in its reply queue (their jobs are not
+//! published again), and publishes the rest under the same ids; any result that
+//! arrives twice is dropped.
 
 use std::hash::Hasher;
 use std::io::Read;

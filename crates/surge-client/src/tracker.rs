@@ -68,6 +68,9 @@ pub enum Recorded {
     Duplicate,
     /// No job of this run has that id (a stray message): dropped.
     Unknown,
+    /// A job of this run not read yet (a resumed run collecting what the killed run
+    /// left in its reply queue): held until the job is read, then kept.
+    Held,
 }
 
 /// The state of every job of a run.
@@ -233,6 +236,12 @@ pub struct Window<T> {
     pub strays: u64,
     /// Jobs published again after their result did not come in time.
     pub republished: u64,
+    /// Results for jobs not read yet, by job index (see [`Window::hold_until`]).
+    held: std::collections::BTreeMap<usize, JobResult>,
+    /// Results for jobs below this index and not read yet are held, not dropped.
+    hold_below: usize,
+    /// Jobs read whose result was already held: never published by this run.
+    pub collected: u64,
 }
 
 impl<T> Window<T> {
@@ -248,7 +257,23 @@ impl<T> Window<T> {
             duplicates: 0,
             strays: 0,
             republished: 0,
+            held: std::collections::BTreeMap::new(),
+            hold_below: 0,
+            collected: 0,
         }
+    }
+
+    /// Holds results for jobs not read yet, up to job index `end` (exclusive): a
+    /// resumed run gets the killed run's results before it reads those jobs again, and
+    /// must not publish them a second time. Bounded by what the killed run had in
+    /// flight; results past `end` are strays.
+    pub fn hold_until(&mut self, end: usize) {
+        self.hold_below = end;
+    }
+
+    /// Results held for jobs not read yet.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// An empty window whose first job is job `jobs`, starting at row `rows`: a run
@@ -276,6 +301,10 @@ impl<T> Window<T> {
             state: JobState::Unpublished,
         });
         self.next_row += n;
+        if let Some(r) = self.held.remove(&i) {
+            self.collected += 1;
+            self.record(r);
+        }
         i
     }
 
@@ -369,6 +398,14 @@ impl<T> Window<T> {
             return Recorded::Duplicate;
         }
         let Some(s) = self.slots.get_mut(i - self.base) else {
+            if i < self.hold_below {
+                if self.held.contains_key(&i) {
+                    self.duplicates += 1;
+                    return Recorded::Duplicate;
+                }
+                self.held.insert(i, result);
+                return Recorded::Held;
+            }
             self.strays += 1;
             return Recorded::Unknown;
         };
@@ -447,6 +484,25 @@ mod tests {
         assert_eq!(t.overdue(later, Duration::from_secs(5)), vec![0]);
         assert_eq!(t.overdue(t0, Duration::from_secs(5)), Vec::<usize>::new());
         assert_eq!(t.unpublished(), vec![2]);
+    }
+
+    #[test]
+    fn a_resumed_window_holds_results_for_jobs_not_read_yet_and_never_publishes_them() {
+        let mut w: Window<()> = Window::starting_at("r", 2, 20);
+        w.hold_until(6);
+        assert_eq!(w.record(result("r-3")), Recorded::Held);
+        assert_eq!(w.record(result("r-3")), Recorded::Duplicate);
+        assert_eq!(w.record(result("r-9")), Recorded::Unknown, "past what was in flight");
+        assert_eq!(w.record(result("r-1")), Recorded::Duplicate, "already written");
+        assert_eq!(w.held(), 1);
+        let a = w.push(Inputs::rows(&vec![vec![1.0]; 10]), ());
+        let b = w.push(Inputs::rows(&vec![vec![1.0]; 10]), ());
+        assert_eq!((a, b), (2, 3));
+        assert_eq!(w.unpublished(), vec![2], "job 3 is answered already");
+        assert_eq!((w.collected, w.held(), w.rows_done()), (1, 0, 30));
+        assert_eq!(w.record(result("r-2")), Recorded::New);
+        assert!(w.pop_done().is_some() && w.pop_done().is_some());
+        assert!(w.is_empty());
     }
 
     #[test]

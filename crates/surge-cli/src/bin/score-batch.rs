@@ -372,7 +372,7 @@ async fn run(cli: Cli) -> Result<i32> {
     let wall = started.elapsed();
     if !cli.quiet {
         eprintln!(
-            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s (wall, reading to last row written; scoring alone {:.0} rows/s); duplicates dropped {}, republished {}, reconnects {}",
+            "score-batch: {} rows in {} jobs: {} scored, {} failed; {:.1}s, {:.0} rows/s (wall, reading to last row written; scoring alone {:.0} rows/s); duplicates dropped {}, republished {}, collected from the killed run {}, reconnects {}",
             s.rows,
             s.jobs,
             s.rows_ok,
@@ -382,6 +382,7 @@ async fn run(cli: Cli) -> Result<i32> {
             s.rows_per_second(),
             s.duplicates,
             s.republished,
+            s.collected,
             s.reconnects
         );
         for (kind, n) in &s.failures {
