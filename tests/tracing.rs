@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
-use surge_protocol::{TraceParent, Topology, TRACEPARENT_HEADER};
+use surge_protocol::{Topology, TraceParent, TRACEPARENT_HEADER};
 use surge_tests::*;
 
 /// OTLP span kinds (opentelemetry.proto.trace.v1.Span.SpanKind).
@@ -177,7 +177,9 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
 }
 
 fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
 }
 
 fn flatten(req: ExportTraceServiceRequest) -> Vec<Got> {
@@ -273,8 +275,7 @@ async fn job_with_header(
             other => panic!("the result consumer ended: {other:?}"),
         };
         let _ = d.acker.ack(BasicAckOptions::default()).await;
-        let result: serde_json::Value =
-            serde_json::from_slice(&d.data).expect("a JSON result");
+        let result: serde_json::Value = serde_json::from_slice(&d.data).expect("a JSON result");
         if result["job_id"] == id {
             assert_eq!(result["status"], "ok", "job {id}: {result}");
             return (d.properties, result);
@@ -287,7 +288,9 @@ fn result_traceparent(props: &BasicProperties) -> Option<TraceParent> {
     surge_broker::headers::traceparent(props).map(|r| r.expect("a well-formed traceparent"))
 }
 
-async fn reply_consumer(prefix: &str) -> (lapin::Connection, lapin::Channel, lapin::Consumer, String) {
+async fn reply_consumer(
+    prefix: &str,
+) -> (lapin::Connection, lapin::Channel, lapin::Consumer, String) {
     let conn = require_broker().await;
     let ch = conn.create_channel().await.expect("a channel");
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -317,13 +320,7 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
     let input = dir.path().join("rows.csv");
     write_rows_csv(&input, 6);
     let output = dir.path().join("scores.csv");
-    let sb = spawn_score_batch_with_env(
-        &prefix,
-        &input,
-        &output,
-        &["--rows-per-job", "2"],
-        &otel,
-    );
+    let sb = spawn_score_batch_with_env(&prefix, &input, &output, &["--rows-per-job", "2"], &otel);
     let out = sb.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -333,17 +330,38 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
     );
     let queue = Topology::new(&prefix).job_queue("breast-cancer");
     let process = format!("process {queue}");
-    let spans = collector.wait_for("score-batch's and the worker's spans", Duration::from_secs(30), |s| {
-        let publishes = s.iter().filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER).count();
-        let receives = s.iter().filter(|g| g.service == "score-batch" && g.kind == KIND_CONSUMER).count();
-        let jobs = s.iter().filter(|g| g.service == "surge-worker" && g.kind == KIND_CONSUMER && g.attributes.contains_key("messaging.message.id")).count();
-        publishes >= 3 && receives >= 3 && jobs >= 3
-    });
+    let spans = collector.wait_for(
+        "score-batch's and the worker's spans",
+        Duration::from_secs(30),
+        |s| {
+            let publishes = s
+                .iter()
+                .filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER)
+                .count();
+            let receives = s
+                .iter()
+                .filter(|g| g.service == "score-batch" && g.kind == KIND_CONSUMER)
+                .count();
+            let jobs = s
+                .iter()
+                .filter(|g| {
+                    g.service == "surge-worker"
+                        && g.kind == KIND_CONSUMER
+                        && g.attributes.contains_key("messaging.message.id")
+                })
+                .count();
+            publishes >= 3 && receives >= 3 && jobs >= 3
+        },
+    );
     let publishes: Vec<&Got> = spans
         .iter()
         .filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER)
         .collect();
-    assert_eq!(publishes.len(), 3, "one publish span per job: {publishes:#?}");
+    assert_eq!(
+        publishes.len(),
+        3,
+        "one publish span per job: {publishes:#?}"
+    );
     let exchange = Topology::new(&prefix).jobs_exchange();
     let run = spans
         .iter()
@@ -404,11 +422,20 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
     //    the result; a malformed one and none at all start a trace at the worker.
     let (conn, ch, mut results, reply) = reply_consumer(&prefix).await;
     let mine = fresh_traceparent();
-    let (props, _) =
-        job_with_header(&ch, &mut results, &prefix, &reply, "own-0", Some(&mine.to_string()))
-            .await;
+    let (props, _) = job_with_header(
+        &ch,
+        &mut results,
+        &prefix,
+        &reply,
+        "own-0",
+        Some(&mine.to_string()),
+    )
+    .await;
     let back = result_traceparent(&props).expect("the result carries a traceparent");
-    assert_eq!(back.trace_id, mine.trace_id, "the result is in the producer's trace");
+    assert_eq!(
+        back.trace_id, mine.trace_id,
+        "the result is in the producer's trace"
+    );
     assert_ne!(back.span_id, mine.span_id, "it names the worker's span");
     let spans = collector.wait_for("the job span of own-0", Duration::from_secs(30), |s| {
         s.iter().any(|g| g.span_id == back.span_id)
@@ -419,7 +446,10 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         .expect("the job span");
     assert_eq!(job.service, "surge-worker");
     assert_eq!(job.trace_id, mine.trace_id);
-    assert_eq!(job.parent_span_id, mine.span_id, "the producer's span is its parent");
+    assert_eq!(
+        job.parent_span_id, mine.span_id,
+        "the producer's span is its parent"
+    );
 
     for (id, header) in [
         ("bad-0", Some("00-not-a-trace-context-01")),
@@ -432,7 +462,10 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         let spans = collector.wait_for(id, Duration::from_secs(30), |s| {
             s.iter().any(|g| g.span_id == back.span_id)
         });
-        let job = spans.iter().find(|g| g.span_id == back.span_id).expect("the job span");
+        let job = spans
+            .iter()
+            .find(|g| g.span_id == back.span_id)
+            .expect("the job span");
         // With no producer context the job span is its batch's child.
         let batch = spans
             .iter()
@@ -461,16 +494,28 @@ async fn without_an_endpoint_nothing_is_exported_and_the_traceparent_comes_back(
     // The worker records no span of its own: the nearest recorded span is still the
     // producer's, so the result carries the job's traceparent back unchanged.
     let mine = fresh_traceparent();
-    let (props, _) =
-        job_with_header(&ch, &mut results, &prefix, &reply, "own-0", Some(&mine.to_string()))
-            .await;
+    let (props, _) = job_with_header(
+        &ch,
+        &mut results,
+        &prefix,
+        &reply,
+        "own-0",
+        Some(&mine.to_string()),
+    )
+    .await;
     assert_eq!(result_traceparent(&props), Some(mine));
 
     // A malformed header is ignored: the job is scored, its result has no header.
     for (id, header) in [
         ("bad-0", "garbage"),
-        ("bad-1", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-        ("bad-2", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "bad-1",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ),
+        (
+            "bad-2",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ] {
         let (props, _) =
             job_with_header(&ch, &mut results, &prefix, &reply, id, Some(header)).await;

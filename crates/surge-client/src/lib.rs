@@ -39,8 +39,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
-use surge_protocol::codec::{decode_result, encode_job_ref};
 use surge_ops::telemetry::{self, SpanName};
+use surge_protocol::codec::{decode_result, encode_job_ref};
 use surge_protocol::{
     now_ms, Encoding, Inputs, JobRef, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
 };

@@ -186,7 +186,10 @@ mod tests {
             (GOOD.replacen("-01", "-0x", 1), NotHex),
             (GOOD.replacen("00", "ff", 1), Version),
             (format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)), ZeroId),
-            (format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", "0".repeat(16)), ZeroId),
+            (
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", "0".repeat(16)),
+                ZeroId,
+            ),
         ];
         for (value, want) in cases {
             assert_eq!(TraceParent::parse(value.as_bytes()), Err(want), "{value:?}");

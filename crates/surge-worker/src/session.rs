@@ -418,7 +418,11 @@ async fn dispatch(
         .collect();
     let span =
         tracing::info_span!("batch", queue = %q.queue, jobs = %ids.join(","), size = batch.len());
-    let trace = crate::trace::batch_span(&q.queue, batch.iter().map(|i| i.trace.as_ref()), batch.len());
+    let trace = crate::trace::batch_span(
+        &q.queue,
+        batch.iter().map(|i| i.trace.as_ref()),
+        batch.len(),
+    );
     running.spawn(
         async move {
             let r = process_batch(&shared, &q, batch, trace).await;

@@ -119,7 +119,10 @@ mod tests {
 
     fn with_header(v: &str) -> BasicProperties {
         let mut h = FieldTable::default();
-        h.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(v)));
+        h.insert(
+            TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(LongString::from(v)),
+        );
         BasicProperties::default().with_headers(h)
     }
 
@@ -127,7 +130,12 @@ mod tests {
     fn a_missing_or_malformed_header_is_ignored() {
         assert_eq!(incoming(&with_header(GOOD)), GOOD.parse().ok());
         assert_eq!(incoming(&BasicProperties::default()), None);
-        for bad in ["", "00-zz", &GOOD.to_uppercase(), &GOOD.replacen("00", "ff", 1)] {
+        for bad in [
+            "",
+            "00-zz",
+            &GOOD.to_uppercase(),
+            &GOOD.replacen("00", "ff", 1),
+        ] {
             assert_eq!(incoming(&with_header(bad)), None, "{bad:?}");
         }
     }
