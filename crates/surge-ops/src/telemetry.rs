@@ -87,7 +87,8 @@ impl Telemetry {
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let mut resource = Resource::builder();
-        if std::env::var("OTEL_SERVICE_NAME").map_or(true, |s| s.trim().is_empty()) {
+        let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.trim().is_empty());
+        if !named {
             resource = resource.with_service_name(service.to_string());
         }
         let provider = SdkTracerProvider::builder()
