@@ -5,7 +5,9 @@
     python3 examples/python/score_one.py            # needs a running `surge worker`
 
 The job goes to the `surge.jobs` exchange with routing key = model name; the result
-comes back on a reply queue of our own, matched by correlation id.
+comes back on a reply queue of our own, matched by correlation id. The job carries a
+W3C `traceparent` header, and so does its result: the same trace id, and the span id
+of the worker's span for the job when the worker exports traces (else ours, echoed).
 """
 import argparse
 import json
@@ -38,6 +40,11 @@ ch.confirm_delivery()  # publisher confirms: basic_publish raises if the broker 
 reply = ch.queue_declare(queue="", exclusive=True).method.queue
 job_id = str(uuid.uuid4())
 job = {"v": 1, "model": args.model, "inputs": rows}
+# W3C Trace Context: version 00, a 16-byte trace id, the 8-byte id of our (publish)
+# span, flags 01 (sampled). A tracing library (opentelemetry's propagator) would make
+# these from its current span; any well-formed value will do.
+trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
+traceparent = f"00-{trace_id}-{span_id}-01"
 ch.basic_publish(
     exchange=f"{args.prefix}.jobs",
     routing_key=args.model,
@@ -48,6 +55,7 @@ ch.basic_publish(
         reply_to=reply,
         content_type="application/json",
         delivery_mode=2,
+        headers={"traceparent": traceparent},
     ),
     mandatory=True,  # unroutable (no such model queue) raises instead of vanishing
 )
@@ -56,6 +64,12 @@ for method, props, body in ch.consume(reply, inactivity_timeout=args.timeout):
         sys.exit(f"no result within {args.timeout} s: is `surge worker` running for {args.model}?")
     ch.basic_ack(method.delivery_tag)
     if props.correlation_id == job_id:
+        back = (props.headers or {}).get("traceparent", "")
+        if isinstance(back, bytes):
+            back = back.decode()
+        print(f"traceparent sent {traceparent}, back {back}", file=sys.stderr)
+        if back.split("-")[1:2] != [trace_id]:
+            sys.exit(f"the result's traceparent {back!r} is not in our trace {trace_id}")
         print(json.dumps(json.loads(body)))
         break
 conn.close()

@@ -10,6 +10,8 @@
 //! * [`publish`]: publishing with `mandatory` and publisher confirms, where only a
 //!   broker ack of a routed message counts as success.
 //! * [`backoff`]: the one exponential backoff every retry loop uses.
+//! * [`headers`]: the W3C `traceparent` header, read from a delivery and written on a
+//!   publish.
 //!
 //! lapin does not bound its awaits and has known hangs when the broker goes away, so
 //! every broker await here goes through [`timed`]. lapin does not reconnect either:
@@ -19,6 +21,7 @@
 pub mod backoff;
 pub mod connect;
 mod error;
+pub mod headers;
 pub mod publish;
 pub mod tls;
 pub mod topology;

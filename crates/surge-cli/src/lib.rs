@@ -1,4 +1,5 @@
-//! Shared glue of the `surge` and `score-batch` binaries: logging setup and signals.
+//! Shared glue of the `surge` and `score-batch` binaries: logging and trace setup, and
+//! signals.
 //! The binaries themselves only parse arguments and call the library crates.
 
 pub mod models;
@@ -6,7 +7,10 @@ pub mod models;
 use std::io::IsTerminal;
 
 use anyhow::Result;
-use tracing_subscriber::EnvFilter;
+use surge_ops::telemetry::{self, Telemetry};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,28 +21,46 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up `tracing` on stderr; `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(format: LogFormat) {
+/// Sets up `tracing` on stderr; `RUST_LOG` overrides the default level (`info`). With
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP/HTTP as
+/// `service` (unless `OTEL_SERVICE_NAME` names it): keep the returned [`Telemetry`] and
+/// call its `shutdown` before the process exits, or the last spans are lost. A trace
+/// configuration the exporter refuses is reported, and the process runs without traces.
+pub fn init_logging(format: LogFormat, service: &str) -> Option<Telemetry> {
     let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
     // lapin logs a returned message whole (megabytes of bytes for an embedding
-    // batch); Surge logs each one itself, by job id and size.
-    if let Ok(quiet) = "lapin::returned_messages=error".parse() {
-        filter = filter.add_directive(quiet);
+    // batch); Surge logs each one itself, by job id and size. Per-message trace spans
+    // are for the exporter only.
+    for directive in ["lapin::returned_messages=error", telemetry::LOG_DIRECTIVE] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (telemetry, refused) = match Telemetry::from_env(service) {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e)),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(telemetry.as_ref().map(|t| t.layer()))
+        .init();
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
     }
+    telemetry
 }
 
 /// Triggers `trigger` on the first SIGTERM or SIGINT and exits the process at once on

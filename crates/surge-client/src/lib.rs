@@ -13,7 +13,9 @@
 //!   or failing (every job so far answered with an error) (pure).
 //! * [`score_stream`] (and [`score_table`], [`score_jobs`] for inputs in memory): the broker side: publish jobs with confirms, collect results on a
 //!   reply queue of the run's own, republish jobs whose results are overdue, and
-//!   reconnect after a lost connection.
+//!   reconnect after a lost connection. With traces exported (`surge_ops::telemetry`),
+//!   each publish is a producer span inside the run's span, and the job carries its
+//!   context as a W3C `traceparent` header.
 
 pub mod parquet_io;
 pub mod resume;
@@ -37,6 +39,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_broker::publish::{confirmed, start_publish};
 use surge_broker::{timed, topology, AmqpUrl, BrokerError, Timeouts};
+use surge_ops::telemetry::{self, SpanName};
 use surge_protocol::codec::{decode_result, encode_job_ref};
 use surge_protocol::{
     now_ms, Encoding, Inputs, JobRef, JobResult, Limits, Status, Topology, PROTOCOL_VERSION,
@@ -380,6 +383,13 @@ pub async fn score_stream<T: Send>(
         job_queue: &job_queue,
         bar: &bar,
         started,
+        trace: tracing::info_span!(
+            target: telemetry::TARGET,
+            parent: None,
+            "score-batch",
+            run = %run_id,
+            model = %cfg.model,
+        ),
     };
     let expected_jobs = total_rows.map(|r| r.div_ceil(cfg.rows_per_job.max(1)));
     let mut watch = Watches {
@@ -537,6 +547,8 @@ struct RunCtx<'a> {
     job_queue: &'a str,
     bar: &'a ProgressBar,
     started: Instant,
+    /// The run's trace span, parent of every publish span (disabled with no exporter).
+    trace: tracing::Span,
 }
 
 /// The run's hints, kept across reconnects.
@@ -713,6 +725,7 @@ impl RunCtx<'_> {
         let limits = cfg.limits;
         let op_timeout = t.operation;
         let queue = self.reply_queue.to_string();
+        let run_trace = self.trace.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let d = match consumer.next().await {
@@ -733,6 +746,25 @@ impl RunCtx<'_> {
                         return;
                     }
                 };
+                // A result's trace runs on here: a consumer span, the child of the
+                // worker's job span (the result's `traceparent`), else of the run's.
+                let span = tracing::info_span!(
+                    target: telemetry::TARGET,
+                    parent: &run_trace,
+                    "receive",
+                    otel.name = %SpanName("process", &queue),
+                    otel.kind = "consumer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "process",
+                    messaging.operation.name = "process",
+                    messaging.destination.name = %queue,
+                    messaging.message.id = d.properties.message_id().as_ref().map_or("", |s| s.as_str()),
+                );
+                if !span.is_disabled() {
+                    if let Some(Ok(tp)) = surge_broker::headers::traceparent(&d.properties) {
+                        telemetry::set_parent(&span, &tp);
+                    }
+                }
                 let ct = d.properties.content_type().as_ref().map(|s| s.to_string());
                 let decoded = Encoding::from_content_type(ct.as_deref(), &d.data)
                     .and_then(|enc| decode_result(&d.data, enc, &limits));
@@ -953,13 +985,33 @@ impl RunCtx<'_> {
                     .with_content_type(cfg.encoding.content_type().into())
                     .with_delivery_mode(2)
                     .with_timestamp(now_ms() / 1000);
+                // One producer span per publish, ended by its confirm; the job carries
+                // its context to the worker (W3C `traceparent`).
+                let span = tracing::info_span!(
+                    target: telemetry::TARGET,
+                    parent: &self.trace,
+                    "publish",
+                    otel.name = %SpanName("publish", &exchange),
+                    otel.kind = "producer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "send",
+                    messaging.operation.name = "publish",
+                    messaging.destination.name = %exchange,
+                    messaging.rabbitmq.destination.routing_key = %cfg.model,
+                    messaging.message.id = %id,
+                );
+                let props = match telemetry::traceparent(&span) {
+                    Some(tp) => surge_broker::headers::with_traceparent(props, &tp),
+                    None => props,
+                };
                 pending.push((
                     i,
                     id,
                     start_publish(ch, &exchange, &cfg.model, &body, props, t).await?,
+                    span,
                 ));
             }
-            for (i, id, confirm) in pending {
+            for (i, id, confirm, _span) in pending {
                 match confirmed(confirm, &exchange, &cfg.model, t).await {
                     Ok(()) => run.window.published(i, Instant::now()),
                     Err(BrokerError::Nacked { .. }) => {

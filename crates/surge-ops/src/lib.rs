@@ -3,12 +3,15 @@
 //!
 //! Nothing here knows about jobs or brokers: each process installs the recorder with
 //! its own histogram buckets ([`install_recorder`]), owns a readiness flag, and hands
-//! both to [`serve`].
+//! both to [`serve`]. [`telemetry`] exports traces over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and moves trace contexts between spans and the
+//! `traceparent` header.
 
 pub mod names;
 pub mod rate;
 pub mod scrape;
 pub mod shutdown;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@
 //!   huge allocation.
 //! * [`topology`]: exchange and queue names, queue arguments and header names.
 //! * [`names`]: what a model name may look like (it becomes a routing key and a folder).
+//! * [`trace`]: the W3C `traceparent` header that jobs and results may carry.
 //!
 //! This crate is pure: no broker, no runtime, no I/O. `docs/PROTOCOL.md` is the prose
 //! version of the same contract.
@@ -20,6 +21,7 @@ pub mod names;
 pub mod rows;
 pub mod scan;
 pub mod topology;
+pub mod trace;
 
 pub use codec::{DecodeError, Encoding, Limits};
 pub use message::{
@@ -28,6 +30,7 @@ pub use message::{
 pub use names::{validate_model_name, NameError};
 pub use rows::Rows;
 pub use topology::Topology;
+pub use trace::{TraceParent, TraceParentError, TRACEPARENT_HEADER};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub fn now_ms() -> u64 {

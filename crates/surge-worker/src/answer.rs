@@ -36,6 +36,11 @@ pub(crate) struct Item {
     pub(crate) original: (Vec<u8>, BasicProperties),
     /// Rows and estimated text tokens, for the batch budgets.
     pub(crate) fill: Fill,
+    /// The producer's trace context (the job's `traceparent` header), if well formed.
+    pub(crate) trace: Option<surge_protocol::TraceParent>,
+    /// The job's trace span while its batch runs (disabled with no exporter); it ends
+    /// when the item is dropped, after its outcome is settled.
+    pub(crate) span: tracing::Span,
 }
 
 /// What goes back to the broker for one item.
@@ -162,6 +167,7 @@ pub(crate) async fn publish_and_ack(
                     .with_correlation_id(corr)
                     .with_delivery_mode(2)
                     .with_timestamp(now_ms() / 1000);
+                let props = crate::trace::on_result(props, &item.span, item.trace.as_ref());
                 let confirm = start_publish(publisher, "", &item.reply_to, &body, props, t).await?;
                 pending.push((index, confirm, Some(result), None, body.len()));
             }

@@ -15,6 +15,8 @@
 //!   and estimated time to drain, for scalers.
 //! * [`discovery`]: new model folders served without a restart.
 //! * [`shutdown`]: the signal every task watches.
+//! * `trace`: a job's trace (W3C `traceparent` in, a span per batch and per job, the
+//!   job span's `traceparent` on the result).
 
 mod answer;
 pub mod batcher;
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod prepare;
 mod session;
 pub mod shutdown;
+mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -379,6 +379,7 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| cfg.topology.results_queue());
     let correlation_id = delivery.properties.correlation_id().clone();
+    let trace = crate::trace::incoming(&delivery.properties);
     // Kept (moved, not copied) in case the job must be dead-lettered after all.
     let original = (delivery.data, delivery.properties);
     Item {
@@ -389,6 +390,8 @@ fn make_item(shared: &Shared, delivery: Delivery) -> Item {
         disposition,
         original,
         fill,
+        trace,
+        span: tracing::Span::none(),
     }
 }
 
@@ -415,9 +418,14 @@ async fn dispatch(
         .collect();
     let span =
         tracing::info_span!("batch", queue = %q.queue, jobs = %ids.join(","), size = batch.len());
+    let trace = crate::trace::batch_span(
+        &q.queue,
+        batch.iter().map(|i| i.trace.as_ref()),
+        batch.len(),
+    );
     running.spawn(
         async move {
-            let r = process_batch(&shared, &q, batch).await;
+            let r = process_batch(&shared, &q, batch, trace).await;
             drop(permit);
             r
         }
@@ -434,12 +442,15 @@ struct ToScore {
 }
 
 /// Scores the jobs of a batch that need it (one forward pass per model), then publishes
-/// every outcome and acks each job whose outcome the broker confirmed.
+/// every outcome and acks each job whose outcome the broker confirmed. `trace` is the
+/// batch's trace span; each job's span runs inside it.
 async fn process_batch(
     shared: &Shared,
     q: &QueueCtx,
     batch: Vec<Item>,
+    trace: tracing::Span,
 ) -> Result<(), SessionError> {
+    let batch_context = surge_ops::telemetry::traceparent(&trace);
     if !shared.config.batch_delay.is_zero() {
         tokio::time::sleep(shared.config.batch_delay).await;
     }
@@ -450,6 +461,13 @@ async fn process_batch(
     let mut jobs: Vec<Option<ToScore>> = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     for (i, mut item) in batch.into_iter().enumerate() {
+        item.span = crate::trace::job_span(
+            &q.queue,
+            item.original.1.message_id().as_ref().map(|s| s.as_str()),
+            item.tag,
+            item.trace.as_ref(),
+            (&trace, batch_context.as_ref()),
+        );
         let disposition = std::mem::replace(
             &mut item.disposition,
             Disposition::DeadLetter {

@@ -485,12 +485,17 @@ fn report_selection(table: &Table, selection: &Selection) {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli).await {
-        Ok(code) => std::process::exit(code),
+    let telemetry = init_logging(cli.log_format, "score-batch");
+    let code = match run(cli).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("score-batch: error: {e:#}");
-            std::process::exit(2);
+            2
         }
+    };
+    if let Some(t) = telemetry {
+        // The last spans are sent with a blocking call, off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
+    std::process::exit(code)
 }

@@ -424,7 +424,12 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", &threads);
         std::env::set_var("RAYON_NUM_THREADS", &threads);
     }
-    init_logging(cli.log_format);
+    let service = match &cli.command {
+        Command::Worker(_) => "surge-worker",
+        Command::Autoscale(_) => "surge-autoscale",
+        Command::Models(_) => "surge-models",
+    };
+    let telemetry = init_logging(cli.log_format, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -436,6 +441,10 @@ fn main() {
         }
     };
     runtime.block_on(run(cli));
+    // Outside the runtime: the last spans are sent with a blocking call.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
 }
 
 async fn run(cli: Cli) {
