@@ -80,12 +80,25 @@ surge() { # bucket threads isa
     tag "$1" "$3" "$2"
 }
 
+# The int8 variant (`quantization = "int8"`), as a user makes it: a copy of the folder
+# with the line added, the weights hard-linked.
+INT8=$OUT/models-int8
+rm -rf "$INT8" && mkdir -p "$INT8/$MODEL-int8"
+for f in config.json model.safetensors tokenizer.json; do ln -f "models/$MODEL/$f" "$INT8/$MODEL-int8/$f"; done
+sed -e "s/^name = .*/name = \"$MODEL-int8\"/" -e 's/^\[bert-embedding\]/[bert-embedding]\nquantization = "int8"/' \
+  "models/$MODEL/model.toml" >"$INT8/$MODEL-int8/model.toml"
+surge_int8() { # bucket threads isa
+  RAYON_NUM_THREADS=$2 "$BIN/examples/embed_bench" "$INT8" "$MODEL-int8" "$OUT/texts/texts-$1.jsonl" "$BATCH" cpu |
+    sed 's/"surge_in_process"/"surge_int8"/' | tag "$1" "$3" "$2"
+}
+
 ISA=$([[ $AVX512 == 1 ]] && echo avx512 || echo avx2)
 for b in $BUCKETS; do
   echo "== bucket of about $b tokens: $THREADS threads, then 1"
   [[ "$SKIP_REF" == 1 ]] || reference "$b" "$THREADS" "$ISA"
   surge "$b" "$THREADS" "$ISA"
   [[ "$THREADS" == 1 ]] || surge "$b" 1 "$ISA"
+  [[ "$DEVICE" != cpu ]] || surge_int8 "$b" "$THREADS" "$ISA"
   if [[ $AVX512 == 1 && "$DEVICE" == cpu ]]; then
     echo "== bucket of about $b tokens, AVX2 on this AVX-512 machine"
     [[ "$SKIP_REF" == 1 ]] || ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \

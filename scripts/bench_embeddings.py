@@ -229,8 +229,9 @@ def report(raw):
       "in one invocation. Load average when the report was written: "
       f"{os.getloadavg()[0]:.1f}.\n")
     w(f"| bucket: tokens (min–max, mean) | ISA | threads | PyTorch /s | ONNX Runtime /s | Surge /s | Surge tokens/s "
-      f"| × PyTorch | × ONNX Runtime | Surge 1 thread /s | {threads} threads ÷ 1 | Surge through the queue /s |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      f"| × PyTorch | × ONNX Runtime | Surge 1 thread /s | {threads} threads ÷ 1 | Surge through the queue /s "
+      "| Surge int8 /s | int8 × PyTorch fp32 |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     isas = sorted({r["isa"] for r in rows if "isa" in r}, key=lambda i: i != "avx512")
     fmt = lambda r: f"{r['per_s']:,.1f}" if r else "–"
     for b in sorted(buckets):
@@ -241,13 +242,15 @@ def report(raw):
             sg = pick("surge_in_process", b, isa, threads)
             one = pick("surge_in_process", b, isa, 1)
             q = pick("surge_queue", b, isa, threads)
+            q8 = pick("surge_int8", b, isa, threads)
             if not sg:
                 continue
             ratio = lambda ref: f"{sg['per_s'] / ref['per_s']:.2f}×" if ref else "–"
+            q8_ratio = f"{q8['per_s'] / st['per_s']:.2f}×" if q8 and st else "–"
             scale = f"{sg['per_s'] / one['per_s']:.2f}×" if one and threads != 1 else "–"
             w(f"| {b} ({meta['min_tokens']}–{meta['max_tokens']}, {meta['mean_tokens']:.0f}) | {isa} | {threads} | {fmt(st)} "
               f"| {fmt(ort)} | {fmt(sg)} | {sg['per_s'] * meta['mean_tokens']:,.0f} | {ratio(st)} | {ratio(ort)} "
-              f"| {fmt(one)} | {scale} | {fmt(q)} |")
+              f"| {fmt(one)} | {scale} | {fmt(q)} | {fmt(q8)} | {q8_ratio} |")
     w("")
     w("Surge /s is the model runtime in process (`embed_bench`); through the queue is `score-batch` → RabbitMQ → "
       "`surge worker` with broker, worker and client on the same cores. On an AVX-512 machine the avx2 rows run "
