@@ -492,8 +492,16 @@ mod tests {
         w.hold_until(6);
         assert_eq!(w.record(result("r-3")), Recorded::Held);
         assert_eq!(w.record(result("r-3")), Recorded::Duplicate);
-        assert_eq!(w.record(result("r-9")), Recorded::Unknown, "past what was in flight");
-        assert_eq!(w.record(result("r-1")), Recorded::Duplicate, "already written");
+        assert_eq!(
+            w.record(result("r-9")),
+            Recorded::Unknown,
+            "past what was in flight"
+        );
+        assert_eq!(
+            w.record(result("r-1")),
+            Recorded::Duplicate,
+            "already written"
+        );
         assert_eq!(w.held(), 1);
         let a = w.push(Inputs::rows(&vec![vec![1.0]; 10]), ());
         let b = w.push(Inputs::rows(&vec![vec![1.0]; 10]), ());
