@@ -342,6 +342,36 @@ fn doc_paragraph<'a>(doc: &'a str, anchor: &str) -> &'a str {
     &rest[..rest.find("\n\n").unwrap_or(rest.len())]
 }
 
+/// True when `line` is what the document shows, where each `<placeholder>` in
+/// `shown` stands for one or more lowercase hex digits (a trace or span id).
+fn shown_matches(line: &str, shown: &str) -> bool {
+    let mut rest = line;
+    let mut pieces = shown.split('<');
+    let Some(first) = pieces.next() else {
+        return line.is_empty();
+    };
+    let Some(after) = rest.strip_prefix(first) else {
+        return false;
+    };
+    rest = after;
+    for piece in pieces {
+        let Some((_, literal)) = piece.split_once('>') else {
+            return false;
+        };
+        let hex = rest
+            .find(|c: char| !matches!(c, '0'..='9' | 'a'..='f'))
+            .unwrap_or(rest.len());
+        if hex == 0 {
+            return false;
+        }
+        match rest[hex..].strip_prefix(literal) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
 /// The `code spans` of a piece of markdown.
 fn code_spans(md: &str) -> Vec<&str> {
     md.split('`').skip(1).step_by(2).collect()
@@ -455,7 +485,17 @@ async fn protocol_md_examples_work_when_pasted() {
     // It prints what the document says it prints.
     let promised = code_spans(doc_paragraph(&doc, "It prints"));
     let printed: Vec<&str> = stdout.lines().collect();
-    assert_eq!(printed, promised, "stderr:\n{stderr}");
+    assert_eq!(
+        printed.len(),
+        promised.len(),
+        "{printed:?} vs {promised:?}\nstderr:\n{stderr}"
+    );
+    for (line, shown) in printed.iter().zip(&promised) {
+        assert!(
+            shown_matches(line, shown),
+            "printed {line:?}, the document shows {shown:?}\nstderr:\n{stderr}"
+        );
+    }
 
     assert_eq!(queue_len(&conn, "surge.dead").await, 0);
     w.stop(Duration::from_secs(20));

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use surge_tests::figures::queue_len;
 use surge_tests::*;
 
 const ROWS: usize = 200_000;
@@ -56,7 +57,13 @@ fn finish(child: Child) -> String {
 }
 
 /// Kills the run writing `output` once its state file counts `at_least` rows written.
-fn kill_when_written(mut child: Child, output: &Path, at_least: usize) -> serde_json::Value {
+/// `before_kill` runs just before the SIGKILL.
+fn kill_when_written(
+    mut child: Child,
+    output: &Path,
+    at_least: usize,
+    before_kill: impl FnOnce(),
+) -> serde_json::Value {
     let state = output.with_file_name(format!(
         "{}.state",
         output.file_name().unwrap().to_string_lossy()
@@ -66,6 +73,7 @@ fn kill_when_written(mut child: Child, output: &Path, at_least: usize) -> serde_
         if let Ok(text) = std::fs::read_to_string(&state) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 if v["rows_written"].as_u64().unwrap_or(0) as usize >= at_least {
+                    before_kill();
                     child.kill().unwrap();
                     let _ = child.wait();
                     return v;
@@ -102,8 +110,40 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     assert!(!dir.path().join("reference.csv.state").exists());
 
     let output = dir.path().join("scores.csv");
-    let state = kill_when_written(spawn(&prefix, &input, &output, &[]), &output, ROWS / 3);
+    // The worker is frozen (SIGSTOP) before the kill, so that the run's window of jobs
+    // is surely in flight when it dies: it fills while the worker cannot answer.
+    let state = kill_when_written(
+        spawn(&prefix, &input, &output, &[]),
+        &output,
+        ROWS / 3,
+        || {
+            w.signal("STOP");
+            std::thread::sleep(Duration::from_secs(1));
+        },
+    );
+    w.signal("CONT");
     let run = state["run_id"].as_str().unwrap().to_string();
+    // Thawed, the worker answers those jobs into the dead run's reply queue.
+    let reply = format!("{prefix}.reply.{run}");
+    let waiting = {
+        let started = Instant::now();
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            let n = queue_len(&conn, &reply).await;
+            if n != last {
+                (last, since) = (n, Instant::now());
+            }
+            if n > 0 && since.elapsed() > Duration::from_millis(1500) {
+                break n as usize;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no results reached {reply} after the kill; worker log:\n{}",
+                w.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     assert!(
         !output.exists(),
         "a killed run leaves no output, only a partial one"
@@ -127,8 +167,12 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no collected count in the summary: {log}"));
     assert!(
-        (1..=4).contains(&collected),
-        "collected {collected} results (4 jobs in flight at most): {log}"
+        (1..=4).contains(&waiting),
+        "{waiting} results waiting (4 jobs in flight at most)"
+    );
+    assert_eq!(
+        collected, waiting,
+        "the resumed run takes every result that was waiting: {log}"
     );
     let (got, want) = (
         std::fs::read(&output).unwrap(),
@@ -161,7 +205,7 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     let ch = conn.create_channel().await.unwrap();
     // A changed input is refused.
     let other = dir.path().join("other.csv");
-    let killed = kill_when_written(spawn(&prefix, &input, &other, &[]), &other, 1);
+    let killed = kill_when_written(spawn(&prefix, &input, &other, &[]), &other, 1, || {});
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&input)
