@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: observe prometheus-tools chromium docs-check bench-batch bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings models clean test-faults soak
+.PHONY: observe prometheus-tools chromium docs-check bench-batch bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings bench-shards models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -22,6 +22,7 @@ help:
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
 	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
 	@echo "make bench-embeddings - text-embedding speed vs sentence-transformers into BENCHMARKS.md"
+	@echo "make bench-shards - 1 shard vs 3 shards on a private 3-node RabbitMQ cluster"
 	@echo "make observe - a real Prometheus scrapes two workers and the autoscaler; alert rules and dashboard checked"
 
 broker:
@@ -141,6 +142,14 @@ bench-elastic: broker
 
 bench-batch: broker
 	@bash scripts/bench-batch.sh
+
+# On a private three-node cluster: 1 shard against 3 shards, one worker per node,
+# alternating rounds (SURGE_SHARD_BENCH_ROWS, _ROUNDS, _ROWS_PER_JOB), release build.
+bench-shards: broker
+	$(CARGO) build --release --workspace --bins
+	SURGE_SHARD_BENCH=1 $(CARGO) test --release -p surge-tests --test shards \
+	  shard_leaders_spread_over_a_three_node_cluster -- --nocapture 2>&1 \
+	  | grep -E 'SHARDS|cluster of|test result|panicked|FAILED'
 
 bench-embeddings: broker models
 	@bash scripts/bench-embeddings.sh

@@ -290,12 +290,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// Deletes every queue and exchange of a test's topology (and its reply queues are
 /// deleted by score-batch itself).
 pub async fn cleanup(prefix: &str, models: &[&str]) {
+    cleanup_topology(&Topology::new(prefix), models).await;
+}
+
+/// [`cleanup`] of a topology with shards: every shard queue goes too.
+pub async fn cleanup_topology(topo: &Topology, models: &[&str]) {
     let conn = require_broker().await;
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
-    let topo = Topology::new(prefix);
-    let mut queues: Vec<String> = models.iter().map(|m| topo.job_queue(m)).collect();
+    let mut queues: Vec<String> = models
+        .iter()
+        .flat_map(|m| topo.job_queues(m))
+        .map(|(q, _)| q)
+        .collect();
     queues.push(topo.dead_queue());
     queues.push(topo.results_queue());
     for q in queues {

@@ -132,11 +132,11 @@ impl BrokerView {
         if Instant::now() < self.next_try {
             return None;
         }
-        let queue = self.topology.job_queue(model);
+        let topo = self.topology.clone();
         let t = self.timeouts;
         let result = async {
             let ch = self.channel().await?;
-            let d = topology::queue_depth(ch, &queue, &t).await?;
+            let (d, _) = topology::model_depth(ch, &topo, model, &t).await?;
             Ok::<_, BrokerError>((u64::from(d.ready), d.consumers))
         }
         .await;

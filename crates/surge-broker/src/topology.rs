@@ -102,27 +102,35 @@ pub async fn declare_base(ch: &Channel, topo: &Topology, t: &Timeouts) -> Result
     declare_queue(ch, &topo.results_queue(), durable, t).await
 }
 
-/// Declares one model's job queue and binds it to the jobs exchange.
+/// Declares one model's job queues (the unsharded one, then each shard's when the
+/// topology has shards) and binds each to the jobs exchange with its routing key.
 pub async fn declare_model(
     ch: &Channel,
     topo: &Topology,
     model: &str,
     t: &Timeouts,
 ) -> Result<(), BrokerError> {
-    let queue = topo.job_queue(model);
-    declare_queue(ch, &queue, field_table(&topo.job_queue_arguments()), t).await?;
-    timed(
-        "queue.bind",
-        t.operation,
-        ch.queue_bind(
-            queue.as_str().into(),
-            topo.jobs_exchange().as_str().into(),
-            model.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
+    for (i, (queue, key)) in topo.job_queues(model).into_iter().enumerate() {
+        let args = if i == 0 {
+            topo.job_queue_arguments()
+        } else {
+            topo.shard_queue_arguments()
+        };
+        declare_queue(ch, &queue, field_table(&args), t).await?;
+        timed(
+            "queue.bind",
+            t.operation,
+            ch.queue_bind(
+                queue.as_str().into(),
+                topo.jobs_exchange().as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a passive declare says of a queue.
@@ -132,6 +140,28 @@ pub struct QueueDepth {
     pub ready: u32,
     /// Consumers.
     pub consumers: u32,
+}
+
+/// Reads a model's depth over all its job queues (see [`Topology::job_queues`]): the
+/// ready messages summed, and the fewest consumers any of them has, so that a shard
+/// nobody consumes shows as 0. `queue` names that shard (or the first queue).
+pub async fn model_depth(
+    ch: &Channel,
+    topo: &Topology,
+    model: &str,
+    t: &Timeouts,
+) -> Result<(QueueDepth, String), BrokerError> {
+    let mut ready = 0u32;
+    let mut least: Option<(u32, String)> = None;
+    for (queue, _) in topo.job_queues(model) {
+        let d = queue_depth(ch, &queue, t).await?;
+        ready = ready.saturating_add(d.ready);
+        if least.as_ref().is_none_or(|(c, _)| d.consumers < *c) {
+            least = Some((d.consumers, queue));
+        }
+    }
+    let (consumers, queue) = least.unwrap_or_else(|| (0, topo.job_queue(model)));
+    Ok((QueueDepth { ready, consumers }, queue))
 }
 
 /// Reads a queue's depth with a passive declare. A missing queue is an error, and the

@@ -12,6 +12,38 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+/// The queue names every binary must agree on: the prefix and the shard count.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Prefix of every exchange and queue name.
+    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
+    pub prefix: String,
+    /// Spread each model's jobs over N quorum queues, `<prefix>.jobs.<model>:<k>`
+    /// (k = FNV-1a of the job id mod N; see docs/PROTOCOL.md), each with its own leader
+    /// node, so that one queue's leader does not cap a model on a cluster. Producers
+    /// and workers must use the same N; workers also consume the unsharded queue, so
+    /// producers that do not shard keep working. 1 = one queue per model.
+    #[arg(long, env = "SURGE_SHARDS", default_value_t = 1)]
+    pub shards: u64,
+}
+
+impl TopologyArgs {
+    /// The topology these flags name, or a clear error for a bad shard count.
+    pub fn topology(&self) -> Result<surge_protocol::Topology> {
+        Ok(surge_protocol::Topology::new(self.prefix.clone()).with_shards(self.shards)?)
+    }
+
+    /// The same flags, to pass on to a worker's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--prefix".to_string(),
+            self.prefix.clone(),
+            "--shards".to_string(),
+            self.shards.to_string(),
+        ]
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

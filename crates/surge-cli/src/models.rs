@@ -137,7 +137,7 @@ pub fn check(path: &Path, device: DeviceSpec, strict: bool) -> Result<()> {
     Ok(())
 }
 
-async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>> {
+async fn queue_depths(topo: &Topology, names: &[String]) -> Option<Vec<Option<u32>>> {
     let url = AmqpUrl::from_env().ok()?;
     let t = Timeouts {
         connect: Duration::from_secs(3),
@@ -146,7 +146,6 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
     let conn = surge_broker::connect(&url, "surge models list", &t)
         .await
         .ok()?;
-    let topo = Topology::new(prefix);
     let mut out = Vec::new();
     for n in names {
         // A passive declare of a missing queue closes its channel: one channel each.
@@ -154,10 +153,10 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
             let ch = surge_broker::timed("channel.open", t.operation, conn.create_channel())
                 .await
                 .ok()?;
-            surge_broker::topology::queue_depth(&ch, &topo.job_queue(n), &t)
+            surge_broker::topology::model_depth(&ch, topo, n, &t)
                 .await
                 .ok()
-                .map(|d| d.ready)
+                .map(|(d, _)| d.ready)
         }
         .await;
         out.push(depth);
@@ -167,13 +166,13 @@ async fn queue_depths(prefix: &str, names: &[String]) -> Option<Vec<Option<u32>>
 }
 
 /// `surge models list`: one line per model folder.
-pub async fn list(models_dir: &Path, prefix: &str, device: DeviceSpec) -> Result<()> {
+pub async fn list(models_dir: &Path, topo: &Topology, device: DeviceSpec) -> Result<()> {
     let names = model::discover(models_dir)?;
     if names.is_empty() {
         println!("no model folders in {}", models_dir.display());
         return Ok(());
     }
-    let depths = queue_depths(prefix, &names).await;
+    let depths = queue_depths(topo, &names).await;
     println!(
         "{:<24} {:<10} {:<16} {:<32} {:>8}  status",
         "MODEL", "VERSION", "ARCHITECTURE", "INPUT", "QUEUED"

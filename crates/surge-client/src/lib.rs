@@ -373,14 +373,12 @@ pub async fn score_stream<T: Send>(
         max_in_flight = cfg.max_in_flight,
         "scoring"
     );
-    let job_queue = cfg.topology.job_queue(&cfg.model);
     let mut reconnects = 0u64;
     let mut backoff = Duration::from_millis(100);
     let ctx = RunCtx {
         cfg,
         columns: columns.as_deref(),
         reply_queue: &reply_queue,
-        job_queue: &job_queue,
         bar: &bar,
         started,
         trace: tracing::info_span!(
@@ -544,7 +542,6 @@ struct RunCtx<'a> {
     cfg: &'a ScoreConfig,
     columns: Option<&'a [String]>,
     reply_queue: &'a str,
-    job_queue: &'a str,
     bar: &'a ProgressBar,
     started: Instant,
     /// The run's trace span, parent of every publish span (disabled with no exporter).
@@ -584,8 +581,12 @@ impl RunCtx<'_> {
 
     /// What to check when nobody consumes the model's queue.
     fn idle_advice(&self) -> String {
+        let shards = match self.cfg.topology.shards() {
+            1 => String::new(),
+            n => format!(" and --shards {n}"),
+        };
         format!(
-            "is a worker running with models/{} and --prefix {}? check `surge models list` and the worker logs",
+            "is a worker running with models/{} and --prefix {}{shards}? check `surge models list` and the worker logs",
             self.cfg.model,
             self.cfg.topology.prefix(),
         )
@@ -611,10 +612,12 @@ impl RunCtx<'_> {
             }
         }
         let Some(ch) = probe.as_ref() else { return };
-        let depth = match topology::queue_depth(ch, self.job_queue, t).await {
+        let (depth, queue) = match topology::model_depth(ch, &self.cfg.topology, &self.cfg.model, t)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
-                debug!(error = %e, queue = %self.job_queue, "could not read the job queue's consumer count");
+                debug!(error = %e, model = %self.cfg.model, "could not read the job queues' consumer counts");
                 *probe = None;
                 return;
             }
@@ -624,7 +627,7 @@ impl RunCtx<'_> {
             IdleSignal::Idle(idle) => {
                 let hint = format!(
                     "no worker consumes {} (for {} s; {} of {} jobs answered): {}",
-                    self.job_queue,
+                    queue,
                     idle.as_secs(),
                     run.window.done(),
                     run.window.pushed(),
@@ -638,7 +641,7 @@ impl RunCtx<'_> {
                 }
                 watch.idle_hint = Some(format!(
                     "no worker consumes {}: {}",
-                    self.job_queue,
+                    queue,
                     self.idle_advice()
                 ));
             }
@@ -648,7 +651,7 @@ impl RunCtx<'_> {
                     self.bar.set_message("");
                     self.bar.set_style(bar_style(false));
                 } else {
-                    info!(queue = %self.job_queue, consumers = depth.consumers, "a worker consumes the job queue now");
+                    info!(%queue, consumers = depth.consumers, "a worker consumes the job queue now");
                 }
             }
         }
@@ -967,6 +970,7 @@ impl RunCtx<'_> {
                     continue;
                 }
                 let id = slot.job.id.clone();
+                let route = cfg.topology.job_routing_key(&cfg.model, &id);
                 let job = JobRef {
                     v: PROTOCOL_VERSION,
                     model: &cfg.model,
@@ -997,7 +1001,7 @@ impl RunCtx<'_> {
                     messaging.operation.type = "send",
                     messaging.operation.name = "publish",
                     messaging.destination.name = %exchange,
-                    messaging.rabbitmq.destination.routing_key = %cfg.model,
+                    messaging.rabbitmq.destination.routing_key = %route,
                     messaging.message.id = %id,
                 );
                 let props = match telemetry::traceparent(&span) {
@@ -1007,7 +1011,7 @@ impl RunCtx<'_> {
                 pending.push((
                     i,
                     id,
-                    start_publish(ch, &exchange, &cfg.model, &body, props, t).await?,
+                    start_publish(ch, &exchange, &route, &body, props, t).await?,
                     span,
                 ));
             }

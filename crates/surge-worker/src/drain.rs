@@ -60,8 +60,8 @@ pub(crate) async fn watch(
     let mut state: BTreeMap<String, (RateEstimator, u64, u64, Instant)> = BTreeMap::new();
     loop {
         for model in &models {
-            let queue = topology.job_queue(model);
-            let q = surge_broker::topology::queue_depth(&channel, &queue, &timeouts).await?;
+            let (q, _) =
+                surge_broker::topology::model_depth(&channel, &topology, model, &timeouts).await?;
             let backlog = u64::from(q.ready);
             let now = Instant::now();
             let done = answered.of(model);

@@ -187,7 +187,8 @@ fn engine_key(job: &Job) -> ModelKey {
     (job.model.clone(), job.version.clone().unwrap_or_default())
 }
 
-/// Declares `model`'s queue and starts consuming it on a channel of its own.
+/// Declares `model`'s queues (the unsharded one and, with shards, each shard) and
+/// starts consuming each on a channel of its own; each queue gathers its own batches.
 async fn start_consumer(
     shared: &Arc<Shared>,
     conn: &lapin::Connection,
@@ -203,35 +204,36 @@ async fn start_consumer(
         .prefetch
         .unwrap_or_else(|| cfg.policy.default_prefetch());
     topology::declare_model(publisher, &cfg.topology, model, t).await?;
-    let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-    timed(
-        "basic.qos",
-        t.operation,
-        ch.basic_qos(prefetch, BasicQosOptions::default()),
-    )
-    .await?;
-    let queue = cfg.topology.job_queue(model);
-    let tag = format!("{}/{model}", shared.worker_id);
-    let consumer = timed(
-        "basic.consume",
-        t.operation,
-        ch.basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    info!(%queue, prefetch, "consuming");
-    let ctx = Arc::new(QueueCtx {
-        queue,
-        channel: ch,
-        publisher: publisher.clone(),
-        acks: Arc::new(tokio::sync::Mutex::new(AckFrontier::default())),
-        answered: answered.clone(),
-    });
-    tasks.spawn(serve_queue(shared.clone(), ctx, consumer, shutdown.clone()));
+    for (queue, key) in cfg.topology.job_queues(model) {
+        let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+        timed(
+            "basic.qos",
+            t.operation,
+            ch.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let tag = format!("{}/{key}", shared.worker_id);
+        let consumer = timed(
+            "basic.consume",
+            t.operation,
+            ch.basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        info!(%queue, prefetch, "consuming");
+        let ctx = Arc::new(QueueCtx {
+            queue,
+            channel: ch,
+            publisher: publisher.clone(),
+            acks: Arc::new(tokio::sync::Mutex::new(AckFrontier::default())),
+            answered: answered.clone(),
+        });
+        tasks.spawn(serve_queue(shared.clone(), ctx, consumer, shutdown.clone()));
+    }
     Ok(())
 }
 

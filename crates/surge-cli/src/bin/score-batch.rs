@@ -18,7 +18,7 @@ use surge_client::DataType;
 use surge_client::{
     new_run_id, score_stream, ClientError, DoneJob, ResumeFrom, ScoreConfig, SourceJob, Summary,
 };
-use surge_protocol::{Encoding, Topology};
+use surge_protocol::Encoding;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -115,9 +115,9 @@ struct Cli {
     /// block of little-endian f32, and `cols`). JSON jobs always send `inputs`.
     #[arg(long)]
     no_pack: bool,
-    /// Prefix of every exchange and queue name.
-    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
-    prefix: String,
+    /// Queue names.
+    #[command(flatten)]
+    topology: surge_cli::TopologyArgs,
     /// Jobs in flight before their publisher confirms are awaited.
     #[arg(long, default_value_t = 1000)]
     publish_window: usize,
@@ -214,7 +214,7 @@ async fn run(cli: Cli) -> Result<i32> {
 
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, model);
     cfg.version = version;
-    cfg.topology = Topology::new(cli.prefix);
+    cfg.topology = cli.topology.topology()?;
     cfg.rows_per_job = cli.rows_per_job.max(1);
     cfg.job_timeout = Duration::from_secs(cli.job_timeout.max(1));
     cfg.timeout = (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout));

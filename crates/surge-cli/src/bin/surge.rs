@@ -65,9 +65,9 @@ enum ModelsCmd {
         /// Folder holding one sub-folder per model.
         #[arg(long, env = "SURGE_MODELS_DIR", default_value = "models")]
         models_dir: PathBuf,
-        /// Prefix of the queue names (for the queue depths).
-        #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
-        prefix: String,
+        /// Queue names, for the queue depths.
+        #[command(flatten)]
+        topology: surge_cli::TopologyArgs,
         /// Device to load the models on.
         #[arg(long, env = "SURGE_DEVICE", default_value = "cpu")]
         device: surge_model::DeviceSpec,
@@ -193,9 +193,9 @@ struct AutoscaleArgs {
     /// the queue). Keep it above your longest batch.
     #[arg(long, env = "SURGE_GRACE_S", default_value_t = 30.0)]
     grace_s: f64,
-    /// Prefix of every exchange and queue name; passed on to the workers.
-    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
-    prefix: String,
+    /// Queue names; passed on to the workers.
+    #[command(flatten)]
+    topology: surge_cli::TopologyArgs,
     /// Serve the autoscaler's /metrics, /healthz and /readyz here ("off" to disable).
     #[arg(
         long,
@@ -255,17 +255,17 @@ async fn autoscale(args: AutoscaleArgs) -> Result<()> {
         Some(p) => p,
         None => std::env::current_exe().context("locating the surge binary")?,
     };
-    let mut extra_args = vec![
-        "--prefix".to_string(),
-        args.prefix.clone(),
+    let topology = args.topology.topology()?;
+    let mut extra_args = args.topology.to_args();
+    extra_args.extend([
         "--models-dir".to_string(),
         args.models_dir.display().to_string(),
-    ];
+    ]);
     extra_args.extend(args.worker_args);
     let op = Duration::from_secs(args.broker_timeout_s.max(1));
     let cfg = AutoscaleConfig {
         url,
-        topology: surge_protocol::Topology::new(args.prefix),
+        topology,
         models,
         watch_models_dir,
         policy: PolicyConfig {
@@ -325,9 +325,9 @@ struct WorkerArgs {
     /// it gains). Fixed at start. Sets CANDLE_NUM_THREADS and RAYON_NUM_THREADS.
     #[arg(long, env = "SURGE_THREADS")]
     threads: Option<usize>,
-    /// Prefix of every exchange and queue name.
-    #[arg(long, env = "SURGE_PREFIX", default_value = "surge")]
-    prefix: String,
+    /// Queue names.
+    #[command(flatten)]
+    topology: surge_cli::TopologyArgs,
     /// Serve /metrics, /healthz and /readyz here ("off" to disable).
     #[arg(long, env = "SURGE_METRICS_ADDR", default_value = "127.0.0.1:9187")]
     metrics_addr: String,
@@ -391,7 +391,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         max_tokens: args.max_batch_tokens,
     };
     cfg.prefetch = args.prefetch;
-    cfg.topology = surge_protocol::Topology::new(args.prefix);
+    cfg.topology = args.topology.topology()?;
     cfg.limits.max_message_bytes = args.max_message_bytes;
     cfg.limits.max_rows = args.max_rows_per_job;
     let op = Duration::from_secs(args.broker_timeout_s.max(1));
@@ -453,9 +453,12 @@ async fn run(cli: Cli) {
         Command::Autoscale(args) => autoscale(args).await,
         Command::Models(ModelsCmd::List {
             models_dir,
-            prefix,
+            topology,
             device,
-        }) => surge_cli::models::list(&models_dir, &prefix, device).await,
+        }) => match topology.topology() {
+            Ok(topology) => surge_cli::models::list(&models_dir, &topology, device).await,
+            Err(e) => Err(e),
+        },
         Command::Models(ModelsCmd::New {
             name,
             from_safetensors,

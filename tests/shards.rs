@@ -1,0 +1,286 @@
+//! Sharded job queues (`--shards N`): a model's jobs spread over
+//! `<prefix>.jobs.<model>:<k>` by a hash of the job id, every shard consumed, the
+//! unsharded queue still served for producers that do not shard, a shard nobody
+//! consumes named by score-batch, and on a three-node cluster the shards' leaders
+//! spread over the nodes.
+//!
+//! `SURGE_SHARD_BENCH=1` (`make bench-shards`) adds the bench: on the three-node
+//! cluster, one worker per node, score-batch with 1 shard against 3 shards,
+//! alternating, `SURGE_SHARD_BENCH_ROUNDS` rounds of `SURGE_SHARD_BENCH_ROWS` rows.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use surge_protocol::Topology;
+use surge_tests::figures::{parse_summary, queue_len};
+use surge_tests::node::Cluster;
+use surge_tests::*;
+
+fn sharded(prefix: &str, shards: u64) -> Topology {
+    Topology::new(prefix)
+        .with_shards(shards)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits for `child` and returns its stderr, asserting success.
+fn finish(child: std::process::Child, what: &str) -> String {
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
+    let conn = require_broker().await;
+    let prefix = unique_prefix("shards");
+    let topo = sharded(&prefix, 3);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let input = dir.path().join("rows.csv");
+    let rows = write_rows_csv(&input, 3_000);
+    let expected = reference_scores(&rows);
+
+    // Published with no worker running: the jobs wait in the shard queues, where the
+    // hash of their ids put them, and none in the unsharded queue.
+    let output = dir.path().join("sharded.csv");
+    let sb = spawn_score_batch(
+        &prefix,
+        &input,
+        &output,
+        &["--shards", "3", "--rows-per-job", "30"],
+    );
+    let shard_queues: Vec<String> = (0..3)
+        .map(|k| topo.shard_queue("breast-cancer", k))
+        .collect();
+    let started = Instant::now();
+    let lens = loop {
+        let mut lens = Vec::new();
+        for q in &shard_queues {
+            lens.push(queue_len(&conn, q).await);
+        }
+        if lens.iter().all(|&n| n > 0) {
+            break lens;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "jobs did not reach every shard queue: {lens:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("waiting jobs per shard before any worker: {lens:?}");
+    assert_eq!(
+        queue_len(&conn, &topo.job_queue("breast-cancer")).await,
+        0,
+        "a sharded producer put jobs in the unsharded queue"
+    );
+
+    let mut w = WorkerProc::spawn(&prefix, "w-shards", dir.path(), &["--shards", "3"]);
+    w.wait_ready(Duration::from_secs(30));
+    let log = finish(sb, "sharded score-batch");
+    let s = parse_summary(&log).unwrap_or_else(|| panic!("no summary: {log}"));
+    assert_eq!(s.rows, 3_000, "{log}");
+    assert_exactly_once_and_correct(&read_output(&output), &expected);
+    let consuming = w.log_text().matches("consuming").count();
+    assert_eq!(
+        consuming,
+        4,
+        "the worker consumes the unsharded queue and 3 shards:\n{}",
+        w.log_text()
+    );
+
+    // A producer that does not shard goes to the unsharded queue, which the sharded
+    // worker serves too.
+    let plain = dir.path().join("plain.csv");
+    finish(
+        spawn_score_batch(&prefix, &input, &plain, &["--rows-per-job", "30"]),
+        "unsharded score-batch",
+    );
+    assert_exactly_once_and_correct(&read_output(&plain), &expected);
+
+    // A producer with more shards than the workers: shard 3 has no consumer, and
+    // score-batch names it instead of waiting in silence.
+    let more = dir.path().join("more.csv");
+    let out = spawn_score_batch_with_env(
+        &prefix,
+        &input,
+        &more,
+        &["--shards", "4", "--rows-per-job", "30", "--timeout", "6"],
+        &[("SURGE_IDLE_HINT_SECS", "1")],
+    )
+    .wait_with_output()
+    .expect("score-batch --shards 4 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--timeout ends the run: {stderr}"
+    );
+    let lonely = format!("no worker consumes {prefix}.jobs.breast-cancer:3");
+    assert!(
+        stderr.contains(&lonely) && stderr.contains("--shards 4"),
+        "score-batch names the shard nobody consumes: {stderr}"
+    );
+    // That run keeps its reply queue for late results; the test deletes it.
+    if let Some(run) = stderr
+        .split("run=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+    {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(
+                    format!("{prefix}.reply.{run}").as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+
+    w.stop(Duration::from_secs(20));
+    cleanup_topology(&sharded(&prefix, 4), &["breast-cancer"]).await;
+}
+
+/// `(wall rows/s, scoring rows/s)` of one score-batch run over `input`.
+fn run_once(
+    prefix: &str,
+    input: &Path,
+    output: &Path,
+    url: &str,
+    shards: u64,
+    rpj: usize,
+) -> (f64, f64) {
+    let shards = shards.to_string();
+    let rpj = rpj.to_string();
+    let log = finish(
+        spawn_score_batch_with_env(
+            prefix,
+            input,
+            output,
+            &[
+                "--shards",
+                &shards,
+                "--rows-per-job",
+                &rpj,
+                "--max-in-flight",
+                "64",
+            ],
+            &[("AMQP_URL", url), ("AMQP_ADDRESS_ORDER", "listed")],
+        ),
+        "score-batch",
+    );
+    let rate = |label: &str| -> f64 {
+        log.split(label)
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (rate(" rows/s (wall"), rate(" rows/s)"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_leaders_spread_over_a_three_node_cluster() {
+    let cluster = Cluster::start("sh", 3);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let bench = std::env::var("SURGE_SHARD_BENCH").is_ok_and(|v| v == "1");
+    let env_num = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n_rows = if bench {
+        env_num("SURGE_SHARD_BENCH_ROWS", 200_000)
+    } else {
+        2_000
+    };
+    let rounds = if bench {
+        env_num("SURGE_SHARD_BENCH_ROUNDS", 3)
+    } else {
+        1
+    };
+    let rpj = env_num("SURGE_SHARD_BENCH_ROWS_PER_JOB", 16);
+    let input = dir.path().join("rows.csv");
+    let rows = write_rows_csv(&input, n_rows);
+    let expected = reference_scores(&rows);
+
+    let mut rates: Vec<(u64, f64, f64)> = Vec::new();
+    for round in 0..rounds {
+        for shards in [1u64, 3] {
+            let prefix = format!("sh{shards}r{round}");
+            // One worker per node, each listing its own node first.
+            let mut workers: Vec<WorkerProc> = (0..3)
+                .map(|i| {
+                    let order = [i, (i + 1) % 3, (i + 2) % 3];
+                    WorkerProc::spawn_with_env(
+                        &prefix,
+                        &format!("w-{prefix}-{i}"),
+                        dir.path(),
+                        &["--shards", &shards.to_string()],
+                        &[
+                            ("AMQP_URL", &cluster.url(&order, "")),
+                            ("AMQP_ADDRESS_ORDER", "listed"),
+                        ],
+                    )
+                })
+                .collect();
+            for w in &mut workers {
+                w.wait_ready(Duration::from_secs(60));
+            }
+            if shards == 3 && round == 0 {
+                let topo = sharded(&prefix, 3);
+                let leaders: BTreeSet<String> = (0..3)
+                    .map(|k| {
+                        cluster
+                            .quorum_leader(&topo.shard_queue("breast-cancer", k))
+                            .0
+                    })
+                    .collect();
+                println!("SHARDS leaders of the 3 shards: {leaders:?}");
+                assert_eq!(
+                    leaders.len(),
+                    3,
+                    "the shards' leaders are not spread over the three nodes: {leaders:?}"
+                );
+            }
+            let output = dir.path().join(format!("{prefix}.csv"));
+            let (wall, scoring) = run_once(
+                &prefix,
+                &input,
+                &output,
+                &cluster.url(&[2, 0, 1], ""),
+                shards,
+                rpj,
+            );
+            assert_exactly_once_and_correct(&read_output(&output), &expected);
+            let _ = std::fs::remove_file(&output);
+            println!(
+                "SHARDS round {round}: {shards} shard(s), {n_rows} rows at {rpj} rows/job: {wall:.0} rows/s wall, {scoring:.0} rows/s scoring"
+            );
+            rates.push((shards, wall, scoring));
+            for w in &mut workers {
+                w.stop(Duration::from_secs(60));
+            }
+        }
+    }
+    if bench {
+        let median = |shards: u64| {
+            let mut v: Vec<f64> = rates
+                .iter()
+                .filter(|r| r.0 == shards)
+                .map(|r| r.1)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "SHARDS median wall rows/s over {rounds} rounds: 1 shard {:.0}, 3 shards {:.0}, ratio {:.2}",
+            median(1),
+            median(3),
+            median(3) / median(1)
+        );
+    }
+}
