@@ -1,7 +1,7 @@
 //! No silent wrong answers, and no endless waits, from `score-batch` on the real broker
 //! with a real worker: columns are matched to the model's features by name (so their
 //! order in the file never changes a score), a missing feature is named, a bad cell
-//! stops the run before anything is published, rows travel packed or as lists with
+//! fails its row only (named by row and column), rows travel packed or as lists with
 //! the same scores, and a model nobody serves is reported instead of waited on.
 
 use std::path::Path;
@@ -218,7 +218,7 @@ async fn column_order_extras_and_packing_never_change_a_score() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_feature_is_named_and_a_bad_cell_stops_the_run_before_publishing() {
+async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("missing");
     let dir = tempfile::tempdir().unwrap();
@@ -244,27 +244,8 @@ async fn a_missing_feature_is_named_and_a_bad_cell_stops_the_run_before_publishi
     bad_records[41][3] = "n/a".into();
     let bad = dir.path().join("bad.csv");
     write_csv(&bad, &header, &bad_records);
-
-    // Before any worker: a bad cell is refused before the broker is even asked.
-    let output = dir.path().join("bad-out.csv");
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &[
-            "--input",
-            bad.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("row 42, column \"mean_area\" holds \"n/a\", which is not a finite number"),
-        "{stderr}"
-    );
-    assert!(!output.exists(), "no output for a refused input");
+    let good = dir.path().join("good.csv");
+    write_csv(&good, &header, &records);
 
     let mut w = WorkerProc::spawn(
         &prefix,
@@ -304,6 +285,67 @@ async fn a_missing_feature_is_named_and_a_bad_cell_stops_the_run_before_publishi
         stderr.contains("every job so far failed") && stderr.contains("missing columns: mean_area"),
         "score-batch says once that everything fails, and why: {stderr}"
     );
+
+    // A bad cell fails its row, named by row and column; every other row is scored
+    // as it would be without it.
+    let output = dir.path().join("bad-out.csv");
+    let out = score_batch(
+        "breast-cancer",
+        &prefix,
+        &[
+            "--input",
+            bad.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--rows-per-job",
+            "20",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 rows failed with invalid_input"),
+        "{stderr}"
+    );
+    let reference = dir.path().join("good-out.csv");
+    let out = score_batch(
+        "breast-cancer",
+        &prefix,
+        &[
+            "--input",
+            good.to_str().unwrap(),
+            "--output",
+            reference.to_str().unwrap(),
+            "--rows-per-job",
+            "20",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (got, want) = (read_csv(&output), read_csv(&reference));
+    let errors = column(&got, "error");
+    let (scores, wanted) = (
+        column(&got, "malignant_probability"),
+        column(&want, "malignant_probability"),
+    );
+    assert_eq!(errors.len(), records.len());
+    for (i, e) in errors.iter().enumerate() {
+        if i == 41 {
+            assert!(
+                e.starts_with("invalid_input: row 42, column \"mean_area\" holds \"n/a\", which is not a finite number"),
+                "{e}"
+            );
+            assert_eq!(scores[i], "", "the bad row has no score");
+        } else {
+            assert_eq!(e, "", "row {i}");
+            assert_eq!(scores[i], wanted[i], "row {i}");
+        }
+    }
     w.stop(Duration::from_secs(20));
     cleanup(&prefix, &["breast-cancer"]).await;
 }

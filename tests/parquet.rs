@@ -141,32 +141,6 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
     let expected = reference_scores(&rows);
 
     // Bad input is refused before the broker is asked, naming what is wrong.
-    sample_parquet(&p("null.parquet"), |name, a| {
-        Some(if name == "mean_area" {
-            let mut v: Vec<Option<f64>> = a
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .map(|x| x.iter().collect())
-                .unwrap_or_default();
-            v[41] = None;
-            Arc::new(Float64Array::from(v)) as ArrayRef
-        } else {
-            a
-        })
-    });
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &p("null.parquet"),
-        &p("x.parquet"),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("row 42, column \"mean_area\" is empty"),
-        "a null feature is named by row and column: {}",
-        stderr(&out)
-    );
     sample_parquet(&p("typed.parquet"), |name, a| {
         Some(if name == "mean_area" {
             Arc::new(StringArray::from_iter_values(
@@ -279,6 +253,54 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
             scores.value(i),
             want
         );
+    }
+
+    // A null feature fails its row only, named by row and column; the other rows
+    // are scored.
+    sample_parquet(&p("null.parquet"), |name, a| {
+        Some(if name == "mean_area" {
+            let mut v: Vec<Option<f64>> = a
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .map(|x| x.iter().collect())
+                .unwrap_or_default();
+            v[41] = None;
+            Arc::new(Float64Array::from(v)) as ArrayRef
+        } else {
+            a
+        })
+    });
+    let out = score_batch(
+        "breast-cancer",
+        &prefix,
+        &p("null.parquet"),
+        &p("null-scores.parquet"),
+        &["--rows-per-job", "40", "--keep", "row_id"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 rows failed with invalid_input"),
+        "{}",
+        stderr(&out)
+    );
+    let got = read_parquet(&p("null-scores.parquet"));
+    assert_eq!(got.num_rows(), rows.len());
+    let scores = got.column(1).as_primitive::<Float32Type>();
+    let errors = got.column(2).as_string::<i32>();
+    for (i, want) in expected.iter().enumerate() {
+        if i == 41 {
+            assert!(scores.is_null(i), "the bad row has no score");
+            assert!(
+                errors
+                    .value(i)
+                    .starts_with("invalid_input: row 42, column \"mean_area\" is empty"),
+                "a null feature is named by row and column: {}",
+                errors.value(i)
+            );
+            continue;
+        }
+        assert!(errors.is_null(i), "row {i}: {}", errors.value(i));
+        assert!((scores.value(i) - want).abs() <= 1e-6, "row {i}");
     }
 
     // Parquet in, CSV out; a missing feature fails every row naming it.

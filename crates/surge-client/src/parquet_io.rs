@@ -2,8 +2,8 @@
 //!
 //! In: each record batch is turned into rows of JSON values (integers and floats as
 //! numbers, strings as strings, nulls as null), so that choosing, checking and sending
-//! the cells works as for JSON Lines: a null or a string in a feature column stops the
-//! run naming its row and column. Out: the kept input columns (integers as Int64,
+//! the cells works as for JSON Lines: a null in a feature column fails its row, naming
+//! its row and column. Out: the kept input columns (integers as Int64,
 //! Float32 and Float64 as they were, booleans, anything else as text; CSV and JSON
 //! Lines cells as text), then the outputs as Float32 columns (an embedding as one
 //! `FixedSizeList<Float32>` column), then `error` (Utf8, null when the row scored).

@@ -230,16 +230,29 @@ impl RowSource {
 
 /// The rows of one job as they will be written out: the bytes of the kept columns of
 /// each row (a CSV line without its end, or a JSON object without its closing brace).
+/// Rows with a cell that is not a finite number travel too (as zeros, so that the
+/// job's rows keep their places) and are written with their own error instead of a
+/// score: a bad cell fails its row, not the run.
 #[derive(Debug, Default)]
 pub struct RowBytes {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// `(row in the job, why)` of each row with a bad cell, in row order.
+    bad: Vec<(usize, String)>,
 }
 
 impl RowBytes {
     fn row(&self, r: usize) -> &[u8] {
         let start = if r == 0 { 0 } else { self.ends[r - 1] };
         &self.bytes[start..self.ends[r]]
+    }
+
+    /// Why row `r` of the job was not sent as it is (a bad cell), if it was not.
+    fn bad_row(&self, r: usize) -> Option<&str> {
+        self.bad
+            .binary_search_by_key(&r, |(i, _)| *i)
+            .ok()
+            .map(|i| self.bad[i].1.as_str())
     }
 
     /// Rows held.
@@ -252,6 +265,18 @@ impl RowBytes {
         self.ends.is_empty()
     }
 }
+
+/// The `error` written for a row with a bad cell: the kind, as a worker would name it,
+/// then the message that names the row and column.
+fn invalid_input(why: &ClientError) -> String {
+    match why {
+        ClientError::Input(msg) => format!("{INVALID_INPUT}: {msg}"),
+        other => format!("{INVALID_INPUT}: {other}"),
+    }
+}
+
+/// The error kind of a row whose cell is not a finite number.
+pub const INVALID_INPUT: &str = "invalid_input";
 
 /// Writes `field` as a CSV field, quoted when it must be (as the `csv` crate does).
 fn csv_field(out: &mut Vec<u8>, field: &[u8]) {
@@ -322,7 +347,8 @@ impl Encoder {
     }
 
     /// Reads every row of `src`, sends one job per `rows_per_job` rows to `tx`, and
-    /// stops at the first bad row (sending its error) or when `tx` is closed. Blocks:
+    /// stops at the first unreadable row (sending its error) or when `tx` is closed. A
+    /// row with a bad cell goes out as zeros, its error kept for the writer. Blocks:
     /// run it on a thread of its own.
     pub fn run(
         &self,
@@ -369,12 +395,17 @@ impl Encoder {
             *row_no += 1;
             match &self.selection {
                 Selection::Features { cols, .. } => {
+                    let row_start = values.len();
                     for &c in cols {
                         match self.number(&rec, c) {
                             Some(x) => values.push(x),
                             None => {
                                 let v = self.value(&rec, c);
-                                return Err(self.table.cell_error(&self.selection, *row_no, c, &v));
+                                let why = self.table.cell_error(&self.selection, *row_no, c, &v);
+                                values.truncate(row_start);
+                                values.resize(row_start + cols.len(), 0.0);
+                                rows.bad.push((rows.len(), invalid_input(&why)));
+                                break;
                             }
                         }
                     }
@@ -522,6 +553,8 @@ pub struct OutputWriter<W: Write + Send> {
     held_rows: usize,
     line: Vec<u8>,
     written: Checkpoint,
+    /// Rows of answered jobs written with a bad cell's error instead of their score.
+    bad_rows: usize,
 }
 
 /// How much of the output is written: what a resumed run keeps.
@@ -575,7 +608,14 @@ impl<W: Write + Send> OutputWriter<W> {
             held_rows: 0,
             line: Vec::new(),
             written: Checkpoint::default(),
+            bad_rows: 0,
         }
+    }
+
+    /// Rows of answered jobs written with their bad cell's error (kind
+    /// [`INVALID_INPUT`]) instead of a score: the run counted them as scored.
+    pub fn bad_rows(&self) -> usize {
+        self.bad_rows
     }
 
     /// For Parquet output: the Arrow types of the kept columns in the input (`None`
@@ -672,11 +712,16 @@ impl<W: Write + Send> OutputWriter<W> {
         let outcome = job_outcome(&done.job, &done.result);
         let names = self.names.clone().unwrap_or_default();
         for r in 0..done.payload.len() {
+            let bad = done.payload.bad_row(r);
+            if bad.is_some() && outcome.is_ok() {
+                self.bad_rows += 1;
+            }
             let outputs = outcome
                 .as_ref()
                 .ok()
+                .filter(|()| bad.is_none())
                 .and_then(|()| done.result.outputs.get(r));
-            let error = outcome.as_ref().err().map(|(_, msg)| msg.as_str());
+            let error = bad.or_else(|| outcome.as_ref().err().map(|(_, msg)| msg.as_str()));
             if let Some(pq) = self.parquet.as_mut() {
                 let mut text = done.payload.row(r).to_vec();
                 text.push(b']');
@@ -853,21 +898,15 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_cell_past_the_rows_read_ahead_names_its_row() {
-        let (table, src) = open(
-            Box::new(std::io::Cursor::new(b"a\n1\n2\nzz\n".to_vec())),
-            Format::Csv,
-            ReadOptions::default(),
-            1,
-        )
-        .unwrap();
-        let sel = table.select(&[], None).unwrap();
-        let enc = Encoder::new(table, sel, vec![0], Format::Csv, 1);
-        let (tx, mut rx) = mpsc::channel(8);
-        enc.run(src, tx);
-        assert!(rx.try_recv().unwrap().is_ok());
-        assert!(rx.try_recv().unwrap().is_ok());
-        let err = rx.try_recv().unwrap().unwrap_err().to_string();
-        assert!(err.contains("row 3, column \"a\" holds \"zz\""), "{err}");
+    fn a_bad_cell_past_the_rows_read_ahead_fails_its_row_only() {
+        // Row 3 ("zz") is past the one row read ahead; row 4 is empty.
+        let input = "id,b\n1,1\n2,2\n3,zz\n4,\n5,5\n";
+        assert_eq!(
+            run(input, Format::Csv, &[], 8),
+            "id,b,p,error\n1,1,0.5,\n2,2,1.5,\n\
+             3,zz,,\"invalid_input: row 3, column \"\"b\"\" holds \"\"zz\"\", which is not a finite number: every value sent to the model must be a number; fix the cell\"\n\
+             4,,,\"invalid_input: row 4, column \"\"b\"\" is empty: every value sent to the model must be a number; fix the cell\"\n\
+             5,5,4.5,\n"
+        );
     }
 }

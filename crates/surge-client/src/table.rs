@@ -516,6 +516,22 @@ impl Table {
         }
     }
 
+    /// How many of the records read hold a cell that `sel` sends and that is not a
+    /// finite number.
+    pub fn bad_rows(&self, sel: &Selection) -> usize {
+        match sel {
+            Selection::Text(_) => 0,
+            Selection::Features { cols, .. } => self
+                .records
+                .iter()
+                .filter(|r| {
+                    cols.iter()
+                        .any(|&c| !matches!(self.cell(&r[c]), Cell::Number(_)))
+                })
+                .count(),
+        }
+    }
+
     /// The inputs of records `start..end`, as a job would carry them. A cell that is
     /// not a finite number is an error naming its row (counted from 1, header not
     /// counted) and column.

@@ -39,9 +39,11 @@ use tracing::{info, warn};
 /// does not matter. By default every column that holds numbers is sent under its
 /// header name; columns with no number at all (ids, dates, notes) are not sent and
 /// come out as they went in; extra numeric columns are ignored by the worker; a missing
-/// feature fails its rows with an error that names it. A sent cell that is empty or not
-/// a number stops the run, naming its row and column: before anything is published when
-/// it is among the first 10,000 rows (which also decide which columns hold numbers).
+/// feature fails its rows with an error that names it. A sent cell that is empty (a
+/// Parquet or JSON null) or not a finite number fails its row only, with an
+/// `invalid_input` error naming its row and column; the run stops before publishing only
+/// when every one of the first 10,000 rows (which also decide which columns hold
+/// numbers) has such a cell.
 ///
 /// While no worker consumes the model's queue, score-batch says so after 10 s (on the
 /// progress bar, or as a WARN line when stderr is not a terminal), and it says so when
@@ -199,8 +201,16 @@ async fn run(cli: Cli) -> Result<i32> {
     }
     table.adopt_names(&selection);
     report_selection(&table, &selection);
-    // The rows read ahead are checked before anything is published.
-    table.inputs(&selection, 0, table.records.len())?;
+    // A bad cell fails its row only; but when every row read ahead has one, the
+    // columns are surely wrong: stop before anything is published.
+    if let Err(e) = table.inputs(&selection, 0, table.records.len()) {
+        if table.bad_rows(&selection) == table.records.len() {
+            return Err(anyhow::anyhow!(
+                "{e} (and every one of the first {} rows has such a cell)",
+                table.records.len()
+            ));
+        }
+    }
     let keep = table.keep(&cli.keep)?;
     let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
     let kept_types = types.map(|t| keep.iter().map(|&k| t[k].clone()).collect());
@@ -422,7 +432,7 @@ async fn pipeline(
         .skipping(from.as_ref().map_or(0, |f| f.rows));
     // Not joined: it ends at its next job once the run has stopped listening.
     std::thread::spawn(move || encoder.run(source, src_tx));
-    let writer = std::thread::spawn(move || -> Result<(), ClientError> {
+    let writer = std::thread::spawn(move || -> Result<usize, ClientError> {
         let out = std::io::BufWriter::with_capacity(1 << 20, out);
         let mut w = match from {
             Some(f) => OutputWriter::resumed(out, out_format, kept, f),
@@ -449,8 +459,9 @@ async fn pipeline(
                 }
             }
         }
+        let bad_rows = w.bad_rows();
         w.finish()?;
-        Ok(())
+        Ok(bad_rows)
     });
     let scored = score_stream(cfg, columns, total_rows, src_rx, sink_tx).await;
     // The sink is closed now (score_stream owned it): the writer ends.
@@ -458,8 +469,18 @@ async fn pipeline(
         .await
         .map_err(|e| ClientError::Output(format!("the output writer: {e}")))?
         .map_err(|_| ClientError::Output("the output writer panicked".into()))?;
-    let summary = scored?;
-    written?;
+    let mut summary = scored?;
+    // Rows with a bad cell went out as zeros and were answered with their job; they
+    // are written, and counted, as failed.
+    let bad_rows = written?;
+    if bad_rows > 0 {
+        summary.rows_ok = summary.rows_ok.saturating_sub(bad_rows);
+        summary.rows_failed += bad_rows;
+        *summary
+            .failures
+            .entry(surge_client::stream::INVALID_INPUT.to_string())
+            .or_default() += bad_rows;
+    }
     Ok(summary)
 }
 
