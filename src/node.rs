@@ -340,13 +340,19 @@ impl PrivateNode {
 
     /// Runs `rabbitmqctl -n <node> args...`; `Err` with its output when it fails.
     pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new(rabbit_bin("rabbitmqctl"));
+        self.try_tool("rabbitmqctl", args)
+    }
+
+    /// Runs RabbitMQ's CLI `tool` (`rabbitmqctl`, `rabbitmq-queues`) as
+    /// `tool -n <node> args...`; `Err` with its output when it fails.
+    pub fn try_tool(&self, tool: &str, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new(rabbit_bin(tool));
         self.env(&mut cmd);
         let out = cmd
             .args(["-n", &self.name])
             .args(args)
             .output()
-            .map_err(|e| format!("rabbitmqctl: {e}"))?;
+            .map_err(|e| format!("{tool}: {e}"))?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

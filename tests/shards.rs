@@ -77,7 +77,12 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
         "a sharded producer put jobs in the unsharded queue"
     );
 
-    let mut w = WorkerProc::spawn(&prefix, "w-shards", dir.path(), &["--shards", "3"]);
+    let mut w = WorkerProc::spawn(
+        &prefix,
+        "w-shards",
+        dir.path(),
+        &["--model", "breast-cancer", "--shards", "3"],
+    );
     w.wait_ready(Duration::from_secs(30));
     let log = finish(sb, "sharded score-batch");
     let s = parse_summary(&log).unwrap_or_else(|| panic!("no summary: {log}"));
@@ -103,15 +108,31 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
     // A producer with more shards than the workers: shard 3 has no consumer, and
     // score-batch names it instead of waiting in silence.
     let more = dir.path().join("more.csv");
-    let out = spawn_score_batch_with_env(
-        &prefix,
-        &input,
-        &more,
-        &["--shards", "4", "--rows-per-job", "30", "--timeout", "6"],
-        &[("SURGE_IDLE_HINT_SECS", "1")],
-    )
-    .wait_with_output()
-    .expect("score-batch --shards 4 runs");
+    let columns = feature_names().join(",");
+    let out = std::process::Command::new(bin("score-batch"))
+        .args([
+            "--model",
+            "breast-cancer",
+            "--prefix",
+            &prefix,
+            "--shards",
+            "4",
+        ])
+        .args([
+            "--columns",
+            &columns,
+            "--rows-per-job",
+            "30",
+            "--timeout",
+            "6",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&more)
+        .env("SURGE_IDLE_HINT_SECS", "1")
+        .output()
+        .expect("score-batch --shards 4 runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -219,7 +240,7 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
                         &prefix,
                         &format!("w-{prefix}-{i}"),
                         dir.path(),
-                        &["--shards", &shards.to_string()],
+                        &["--model", "breast-cancer", "--shards", &shards.to_string()],
                         &[
                             ("AMQP_URL", &cluster.url(&order, "")),
                             ("AMQP_ADDRESS_ORDER", "listed"),
@@ -230,21 +251,37 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
             for w in &mut workers {
                 w.wait_ready(Duration::from_secs(60));
             }
-            if shards == 3 && round == 0 {
+            if shards == 3 {
                 let topo = sharded(&prefix, 3);
-                let leaders: BTreeSet<String> = (0..3)
-                    .map(|k| {
-                        cluster
-                            .quorum_leader(&topo.shard_queue("breast-cancer", k))
-                            .0
-                    })
-                    .collect();
-                println!("SHARDS leaders of the 3 shards: {leaders:?}");
-                assert_eq!(
-                    leaders.len(),
-                    3,
-                    "the shards' leaders are not spread over the three nodes: {leaders:?}"
+                let leaders = || -> Vec<String> {
+                    (0..3)
+                        .map(|k| {
+                            cluster
+                                .quorum_leader(&topo.shard_queue("breast-cancer", k))
+                                .0
+                        })
+                        .collect()
+                };
+                // `balanced` places each new leader on the node leading the fewest
+                // quorum queues of the whole cluster (those of other prefixes too), so
+                // one model's shards land on at least two nodes, not necessarily three.
+                let placed = leaders();
+                let distinct: BTreeSet<&String> = placed.iter().collect();
+                println!("SHARDS leaders of the 3 shards as declared: {placed:?}");
+                assert!(
+                    distinct.len() >= 2,
+                    "the shards' leaders all sit on one node: {placed:?}"
                 );
+                if bench {
+                    // What an operator runs to even leaders out (docs/SCALING.md).
+                    cluster.nodes[0]
+                        .try_tool("rabbitmq-queues", &["rebalance", "quorum"])
+                        .unwrap_or_else(|e| panic!("rabbitmq-queues rebalance: {e}"));
+                    println!(
+                        "SHARDS leaders after `rabbitmq-queues rebalance quorum`: {:?}",
+                        leaders()
+                    );
+                }
             }
             let output = dir.path().join(format!("{prefix}.csv"));
             let (wall, scoring) = run_once(

@@ -901,12 +901,15 @@ mod tests {
     fn a_bad_cell_past_the_rows_read_ahead_fails_its_row_only() {
         // Row 3 ("zz") is past the one row read ahead; row 4 is empty.
         let input = "id,b\n1,1\n2,2\n3,zz\n4,\n5,5\n";
+        let fix = "every value sent to the model must be a number; fix the cell; or, if \"\"b\"\" is not one of the model's features, leave it out (--columns lists the columns to send)";
         assert_eq!(
             run(input, Format::Csv, &[], 8),
-            "id,b,p,error\n1,1,0.5,\n2,2,1.5,\n\
-             3,zz,,\"invalid_input: row 3, column \"\"b\"\" holds \"\"zz\"\", which is not a finite number: every value sent to the model must be a number; fix the cell\"\n\
-             4,,,\"invalid_input: row 4, column \"\"b\"\" is empty: every value sent to the model must be a number; fix the cell\"\n\
-             5,5,4.5,\n"
+            format!(
+                "id,b,p,error\n1,1,0.5,\n2,2,1.5,\n\
+                 3,zz,,\"invalid_input: row 3, column \"\"b\"\" holds \"\"zz\"\", which is not a finite number: {fix}\"\n\
+                 4,,,\"invalid_input: row 4, column \"\"b\"\" is empty: {fix}\"\n\
+                 5,5,4.5,\n"
+            )
         );
     }
 }
