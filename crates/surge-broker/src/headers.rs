@@ -1,7 +1,7 @@
 //! The W3C `traceparent` header in a message's AMQP properties (`surge_protocol::trace`
 //! has the format): read from a delivery, written on a publish.
 
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use surge_protocol::{TraceParent, TraceParentError, TRACEPARENT_HEADER};
 
@@ -19,7 +19,7 @@ pub fn traceparent(props: &BasicProperties) -> Option<Result<TraceParent, TraceP
 
 /// `props` with a `traceparent` header (a long string), beside its other headers.
 pub fn with_traceparent(props: BasicProperties, tp: &TraceParent) -> BasicProperties {
-    let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
+    let mut headers = props.headers().clone().unwrap_or_default();
     headers.insert(
         TRACEPARENT_HEADER.into(),
         AMQPValue::LongString(tp.to_string().into()),
