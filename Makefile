@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
 
-.PHONY: observe prometheus-tools chromium docs-check bench-batch bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings bench-shards models clean test-faults soak
+.PHONY: observe observe-burst prometheus-tools chromium docs-check bench-batch bench-elastic deploy-check help run test check lint build broker train pyenv node-client bench bench-embeddings bench-shards models clean test-faults soak
 
 help:
 	@echo "make run    - start a broker if needed, two workers, score models/breast-cancer/sample.csv"
@@ -22,6 +22,7 @@ help:
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
 	@echo "make models - fetch the weights that are not committed (all-minilm-l6-v2)"
 	@echo "make bench-embeddings - text-embedding speed vs sentence-transformers into BENCHMARKS.md"
+	@echo "make observe-burst - a 1M-row burst through surge autoscale, read off its status page and Prometheus"
 	@echo "make bench-shards - 1 shard vs 3 shards on a private 3-node RabbitMQ cluster"
 	@echo "make observe - a real Prometheus scrapes two workers and the autoscaler; alert rules and dashboard checked"
 
@@ -75,6 +76,12 @@ observe: broker build prometheus-tools
 	promtool check rules deploy/prometheus/rules.yml
 	cd deploy/prometheus && promtool test rules rules_test.yml
 	$(CARGO) test -p surge-tests --test observe -- --nocapture
+
+# A 1,000,000-row burst (SURGE_BURST_ROWS) through `surge autoscale` with Prometheus
+# scraping it: prints the status page's figures and Prometheus's every 5 s.
+observe-burst: broker prometheus-tools
+	$(CARGO) build --release --workspace --bins
+	@bash scripts/observe-burst.sh
 
 pyenv:
 	@if ! $(PY) -c 'import pika, msgpack' 2>/dev/null; then \
