@@ -30,7 +30,7 @@ pub fn with_traceparent(props: BasicProperties, tp: &TraceParent) -> BasicProper
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{LongString, ShortString};
+    use lapin::types::{FieldTable, LongString, ShortString};
 
     const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

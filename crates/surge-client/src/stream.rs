@@ -239,6 +239,9 @@ pub struct RowBytes {
     ends: Vec<usize>,
     /// `(row in the job, why)` of each row with a bad cell, in row order.
     bad: Vec<(usize, String)>,
+    /// For Parquet output: each row's kept cells as values (CSV cells as text), handed
+    /// to the Parquet writer as they are; `bytes` is then empty.
+    cells: Vec<Vec<Value>>,
 }
 
 impl RowBytes {
@@ -258,6 +261,23 @@ impl RowBytes {
     /// Rows held.
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// About how much memory the kept cells of a Parquet output hold.
+    fn cells_bytes(&self) -> usize {
+        self.cells
+            .iter()
+            .map(|row| {
+                row.len() * std::mem::size_of::<Value>()
+                    + row
+                        .iter()
+                        .map(|v| match v {
+                            Value::String(s) => s.capacity(),
+                            _ => 0,
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     /// True when no row is held.
@@ -421,7 +441,11 @@ impl Encoder {
                     },
                 }),
             }
-            self.write_kept(&rec, &mut rows.bytes)?;
+            if self.out == Format::Parquet {
+                rows.cells.push(self.kept_cells(&rec));
+            } else {
+                self.write_kept(&rec, &mut rows.bytes)?;
+            }
             rows.ends.push(rows.bytes.len());
         }
         if rows.is_empty() {
@@ -432,6 +456,7 @@ impl Encoder {
             Selection::Text(_) => Inputs::Texts(texts),
         };
         let bytes = rows.bytes.capacity()
+            + rows.cells_bytes()
             + rows.ends.capacity() * std::mem::size_of::<usize>()
             + match &inputs {
                 Inputs::Rows(r) => r.len() * 4 * self.width(),
@@ -473,6 +498,19 @@ impl Encoder {
         }
     }
 
+    /// The kept cells of `rec`, for the Parquet writer (CSV cells as text).
+    fn kept_cells(&self, rec: &Record) -> Vec<Value> {
+        self.keep
+            .iter()
+            .map(|&k| match rec {
+                Record::Csv(r) => Value::String(
+                    String::from_utf8_lossy(r.get(k).unwrap_or_default()).into_owned(),
+                ),
+                Record::Json(cells) => cells.get(k).cloned().unwrap_or(Value::Null),
+            })
+            .collect()
+    }
+
     fn write_kept(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), ClientError> {
         let json = |e: serde_json::Error| ClientError::Output(e.to_string());
         match self.out {
@@ -491,26 +529,8 @@ impl Encoder {
                     }
                 }
             }
-            Format::Parquet => {
-                // A JSON array of the kept cells (CSV cells as text), read back by the
-                // Parquet writer.
-                out.push(b'[');
-                for (i, &k) in self.keep.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    match rec {
-                        Record::Csv(r) => {
-                            let cell = String::from_utf8_lossy(r.get(k).unwrap_or_default());
-                            serde_json::to_writer(&mut *out, &cell).map_err(json)?
-                        }
-                        Record::Json(cells) => {
-                            serde_json::to_writer(&mut *out, cells.get(k).unwrap_or(&Value::Null))
-                                .map_err(json)?
-                        }
-                    }
-                }
-            }
+            // Parquet output carries the kept cells as values (`kept_cells`).
+            Format::Parquet => {}
             Format::JsonLines => {
                 out.push(b'{');
                 for (i, &k) in self.keep.iter().enumerate() {
@@ -643,7 +663,7 @@ impl<W: Write + Send> OutputWriter<W> {
                 return Ok(());
             }
         }
-        self.rows(&done)
+        self.rows(done)
     }
 
     /// Writes what is held and flushes; returns the inner writer.
@@ -702,13 +722,14 @@ impl<W: Write + Send> OutputWriter<W> {
         self.names = Some(names.clone());
         self.written.names = Some(names);
         for done in std::mem::take(&mut self.held) {
-            self.rows(&done)?;
+            self.rows(done)?;
         }
         self.held_rows = 0;
         Ok(())
     }
 
-    fn rows(&mut self, done: &DoneJob<RowBytes>) -> Result<(), ClientError> {
+    fn rows(&mut self, mut done: DoneJob<RowBytes>) -> Result<(), ClientError> {
+        let mut cells = std::mem::take(&mut done.payload.cells);
         let outcome = job_outcome(&done.job, &done.result);
         let names = self.names.clone().unwrap_or_default();
         for r in 0..done.payload.len() {
@@ -723,11 +744,7 @@ impl<W: Write + Send> OutputWriter<W> {
                 .and_then(|()| done.result.outputs.get(r));
             let error = bad.or_else(|| outcome.as_ref().err().map(|(_, msg)| msg.as_str()));
             if let Some(pq) = self.parquet.as_mut() {
-                let mut text = done.payload.row(r).to_vec();
-                text.push(b']');
-                let kept: Vec<Value> = serde_json::from_slice(&text).map_err(|e| {
-                    ClientError::Output(format!("row {}: {e}", done.job.start + r + 1))
-                })?;
+                let kept = cells.get_mut(r).map(std::mem::take).unwrap_or_default();
                 pq.push(kept, outputs.map(Vec::as_slice), error)?;
                 continue;
             }
