@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A burst watched the way an operator watches one: `surge autoscale` (0..2 workers for
+# A burst watched the way an operator watches one: `surge autoscale` (0..4 workers for
 # breast-cancer, status page and /api/status on 127.0.0.1:$PORT) scaled by the
 # backlog, Debian's Prometheus scraping it every second, and score-batch sending
 # SURGE_BURST_ROWS rows (default 1,000,000) at 64 rows per job, all of them in flight at
@@ -38,8 +38,13 @@ YML
 prometheus --config.file="$TMP/prometheus.yml" --storage.tsdb.path="$TMP/tsdb" \
   --web.listen-address="127.0.0.1:$PROM_PORT" >"$OUT/prometheus.log" 2>&1 &
 pids+=($!)
-RUST_LOG=info "$BIN/surge" autoscale --model breast-cancer --min 0 --max 2 --prefix "$PREFIX" \
-  --metrics-addr "127.0.0.1:$PORT" --worker-bin "$BIN/surge" >"$OUT/autoscale.log" 2>&1 &
+# The workers are slowed on purpose (SURGE_BURST_WORKER_ARGS, default a 20 ms sleep per
+# batch of at most 256 rows: about 12,800 rows/s each, a slow model's speed), so that
+# one worker cannot keep up with score-batch and the autoscaler has work to do.
+read -r -a WORKER_ARGS <<<"${SURGE_BURST_WORKER_ARGS:---batch-delay-ms 20 --max-batch-rows 256}"
+RUST_LOG=info "$BIN/surge" autoscale --model breast-cancer --min 0 --max "${SURGE_BURST_MAX:-4}" \
+  --prefix "$PREFIX" --metrics-addr "127.0.0.1:$PORT" --worker-bin "$BIN/surge" \
+  -- "${WORKER_ARGS[@]}" >"$OUT/autoscale.log" 2>&1 &
 pids+=($!)
 up=0
 for _ in $(seq 100); do curl -sf "127.0.0.1:$PORT/api/status" >/dev/null && { up=1; break; }; sleep 0.2; done
