@@ -75,7 +75,7 @@ prometheus-tools:
 observe: broker build prometheus-tools
 	promtool check rules deploy/prometheus/rules.yml
 	cd deploy/prometheus && promtool test rules rules_test.yml
-	$(CARGO) test -p surge-tests --test observe -- --nocapture
+	$(CARGO) test -p surge-testkit --test observe -- --nocapture
 
 # A 1,000,000-row burst (SURGE_BURST_ROWS) through `surge autoscale` with Prometheus
 # scraping it: prints the status page's figures and Prometheus's every 5 s.
@@ -130,7 +130,7 @@ check: lint test
 # docs/RELIABILITY.md). Each run prints FIGURES lines: rows published, answered,
 # duplicates dropped, dead-lettered, lost.
 test-faults: broker build
-	SURGE_FAULTS=full $(CARGO) test -p surge-tests --no-fail-fast \
+	SURGE_FAULTS=full $(CARGO) test -p surge-testkit --no-fail-fast \
 	  --test faults --test hostile --test broker_faults --test security --test failover --test cluster \
 	  -- --nocapture 2>&1 \
 	  | grep -vE '^\s*$$|^\s+Running|^\s+Compiling' | tail -n 300
@@ -154,7 +154,7 @@ bench-batch: broker
 # alternating rounds (SURGE_SHARD_BENCH_ROWS, _ROUNDS, _ROWS_PER_JOB), release build.
 bench-shards: broker
 	$(CARGO) build --release --workspace --bins
-	SURGE_SHARD_BENCH=1 $(CARGO) test --release -p surge-tests --test shards \
+	SURGE_SHARD_BENCH=1 $(CARGO) test --release -p surge-testkit --test shards \
 	  shard_leaders_spread_over_a_three_node_cluster -- --nocapture 2>&1 \
 	  | grep -E 'SHARDS|cluster of|test result|panicked|FAILED'
 

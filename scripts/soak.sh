@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 $CARGO build -q --workspace --bins
-$CARGO test -q -p surge-tests --test soak -- --ignored --nocapture 2>&1 | grep -v '^\s*$' | tail -n 40
+$CARGO test -q -p surge-testkit --test soak -- --ignored --nocapture 2>&1 | grep -v '^\s*$' | tail -n 40
 python3 - <<'PY'
 import pathlib
 section = pathlib.Path("out/soak/section.md").read_text()

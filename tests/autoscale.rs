@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use surge_tests::*;
+use surge_testkit::*;
 
 struct Autoscaler {
     child: Child,

@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use surge_protocol::codec::{decode_result, encode};
 use surge_protocol::{Encoding, ErrorKind, Inputs, Job, JobResult, Limits, Status};
-use surge_tests::*;
+use surge_testkit::*;
 
 const MSGPACK: &str = "application/msgpack";
 const JSON: &str = "application/json";

@@ -1,5 +1,5 @@
 //! Faults that need a broker of their own: a private RabbitMQ node (see
-//! `surge_tests::node`), never the shared one.
+//! `surge_testkit::node`), never the shared one.
 //!
 //! * The broker node is stopped (its Erlang VM exits) and started again mid-run:
 //!   workers and score-batch reconnect, the quorum queues come back from disk, and
@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use surge_protocol::Topology;
-use surge_tests::figures::{self, parse_summary};
-use surge_tests::node::{NodeOptions, PrivateNode};
-use surge_tests::*;
+use surge_testkit::figures::{self, parse_summary};
+use surge_testkit::node::{NodeOptions, PrivateNode};
+use surge_testkit::*;
 
 /// Dead letters of the run, printed by reason.
 async fn dead_count(url: &str, prefix: &str) -> u32 {

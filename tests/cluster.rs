@@ -1,4 +1,4 @@
-//! A three-node RabbitMQ cluster on this machine (`surge_tests::node::Cluster`): two
+//! A three-node RabbitMQ cluster on this machine (`surge_testkit::node::Cluster`): two
 //! workers each connected to a different node, score-batch on the third, every
 //! process given all three addresses (its own node first, `AMQP_ADDRESS_ORDER=listed`).
 //!
@@ -15,9 +15,9 @@
 use std::time::{Duration, Instant};
 
 use surge_protocol::Topology;
-use surge_tests::figures::{self, parse_summary};
-use surge_tests::node::Cluster;
-use surge_tests::*;
+use surge_testkit::figures::{self, parse_summary};
+use surge_testkit::node::Cluster;
+use surge_testkit::*;
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {

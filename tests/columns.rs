@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use surge_tests::*;
+use surge_testkit::*;
 
 /// Runs score-batch for `model` with exactly `args` (no `--columns` added) and waits.
 fn score_batch(model: &str, prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {

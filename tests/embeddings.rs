@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use surge_tests::*;
+use surge_testkit::*;
 
 const MODEL: &str = "all-minilm-l6-v2";
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use surge_tests::*;
+use surge_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rows_through_two_workers_exactly_once() {

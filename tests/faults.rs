@@ -20,9 +20,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use surge_protocol::codec::encode;
 use surge_protocol::{Encoding, Inputs, Job, Topology};
-use surge_tests::figures::{self, parse_summary, queue_len, take, x_death_reason};
-use surge_tests::proxy::FreezeProxy;
-use surge_tests::*;
+use surge_testkit::figures::{self, parse_summary, queue_len, take, x_death_reason};
+use surge_testkit::proxy::FreezeProxy;
+use surge_testkit::*;
 
 /// Slow workers down so that a run lasts long enough to hurt it mid-way:
 /// 50-row batches with a 25 ms pause each.

@@ -16,8 +16,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use surge_protocol::codec::{decode_result, encode};
 use surge_protocol::{Encoding, Inputs, Job, Limits, Status, Topology};
-use surge_tests::figures::{self, header, rss_kib};
-use surge_tests::*;
+use surge_testkit::figures::{self, header, rss_kib};
+use surge_testkit::*;
 
 /// xorshift64*: deterministic, so a failing message can be regenerated from its index.
 struct Rng(u64);

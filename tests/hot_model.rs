@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use surge_tests::*;
+use surge_testkit::*;
 
 fn copy_model(from: &Path, to: &Path, name: &str) {
     std::fs::create_dir_all(to).unwrap();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use surge_tests::*;
+use surge_testkit::*;
 
 fn surge(args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("surge")).args(args).output().unwrap();

@@ -25,7 +25,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use serde_json::Value;
 use surge_protocol::Topology;
-use surge_tests::*;
+use surge_testkit::*;
 
 /// The four alerts rules.yml must define.
 const ALERTS: [&str; 4] = [

@@ -18,7 +18,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use surge_tests::*;
+use surge_testkit::*;
 
 fn score_batch(model: &str, prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Output {
     Command::new(bin("score-batch"))

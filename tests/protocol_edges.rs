@@ -21,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 use serde_json::Value;
 use surge_broker::{AmqpUrl, Timeouts};
-use surge_tests::*;
+use surge_testkit::*;
 
 /// The worker's `--max-rows-per-job` in the client tests, so that a small job is
 /// `too_many_rows`.

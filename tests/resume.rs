@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use surge_tests::figures::queue_len;
-use surge_tests::*;
+use surge_testkit::figures::queue_len;
+use surge_testkit::*;
 
 const ROWS: usize = 200_000;
 

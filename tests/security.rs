@@ -15,9 +15,9 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use surge_broker::{AmqpUrl, BrokerError, Timeouts, TlsFiles};
-use surge_tests::figures::{self, parse_summary};
-use surge_tests::node::{NodeOptions, PrivateNode};
-use surge_tests::*;
+use surge_testkit::figures::{self, parse_summary};
+use surge_testkit::node::{NodeOptions, PrivateNode};
+use surge_testkit::*;
 
 fn quick() -> Timeouts {
     Timeouts {

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use surge_protocol::Topology;
-use surge_tests::figures::{parse_summary, queue_len};
-use surge_tests::node::Cluster;
-use surge_tests::*;
+use surge_testkit::figures::{parse_summary, queue_len};
+use surge_testkit::node::Cluster;
+use surge_testkit::*;
 
 fn sharded(prefix: &str, shards: u64) -> Topology {
     Topology::new(prefix)

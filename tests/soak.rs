@@ -15,8 +15,8 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::BasicProperties;
 use surge_protocol::codec::{decode_result, encode};
 use surge_protocol::{now_ms, Encoding, Inputs, Job, Limits, Status, Topology};
-use surge_tests::figures::{parse_summary, rss_kib};
-use surge_tests::*;
+use surge_testkit::figures::{parse_summary, rss_kib};
+use surge_testkit::*;
 
 fn env_secs(name: &str, default: u64) -> u64 {
     std::env::var(name)

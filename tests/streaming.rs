@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use surge_tests::*;
+use surge_testkit::*;
 
 /// The peak resident set (VmHWM) of process `pid`, in kB, while it runs.
 fn vm_hwm_kb(pid: u32) -> Option<u64> {

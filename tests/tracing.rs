@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 use surge_protocol::{Topology, TraceParent, TRACEPARENT_HEADER};
-use surge_tests::*;
+use surge_testkit::*;
 
 /// OTLP span kinds (opentelemetry.proto.trace.v1.Span.SpanKind).
 const KIND_PRODUCER: i32 = 4;

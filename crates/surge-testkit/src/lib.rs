@@ -47,9 +47,12 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
-/// The workspace root.
+/// The workspace root (two folders above this crate's).
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(Path::parent)
+        .map_or_else(|| here.to_path_buf(), Path::to_path_buf)
 }
 
 /// The shipped models folder.
