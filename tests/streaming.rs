@@ -11,14 +11,7 @@ use surge_testkit::*;
 
 /// The peak resident set (VmHWM) of process `pid`, in kB, while it runs.
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    surge_testkit::figures::proc_status_kib(pid, "VmHWM")
 }
 
 /// Writes `n` rows: `row_id`, then the 30 features of sample row `i % 569` as the

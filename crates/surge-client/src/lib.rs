@@ -751,16 +751,10 @@ impl RunCtx<'_> {
                 };
                 // A result's trace runs on here: a consumer span, the child of the
                 // worker's job span (the result's `traceparent`), else of the run's.
-                let span = tracing::info_span!(
-                    target: telemetry::TARGET,
+                let span = surge_ops::process_span!(
                     parent: &run_trace,
                     "receive",
-                    otel.name = %SpanName("process", &queue),
-                    otel.kind = "consumer",
-                    messaging.system = "rabbitmq",
-                    messaging.operation.type = "process",
-                    messaging.operation.name = "process",
-                    messaging.destination.name = %queue,
+                    &queue,
                     messaging.message.id = d.properties.message_id().as_ref().map_or("", |s| s.as_str()),
                 );
                 if !span.is_disabled() {

@@ -25,6 +25,9 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+/// For [`process_span!`]: the `tracing` its expansion calls.
+#[doc(hidden)]
+pub use tracing;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -58,6 +58,29 @@ impl std::fmt::Display for SpanName<'_> {
     }
 }
 
+/// A `process` span of the OpenTelemetry messaging conventions on the trace target:
+/// `process_span!(parent: P, "name", queue, more.fields = ...)` gives a consumer span
+/// named `process <queue>` for RabbitMQ, with its destination, and the extra fields.
+/// One place for the attributes that the worker's batch and job spans and
+/// score-batch's receive span share.
+#[macro_export]
+macro_rules! process_span {
+    (parent: $parent:expr, $name:literal, $queue:expr, $($field:tt)+) => {
+        $crate::tracing::info_span!(
+            target: $crate::telemetry::TARGET,
+            parent: $parent,
+            $name,
+            otel.name = %$crate::telemetry::SpanName("process", $queue),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %$queue,
+            $($field)+
+        )
+    };
+}
+
 /// Why traces cannot be exported as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

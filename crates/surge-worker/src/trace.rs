@@ -16,7 +16,7 @@
 //! nearest span that was recorded is the producer's.
 
 use lapin::BasicProperties;
-use surge_ops::telemetry::{self, SpanName, TARGET};
+use surge_ops::telemetry;
 use surge_protocol::TraceParent;
 use tracing::Span;
 
@@ -39,16 +39,10 @@ pub(crate) fn batch_span<'a>(
     contexts: impl Iterator<Item = Option<&'a TraceParent>>,
     size: usize,
 ) -> Span {
-    let span = tracing::info_span!(
-        target: TARGET,
+    let span = surge_ops::process_span!(
         parent: None,
         "batch",
-        otel.name = %SpanName("process", queue),
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %queue,
+        queue,
         messaging.batch.message_count = size,
     );
     if !span.is_disabled() {
@@ -73,16 +67,10 @@ pub(crate) fn job_span(
         Some(_) => None,
         None => batch.0.id(),
     };
-    let span = tracing::info_span!(
-        target: TARGET,
+    let span = surge_ops::process_span!(
         parent: parent,
         "job",
-        otel.name = %SpanName("process", queue),
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %queue,
+        queue,
         messaging.message.id = message_id.unwrap_or(""),
         messaging.rabbitmq.message.delivery_tag = delivery_tag,
     );
