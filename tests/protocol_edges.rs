@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -580,6 +580,14 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
         Some(id.as_str())
     );
     assert_eq!(d.data, body, "the job's own body is dead-lettered");
+    // The worker counts the dead letter once the broker has confirmed it, which may be
+    // a moment after the message reaches this consumer on a loaded machine.
+    let counted = Instant::now();
+    while w.metric_sum("surge_dead_lettered_total") < 1.0
+        && counted.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(w.metric_sum("surge_dead_lettered_total"), 1.0);
 
     // The log names the job and the result's size, and holds no result body.
