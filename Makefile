@@ -122,7 +122,11 @@ lint:
 
 # Lint is its own target (`make check` runs both): CI's budget goes to the tests.
 test: broker pyenv node-client chromium models build prometheus-tools deploy-check docs-check
-	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 | tail -n 400
+	@mkdir -p $(OUT)
+	SURGE_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 \
+	  | tee $(OUT)/test.log | tail -n 400 \
+	  || { echo "=== make test failed; every panic in the full log ($(OUT)/test.log):"; \
+	       grep -n -B2 -A12 -E "panicked at|^test result: FAILED|^error(\[|:)" $(OUT)/test.log | head -n 800; exit 1; }
 
 check: lint test
 

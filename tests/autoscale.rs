@@ -5,10 +5,11 @@
 //! the same snapshot, and a screenshot goes to `out/status-page.png`.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
 
 use surge_testkit::*;
 
@@ -23,9 +24,15 @@ impl Autoscaler {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_for(&mut self, what: &str, within: Duration, mut ok: impl FnMut(&Self) -> bool) {
+    /// Waits until `ok(port)` holds, panicking if the autoscaler exits first.
+    async fn wait_for<F: std::future::Future<Output = bool>>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(u16) -> F,
+    ) {
         let start = Instant::now();
-        while !ok(self) {
+        while !ok(self.port).await {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("autoscaler exited with {status}; log:\n{}", self.log_text());
             }
@@ -34,29 +41,27 @@ impl Autoscaler {
                 "{what}: not within {within:?}; log:\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn replicas(&self) -> f64 {
-        metric_at(self.port, "surge_autoscale_replicas").unwrap_or(-1.0)
+    async fn replicas(&self) -> f64 {
+        replicas_at(self.port).await
     }
 }
 
-impl Drop for Autoscaler {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `surge_autoscale_replicas` of the autoscaler on `port` (-1 when it does not answer).
+async fn replicas_at(port: u16) -> f64 {
+    metric_at(port, "surge_autoscale_replicas")
+        .await
+        .unwrap_or(-1.0)
 }
 
 /// Every `/api/status` snapshot seen, by `seq`, collected in the background.
 struct StatusPoller {
     seen: Arc<Mutex<HashMap<u64, serde_json::Value>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl StatusPoller {
@@ -64,32 +69,26 @@ impl StatusPoller {
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (seen.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        let task = tokio::spawn(async move {
             while !st.load(Ordering::Relaxed) {
-                if let Some((200, body)) = http_get(port, "/api/status") {
+                if let Some((200, body)) = http_get(port, "/api/status").await {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
                         if let Some(seq) = v["seq"].as_u64() {
                             s.lock().expect("poller lock").insert(seq, v);
                         }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(25));
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         });
-        Self {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        Self { seen, stop, task }
     }
 }
 
 impl Drop for StatusPoller {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.task.abort();
     }
 }
 
@@ -124,7 +123,7 @@ fn shown(v: &serde_json::Value, decimals: usize) -> String {
 
 /// Renders the status page in headless Chromium (Debian's `chromium`, installed by
 /// `make test`) and checks its figures against `/api/status` for the same snapshot.
-fn check_status_page(port: u16, poller: &StatusPoller) {
+async fn check_status_page(port: u16, poller: &StatusPoller) {
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -143,6 +142,7 @@ fn check_status_page(port: u16, poller: &StatusPoller) {
         .arg("--dump-dom")
         .arg(&url)
         .output()
+        .await
         .expect("running chromium");
     let dom = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -162,7 +162,7 @@ fn check_status_page(port: u16, poller: &StatusPoller) {
             start.elapsed() < Duration::from_secs(5),
             "/api/status never served snapshot {seq}, which the page shows"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let model = snapshot["models"]
         .as_array()
@@ -211,6 +211,7 @@ fn check_status_page(port: u16, poller: &StatusPoller) {
         .arg(format!("--screenshot={}", png.display()))
         .arg(&url)
         .output()
+        .await
         .expect("running chromium");
     assert!(
         png.is_file(),
@@ -223,6 +224,7 @@ fn check_status_page(port: u16, poller: &StatusPoller) {
 async fn from_zero_to_several_workers_and_back_to_zero() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("autoscale");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -244,6 +246,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         .args(["--batch-delay-ms", "20"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .kill_on_drop(true)
         .spawn()
         .expect("starting surge autoscale");
     let mut auto = Autoscaler { child, port, log };
@@ -251,11 +254,15 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     auto.wait_for(
         "autoscaler ready at zero workers",
         Duration::from_secs(30),
-        |a| matches!(http_get(a.port, "/readyz"), Some((200, _))) && a.replicas() == 0.0,
-    );
+        |port| async move {
+            matches!(http_get(port, "/readyz").await, Some((200, _)))
+                && replicas_at(port).await == 0.0
+        },
+    )
+    .await;
     // Idle at zero: still zero a second later.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(auto.replicas(), 0.0, "log:\n{}", auto.log_text());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(auto.replicas().await, 0.0, "log:\n{}", auto.log_text());
 
     let poller = StatusPoller::start(port);
     let burst = Instant::now();
@@ -273,8 +280,10 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         // Sampled before the exit check, so the last sample (after a slow page check)
         // still counts.
         let done = sb.try_wait().unwrap();
-        let r = auto.replicas();
-        let c = metric_at(port, "surge_autoscale_connected_replicas").unwrap_or(0.0);
+        let r = auto.replicas().await;
+        let c = metric_at(port, "surge_autoscale_connected_replicas")
+            .await
+            .unwrap_or(0.0);
         if r > 0.0 && first_worker_at.is_none() {
             first_worker_at = Some(burst.elapsed());
         }
@@ -283,7 +292,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         // Mid-burst, with workers running: the page must tell the truth.
         if !page_checked && r >= 1.0 {
             page_checked = true;
-            check_status_page(port, &poller);
+            check_status_page(port, &poller).await;
         }
         if let Some(s) = done {
             break s;
@@ -293,7 +302,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
             "score-batch did not finish; autoscaler log:\n{}",
             auto.log_text()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = burst.elapsed();
     drop(poller);
@@ -301,7 +310,7 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         page_checked,
         "the burst ended before the status page was checked"
     );
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     assert!(
         status.success(),
         "score-batch failed: {}\nautoscaler log:\n{}",
@@ -320,9 +329,15 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     );
 
     // Back to zero once idle for the window and the cooldown, every worker drained.
-    auto.wait_for("back to zero workers", Duration::from_secs(60), |a| {
-        a.replicas() == 0.0 && metric_at(a.port, "surge_autoscale_draining_replicas") == Some(0.0)
-    });
+    auto.wait_for(
+        "back to zero workers",
+        Duration::from_secs(60),
+        |port| async move {
+            replicas_at(port).await == 0.0
+                && metric_at(port, "surge_autoscale_draining_replicas").await == Some(0.0)
+        },
+    )
+    .await;
     let log_text = auto.log_text();
     assert!(log_text.contains("scaling decision"), "{log_text}");
     assert!(
@@ -333,13 +348,14 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         !log_text.contains("exited unexpectedly"),
         "no worker should have crashed:\n{log_text}"
     );
-    let billed = metric_at(port, "surge_autoscale_worker_seconds").unwrap_or(0.0);
+    let billed = metric_at(port, "surge_autoscale_worker_seconds")
+        .await
+        .unwrap_or(0.0);
     println!("autoscale: {billed:.1} worker-seconds for the burst");
     assert!(billed > 0.0);
 
     // SIGTERM stops the autoscaler cleanly.
-    let pid = auto.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    signal(auto.child.id().expect("the autoscaler is running"), "TERM").await;
     let start = Instant::now();
     let exit = loop {
         if let Some(s) = auto.child.try_wait().unwrap() {
@@ -349,12 +365,11 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
             start.elapsed() < Duration::from_secs(30),
             "autoscaler did not stop"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
         exit.success(),
         "autoscaler exit {exit}; log:\n{}",
         auto.log_text()
     );
-    cleanup(&prefix, &["breast-cancer"]).await;
 }

@@ -37,6 +37,7 @@ fn row(x: f32) -> Vec<f32> {
 async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     let conn = require_broker().await;
     let prefix = unique_prefix("bad");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(
         &prefix,
@@ -49,7 +50,7 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
             "200000",
         ],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
 
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -425,9 +426,15 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     }
 
     // Still alive and serving.
-    assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    assert_eq!(w.metric_sum("surge_errors_total"), answered.len() as f64);
-    assert_eq!(w.metric_sum("surge_dead_lettered_total"), dead.len() as f64);
+    assert_eq!(w.get("/healthz").await.map(|(s, _)| s), Some(200));
+    assert_eq!(
+        w.metric_sum("surge_errors_total").await,
+        answered.len() as f64
+    );
+    assert_eq!(
+        w.metric_sum("surge_dead_lettered_total").await,
+        dead.len() as f64
+    );
     let last = encode(
         &Job::new("breast-cancer", Inputs::rows(&[row(3.0)])),
         Encoding::Msgpack,
@@ -455,14 +462,14 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
     let r = decode_result(&d.data, Encoding::Msgpack, &Limits::default()).unwrap();
     assert_eq!((r.job_id.as_str(), r.status), ("after", Status::Ok));
 
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_queue_stops_the_worker_with_a_clear_error() {
     let conn = require_broker().await;
     let prefix = unique_prefix("conflict");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let ch = conn.create_channel().await.unwrap();
     // A classic queue where Surge wants a quorum queue.
     let queue = format!("{prefix}.jobs.breast-cancer");
@@ -478,7 +485,7 @@ async fn a_conflicting_queue_stops_the_worker_with_a_clear_error() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-conflict", dir.path(), &[]);
-    let status = w.wait_exit(Duration::from_secs(30));
+    let status = w.wait_exit(Duration::from_secs(30)).await;
     let log = w.log_text();
     assert!(
         !status.success(),
@@ -488,5 +495,4 @@ async fn a_conflicting_queue_stops_the_worker_with_a_clear_error() {
         log.contains(&queue) && log.contains("different arguments"),
         "{log}"
     );
-    cleanup(&prefix, &["breast-cancer"]).await;
 }

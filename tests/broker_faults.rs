@@ -32,7 +32,7 @@ async fn dead_count(url: &str, prefix: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
-    let mut node = PrivateNode::start("stop", NodeOptions::default());
+    let mut node = PrivateNode::start("stop", NodeOptions::default()).await;
     let url = node.url("heartbeat=5");
     let env = [("AMQP_URL", url.as_str())];
     let prefix = "surge";
@@ -54,7 +54,7 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         "5",
     ];
     let mut w = WorkerProc::spawn_with_env(prefix, "w-stop", dir.path(), &slow, &env);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let mut sb = spawn_score_batch_with_env(
         prefix,
         &input,
@@ -62,17 +62,17 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         &["--rows-per-job", "10", "--job-timeout", "120"],
         &env,
     );
-    w.wait_for_jobs(20.0, Duration::from_secs(60));
+    w.wait_for_jobs(20.0, Duration::from_secs(60)).await;
     let t0 = Instant::now();
-    node.stop_node();
+    node.stop_node().await;
     assert!(
         sb.try_wait().unwrap().is_none(),
         "the run ended before the stop"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    node.launch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.launch().await;
     let down = t0.elapsed();
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -93,7 +93,7 @@ async fn the_broker_stopped_and_started_mid_run_loses_nothing() {
         w.log_text().contains("reconnecting"),
         "the worker never noticed the stop"
     );
-    w.stop(Duration::from_secs(30));
+    w.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +104,8 @@ async fn a_batch_held_past_consumer_timeout_is_redelivered_and_answered_once() {
             consumer_timeout_ms: Some(5_000),
             ..NodeOptions::default()
         },
-    );
+    )
+    .await;
     let url = node.url("heartbeat=5");
     let env = [("AMQP_URL", url.as_str())];
     let prefix = "surge";
@@ -121,7 +122,7 @@ async fn a_batch_held_past_consumer_timeout_is_redelivered_and_answered_once() {
         &["--prefetch", "5", "--batch-delay-ms", "8000"],
         &env,
     );
-    stuck.wait_ready(Duration::from_secs(30));
+    stuck.wait_ready(Duration::from_secs(30)).await;
     let t0 = Instant::now();
     let sb = spawn_score_batch_with_env(
         prefix,
@@ -130,10 +131,10 @@ async fn a_batch_held_past_consumer_timeout_is_redelivered_and_answered_once() {
         &["--rows-per-job", "20", "--job-timeout", "60"],
         &env,
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut healthy = WorkerProc::spawn_with_env(prefix, "w-healthy", dir.path(), &[], &env);
-    healthy.wait_ready(Duration::from_secs(30));
-    let out = sb.wait_with_output().unwrap();
+    healthy.wait_ready(Duration::from_secs(30)).await;
+    let out = sb.wait_with_output().await.unwrap();
     let took = t0.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -166,12 +167,12 @@ async fn a_batch_held_past_consumer_timeout_is_redelivered_and_answered_once() {
         "the held jobs came back early"
     );
     assert_eq!(
-        healthy.get("/healthz").map(|(s, _)| s),
+        healthy.get("/healthz").await.map(|(s, _)| s),
         Some(200),
         "healthy worker died"
     );
     for w in [&mut stuck, &mut healthy] {
-        w.signal("KILL");
-        w.wait_exit(Duration::from_secs(10));
+        w.signal("KILL").await;
+        w.wait_exit(Duration::from_secs(10)).await;
     }
 }

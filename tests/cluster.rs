@@ -29,10 +29,10 @@ enum Fault {
 
 /// Dead letters of the run, asked of a running node.
 async fn dead_count(url: &str, prefix: &str) -> u32 {
-    let url = surge_broker::AmqpUrl::new(url).unwrap_or_else(|e| panic!("{e}"));
+    let url = surge_broker::AmqpUrl::new(url).expect("parsing the AMQP URL");
     let conn = surge_broker::connect(&url, "surge-tests", &surge_broker::Timeouts::default())
         .await
-        .unwrap_or_else(|e| panic!("no node answers: {e}"));
+        .expect("no node answers");
     let queue = Topology::new(prefix).dead_queue();
     let n = figures::queue_len(&conn, &queue).await;
     if n > 0 {
@@ -42,12 +42,16 @@ async fn dead_count(url: &str, prefix: &str) -> u32 {
     n
 }
 
-fn jobs(ws: &[&WorkerProc]) -> f64 {
-    ws.iter().map(|w| w.metric_sum("surge_jobs_total")).sum()
+async fn jobs(ws: &[&WorkerProc]) -> f64 {
+    let mut sum = 0.0;
+    for w in ws {
+        sum += w.metric_sum("surge_jobs_total").await;
+    }
+    sum
 }
 
 async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
     let n_rows = figures::size(100_000, 5_000);
@@ -86,8 +90,8 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         &slow,
         &[("AMQP_URL", &url_w2), listed],
     );
-    w1.wait_ready(Duration::from_secs(60));
-    w2.wait_ready(Duration::from_secs(60));
+    w1.wait_ready(Duration::from_secs(60)).await;
+    w2.wait_ready(Duration::from_secs(60)).await;
     let rpj = rows_per_job.to_string();
     let t_run = Instant::now();
     let sb = spawn_score_batch_with_env(
@@ -99,13 +103,13 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
     );
     let mut sb = sb;
     let queue = Topology::new(prefix).job_queue("breast-cancer");
-    w1.wait_for_jobs(1.0, Duration::from_secs(60));
-    w2.wait_for_jobs(1.0, Duration::from_secs(60));
-    while jobs(&[&w1, &w2]) < 20.0 {
+    w1.wait_for_jobs(1.0, Duration::from_secs(60)).await;
+    w2.wait_for_jobs(1.0, Duration::from_secs(60)).await;
+    while jobs(&[&w1, &w2]).await < 20.0 {
         assert!(t_run.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (leader, members) = cluster.quorum_leader(&queue);
+    let (leader, members) = cluster.quorum_leader(&queue).await;
     println!("{fault:?}: {queue} leader {leader}, members {members:?}");
     assert_eq!(
         members.len(),
@@ -125,29 +129,29 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         sb.try_wait().ok().flatten().is_none(),
         "the run ended before the fault"
     );
-    let before = jobs(&[&w1, &w2]);
+    let before = jobs(&[&w1, &w2]).await;
     let t0 = Instant::now();
     match fault {
-        Fault::StopLeader => cluster.nodes[victim].stop_node(),
-        Fault::KillClientNode => cluster.nodes[victim].kill_node(),
+        Fault::StopLeader => cluster.nodes[victim].stop_node().await,
+        Fault::KillClientNode => cluster.nodes[victim].kill_node().await,
     }
     let down_after = t0.elapsed();
     // Recovered: the workers answer 5 more jobs after the node is gone. When
     // score-batch's node dies, its reply queue (a classic queue homed there) goes
     // with it: results come back unroutable until the node returns, so the workers
     // are only watched for 10 s.
-    let at_down = jobs(&[&w1, &w2]);
+    let at_down = jobs(&[&w1, &w2]).await;
     let watch_for = match fault {
         Fault::StopLeader => Duration::from_secs(120),
         Fault::KillClientNode => Duration::from_secs(10),
     };
     let mut recovered = None;
     while t0.elapsed() < watch_for {
-        if jobs(&[&w1, &w2]) >= at_down + 5.0 {
+        if jobs(&[&w1, &w2]).await >= at_down + 5.0 {
             recovered = Some(t0.elapsed());
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if matches!(fault, Fault::StopLeader) {
         assert!(
@@ -157,7 +161,7 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
             w2.log_text()
         );
     }
-    let (leader_during, members_during) = cluster.quorum_leader(&queue);
+    let (leader_during, members_during) = cluster.quorum_leader(&queue).await;
     // Down for at least 10 s in all, then back with its data. score-batch is
     // watched meanwhile (and while the node boots) for the moment the run ends.
     let mut finished = None;
@@ -165,27 +169,29 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         if finished.is_none() && sb.try_wait().ok().flatten().is_some() {
             finished = Some(t0.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let victim_node = &mut cluster.nodes[victim];
-    let back = std::thread::scope(|s| {
-        let booting = s.spawn(|| {
-            victim_node.launch();
-            t0.elapsed()
-        });
-        while !booting.is_finished() {
+    let booting = async {
+        victim_node.launch().await;
+        t0.elapsed()
+    };
+    let watching = async {
+        loop {
             if finished.is_none() && sb.try_wait().ok().flatten().is_some() {
                 finished = Some(t0.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        booting
-            .join()
-            .unwrap_or_else(|_| panic!("restarting the node failed"))
-    });
+    };
+    let back = tokio::select! {
+        back = booting => back,
+        () = watching => unreachable!("the watch loop never ends"),
+    };
     let out = sb
         .wait_with_output()
-        .unwrap_or_else(|e| panic!("score-batch: {e}"));
+        .await
+        .expect("waiting for score-batch");
     let finished_after_fault = finished.unwrap_or_else(|| t0.elapsed());
     let run_took = t_run.elapsed() - (t0.elapsed() - finished_after_fault);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -195,12 +201,15 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         w1.log_text(),
         w2.log_text()
     );
-    let (leader_after, _) = cluster.quorum_leader(&queue);
+    let (leader_after, _) = cluster.quorum_leader(&queue).await;
     let s = parse_summary(&stderr).unwrap_or_else(|| panic!("no summary: {stderr}"));
     let got = read_output(&output);
     let dead = dead_count(&url_w1, prefix).await;
     figures::report(&format!("cluster {fault:?}"), &s, &got, dead, &output);
-    let reconnects = |w: &WorkerProc| w.metric_sum("surge_reconnects_total");
+    let reconnects = [
+        w1.metric_sum("surge_reconnects_total").await,
+        w2.metric_sum("surge_reconnects_total").await,
+    ];
     println!(
         "CLUSTER {fault:?}: {n_rows} rows; node {} ({}) {} after {:.1}s; workers answered 5 more jobs {} after the fault began \
          ({before} jobs before); node back at {:.1}s; run finished {:.1}s after the fault ({:.1}s in all); \
@@ -218,8 +227,8 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         finished_after_fault.as_secs_f64(),
         run_took.as_secs_f64(),
         s.reconnects,
-        reconnects(&w1).abs(),
-        reconnects(&w2).abs(),
+        reconnects[0].abs(),
+        reconnects[1].abs(),
         members_during.len(),
     );
     for line in stderr
@@ -242,13 +251,13 @@ async fn drill(cluster: &mut Cluster, fault: Fault, prefix: &str) {
         );
     }
     for w in [&mut w1, &mut w2] {
-        w.stop(Duration::from_secs(60));
+        w.stop(Duration::from_secs(60)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_loses_nothing_when_a_node_stops_or_dies() {
-    let mut cluster = Cluster::start("cl", 3);
+    let mut cluster = Cluster::start("cl", 3).await;
     drill(&mut cluster, Fault::StopLeader, "surge-v1").await;
     drill(&mut cluster, Fault::KillClientNode, "surge-v2").await;
     println!("cluster formed in {:.1}s", cluster.formed_in.as_secs_f64());

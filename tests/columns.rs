@@ -5,13 +5,14 @@
 //! the same scores, and a model nobody serves is reported instead of waited on.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
+use tokio::process::Command;
 
 use surge_testkit::*;
 
 /// Runs score-batch for `model` with exactly `args` (no `--columns` added) and waits.
-fn score_batch(model: &str, prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+async fn score_batch(model: &str, prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("score-batch"))
         .args(["--model", model, "--prefix", prefix])
         .args(args)
@@ -19,10 +20,11 @@ fn score_batch(model: &str, prefix: &str, args: &[&str], env: &[(&str, &str)]) -
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .unwrap_or_else(|e| panic!("running score-batch: {e}"))
+        .await
+        .expect("running score-batch")
 }
 
-fn run_ok(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> String {
+async fn run_ok(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "--input",
         input.to_str().unwrap(),
@@ -34,7 +36,7 @@ fn run_ok(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> String {
         "40",
     ];
     args.extend_from_slice(extra);
-    let out = score_batch("breast-cancer", prefix, &args, &[]);
+    let out = score_batch("breast-cancer", prefix, &args, &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
@@ -50,14 +52,14 @@ fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
         csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let header = rdr
         .headers()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("reading the CSV header")
         .iter()
         .map(str::to_string)
         .collect();
     let records = rdr
         .records()
         .map(|r| {
-            r.unwrap_or_else(|e| panic!("{e}"))
+            r.expect("reading a CSV record")
                 .iter()
                 .map(str::to_string)
                 .collect()
@@ -80,20 +82,21 @@ fn write_csv(path: &Path, header: &[String], records: &[Vec<String>]) {
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_path(path)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("opening the CSV file");
     if !header.is_empty() {
-        w.write_record(header).unwrap_or_else(|e| panic!("{e}"));
+        w.write_record(header).expect("writing a CSV record");
     }
     for r in records {
-        w.write_record(r).unwrap_or_else(|e| panic!("{e}"));
+        w.write_record(r).expect("writing a CSV record");
     }
-    w.flush().unwrap_or_else(|e| panic!("{e}"));
+    w.flush().expect("flushing the writer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_order_extras_and_packing_never_change_a_score() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("cols");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let sample = models_dir().join("breast-cancer/sample.csv");
     let original = read_csv(&sample);
@@ -135,23 +138,24 @@ async fn column_order_extras_and_packing_never_change_a_score() {
     write_csv(&positional, &[], rows);
 
     let mut w = WorkerProc::spawn(&prefix, "w-cols", dir.path(), &["--model", "breast-cancer"]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
 
     let out = |name: &str| dir.path().join(name);
-    run_ok(&prefix, &sample, &out("original.csv"), &[]);
-    let log = run_ok(&prefix, &shuffled, &out("packed.csv"), &[]);
+    run_ok(&prefix, &sample, &out("original.csv"), &[]).await;
+    let log = run_ok(&prefix, &shuffled, &out("packed.csv"), &[]).await;
     assert!(
         log.contains("packed=true") && log.contains("by_name=true"),
         "{log}"
     );
-    let log = run_ok(&prefix, &shuffled, &out("listed.csv"), &["--no-pack"]);
+    let log = run_ok(&prefix, &shuffled, &out("listed.csv"), &["--no-pack"]).await;
     assert!(log.contains("packed=false"), "{log}");
     let log = run_ok(
         &prefix,
         &shuffled,
         &out("json.csv"),
         &["--encoding", "json"],
-    );
+    )
+    .await;
     assert!(
         log.contains("packed=false"),
         "JSON always sends inputs: {log}"
@@ -162,13 +166,15 @@ async fn column_order_extras_and_packing_never_change_a_score() {
         &headerless,
         &out("headerless.csv"),
         &["--no-header", "--columns", &names],
-    );
+    )
+    .await;
     let warned = run_ok(
         &prefix,
         &positional,
         &out("positional.csv"),
         &["--no-header"],
-    );
+    )
+    .await;
     assert!(
         warned.contains("WARN") && warned.contains("sent by position"),
         "a headerless file without --columns warns that order matters: {warned}"
@@ -213,14 +219,14 @@ async fn column_order_extras_and_packing_never_change_a_score() {
     assert_eq!(&named.0[1..=n], &features[..]);
     assert_eq!(column(&named, "column_1")[7], "p-007");
 
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("missing");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let (header, records) = read_csv(&models_dir().join("breast-cancer/sample.csv"));
     let gone = header
@@ -253,7 +259,7 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
         dir.path(),
         &["--model", "breast-cancer"],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let output = dir.path().join("missing-out.csv");
     let out = score_batch(
         "breast-cancer",
@@ -269,7 +275,8 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
             "120",
         ],
         &[],
-    );
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let got = read_csv(&output);
@@ -301,7 +308,8 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
             "20",
         ],
         &[],
-    );
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -321,7 +329,8 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
             "20",
         ],
         &[],
-    );
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -346,14 +355,14 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
             assert_eq!(scores[i], wanted[i], "row {i}");
         }
     }
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
     let conn = require_broker().await;
     let prefix = unique_prefix("idle");
+    let _cleanup = Cleanup::new(&prefix, &["nobody-serves-this"]);
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.csv");
     let sample = models_dir().join("breast-cancer/sample.csv");
@@ -370,7 +379,8 @@ async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
             "6",
         ],
         &[("SURGE_IDLE_HINT_SECS", "1")],
-    );
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -407,5 +417,4 @@ async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
     )
     .await
     .unwrap_or_else(|e| panic!("deleting the reply queue of {run}: {e}"));
-    cleanup(&prefix, &["nobody-serves-this"]).await;
 }

@@ -5,8 +5,9 @@
 //! `make models`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
+use tokio::process::Command;
 
 use serde_json::Value;
 use surge_testkit::*;
@@ -37,7 +38,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (n(a) * n(b))
 }
 
-fn score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) {
+async fn score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) {
     let out = Command::new(bin("score-batch"))
         .args(["--model", MODEL, "--prefix", prefix, "--timeout", "240"])
         .arg("--input")
@@ -48,7 +49,8 @@ fn score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .unwrap_or_else(|e| panic!("starting score-batch: {e}"));
+        .await
+        .expect("starting score-batch");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "score-batch failed: {stderr}");
     println!(
@@ -74,6 +76,7 @@ async fn texts_through_score_batch_match_sentence_transformers() {
         models.display()
     );
     let prefix = unique_prefix("emb");
+    let _cleanup = Cleanup::new(&prefix, &[MODEL]);
     let dir = tempfile::tempdir().unwrap();
     let cases = reference();
     let mut w = WorkerProc::spawn(
@@ -82,7 +85,7 @@ async fn texts_through_score_batch_match_sentence_transformers() {
         dir.path(),
         &["--model", MODEL, "--threads", "2"],
     );
-    w.wait_ready(Duration::from_secs(60));
+    w.wait_ready(Duration::from_secs(60)).await;
 
     // JSON Lines in and out; texts are found in the `text` field.
     let input: PathBuf = dir.path().join("texts.jsonl");
@@ -93,7 +96,7 @@ async fn texts_through_score_batch_match_sentence_transformers() {
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let output = dir.path().join("embeddings.jsonl");
-    score_batch(&prefix, &input, &output, &["--rows-per-job", "8"]);
+    score_batch(&prefix, &input, &output, &["--rows-per-job", "8"]).await;
     let text = std::fs::read_to_string(&output).unwrap();
     let rows: Vec<Value> = text
         .lines()
@@ -131,7 +134,8 @@ async fn texts_through_score_batch_match_sentence_transformers() {
         &input,
         &output,
         &["--text-column", "sentence", "--rows-per-job", "16"],
-    );
+    )
+    .await;
     let mut rdr = csv::Reader::from_path(&output).unwrap();
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(header, ["id", "sentence", "embedding", "error"]);
@@ -145,6 +149,5 @@ async fn texts_through_score_batch_match_sentence_transformers() {
     }
     assert_eq!(n, cases.len());
 
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &[MODEL]).await;
+    w.stop(Duration::from_secs(20)).await;
 }

@@ -9,6 +9,7 @@ use surge_testkit::*;
 async fn ten_thousand_rows_through_two_workers_exactly_once() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("e2e");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -17,11 +18,11 @@ async fn ten_thousand_rows_through_two_workers_exactly_once() {
 
     let mut a = WorkerProc::spawn(&prefix, "w-a", dir.path(), &["--model", "breast-cancer"]);
     let mut b = WorkerProc::spawn(&prefix, "w-b", dir.path(), &["--model", "breast-cancer"]);
-    a.wait_ready(Duration::from_secs(30));
-    b.wait_ready(Duration::from_secs(30));
+    a.wait_ready(Duration::from_secs(30)).await;
+    b.wait_ready(Duration::from_secs(30)).await;
 
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "50"]);
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "score-batch failed: {stderr}");
     println!(
@@ -33,8 +34,8 @@ async fn ten_thousand_rows_through_two_workers_exactly_once() {
     assert_exactly_once_and_correct(&got, &expected);
     // Both workers took part.
     let (ja, jb) = (
-        a.metric_sum("surge_jobs_total"),
-        b.metric_sum("surge_jobs_total"),
+        a.metric_sum("surge_jobs_total").await,
+        b.metric_sum("surge_jobs_total").await,
     );
     assert!(ja > 0.0 && jb > 0.0, "jobs per worker: {ja} and {jb}");
     assert!(
@@ -43,25 +44,25 @@ async fn ten_thousand_rows_through_two_workers_exactly_once() {
         ja + jb
     );
 
-    a.signal("TERM");
-    b.signal("TERM");
+    a.signal("TERM").await;
+    b.signal("TERM").await;
     assert!(
-        a.wait_exit(Duration::from_secs(20)).success(),
+        a.wait_exit(Duration::from_secs(20)).await.success(),
         "{}",
         a.log_text()
     );
     assert!(
-        b.wait_exit(Duration::from_secs(20)).success(),
+        b.wait_exit(Duration::from_secs(20)).await.success(),
         "{}",
         b.log_text()
     );
-    cleanup(&prefix, &["breast-cancer"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_batch_waits_for_workers_that_start_later() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("late");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -70,22 +71,22 @@ async fn score_batch_waits_for_workers_that_start_later() {
     // Jobs are published to a queue score-batch declared; nobody consumes yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut w = WorkerProc::spawn(&prefix, "w-late", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
-    let out = sb.wait_with_output().unwrap();
+    w.wait_ready(Duration::from_secs(30)).await;
+    let out = sb.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_exactly_once_and_correct(&read_output(&output), &reference_scores(&rows));
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_in_and_out() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("jsonl");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.jsonl");
     let output = dir.path().join("scores.jsonl");
@@ -104,7 +105,7 @@ async fn json_lines_in_and_out() {
     }
     std::fs::write(&input, text).unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-json", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let out = spawn_score_batch(
         &prefix,
         &input,
@@ -112,6 +113,7 @@ async fn json_lines_in_and_out() {
         &["--rows-per-job", "7", "--encoding", "json"],
     )
     .wait_with_output()
+    .await
     .unwrap();
     assert!(
         out.status.success(),
@@ -130,22 +132,23 @@ async fn json_lines_in_and_out() {
         let p = l["malignant_probability"].as_f64().unwrap() as f32;
         assert!((p - expected[i]).abs() <= 1e-6);
     }
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_pika_clients_get_results_packed_and_listed() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("py");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-py", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let python = std::env::var("SURGE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
+    let out = tokio::process::Command::new(&python)
         .arg(workspace().join("examples/python/score_one.py"))
         .args(["--prefix", &prefix])
         .output()
+        .await
         .unwrap_or_else(|e| panic!("running {python}: {e} (make test sets up .venv with pika)"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -164,11 +167,12 @@ async fn python_pika_clients_get_results_packed_and_listed() {
 
     // The same rows packed (rows_f32 + cols, columns reversed and named) and as an
     // `inputs` list, both MessagePack: the script checks the outputs are equal.
-    let out = std::process::Command::new(&python)
+    let out = tokio::process::Command::new(&python)
         .arg(workspace().join("examples/python/score_packed.py"))
         .args(["--prefix", &prefix, "--rows", "8", "--sample"])
         .arg(models_dir().join("breast-cancer/sample.csv"))
         .output()
+        .await
         .unwrap_or_else(|e| panic!("running {python}: {e} (make test sets up .venv)"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -180,6 +184,5 @@ async fn python_pika_clients_get_results_packed_and_listed() {
         .unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(both["equal"], true, "{both}");
     assert_eq!(both["outputs"].as_array().map(Vec::len), Some(8));
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }

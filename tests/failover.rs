@@ -38,7 +38,7 @@ async fn a_closed_port_first_then_the_broker_connects() {
     let t0 = Instant::now();
     let conn = surge_broker::connect(&url, "surge-tests-failover", &quick())
         .await
-        .unwrap_or_else(|e| panic!("no failover to the second address: {e}"));
+        .expect("no failover to the second address");
     println!(
         "connected past a closed port in {:.0} ms",
         t0.elapsed().as_secs_f64() * 1e3
@@ -56,7 +56,7 @@ async fn a_closed_port_first_then_the_broker_connects() {
     .unwrap();
     let conn = surge_broker::connect(&url, "surge-tests-failover", &quick())
         .await
-        .unwrap_or_else(|e| panic!("no failover to the second URL: {e}"));
+        .expect("no failover to the second URL");
     let _ = conn.close(200, "done".into()).await;
 }
 
@@ -94,7 +94,7 @@ fn connected_to(log: &str, host: &str) -> bool {
 
 /// One score-batch run of `n` rows against `url`; returns its stderr after checking
 /// every row was answered exactly once and correctly.
-fn scored_run(url: &str, dir: &std::path::Path, tag: &str, n: usize) -> String {
+async fn scored_run(url: &str, dir: &std::path::Path, tag: &str, n: usize) -> String {
     let input = dir.join(format!("{tag}.csv"));
     let output = dir.join(format!("{tag}-scores.csv"));
     let rows = write_rows_csv(&input, n);
@@ -106,7 +106,7 @@ fn scored_run(url: &str, dir: &std::path::Path, tag: &str, n: usize) -> String {
         &["--rows-per-job", "20", "--job-timeout", "60"],
         &env,
     );
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "score-batch ({tag}) failed: {stderr}");
     let s = parse_summary(&stderr).unwrap_or_else(|| panic!("no summary: {stderr}"));
@@ -118,8 +118,8 @@ fn scored_run(url: &str, dir: &std::path::Path, tag: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_moves_to_the_next_node_when_its_node_stops() {
-    let mut a = PrivateNode::start("fo-a", NodeOptions::default());
-    let b = PrivateNode::start("fo-b", NodeOptions::default());
+    let mut a = PrivateNode::start("fo-a", NodeOptions::default()).await;
+    let b = PrivateNode::start("fo-b", NodeOptions::default()).await;
     let list = format!(
         "amqp://guest:guest@127.0.0.1:{},127.0.0.1:{}/%2f?heartbeat=5",
         a.port, b.port
@@ -136,7 +136,7 @@ async fn a_worker_moves_to_the_next_node_when_its_node_stops() {
         &["--broker-timeout-s", "5"],
         &env,
     );
-    w.wait_ready(Duration::from_secs(60));
+    w.wait_ready(Duration::from_secs(60)).await;
     let a_addr = format!("127.0.0.1:{}", a.port);
     let b_addr = format!("127.0.0.1:{}", b.port);
     assert!(
@@ -146,10 +146,10 @@ async fn a_worker_moves_to_the_next_node_when_its_node_stops() {
     );
 
     // Answered on A.
-    scored_run(&list, dir.path(), "on node A", 1_000);
+    scored_run(&list, dir.path(), "on node A", 1_000).await;
 
     let t0 = Instant::now();
-    a.stop_node();
+    a.stop_node().await;
     // The worker reconnects to B; score-batch's first address (A) refuses, so it
     // publishes on B as well.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -159,14 +159,14 @@ async fn a_worker_moves_to_the_next_node_when_its_node_stops() {
             "the worker never moved to node B: {}",
             w.log_text()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let moved = t0.elapsed();
     println!(
         "worker on node B {:.1}s after `rabbitmqctl stop` of node A began",
         moved.as_secs_f64()
     );
-    let stderr = scored_run(&list, dir.path(), "on node B after A stopped", 1_000);
+    let stderr = scored_run(&list, dir.path(), "on node B after A stopped", 1_000).await;
     assert!(
         stderr.contains("did not answer"),
         "score-batch did not try node A first: {stderr}"
@@ -189,6 +189,6 @@ async fn a_worker_moves_to_the_next_node_when_its_node_stops() {
     }) {
         println!("  {line}");
     }
-    w.stop(Duration::from_secs(30));
+    w.stop(Duration::from_secs(30)).await;
     drop(b);
 }

@@ -38,13 +38,13 @@ const SLOW: &[&str] = &[
 /// Waits for score-batch, asserts it succeeded, prints and asserts the figures.
 async fn finish_run(
     test: &str,
-    sb: std::process::Child,
+    sb: tokio::process::Child,
     output: &std::path::Path,
     expected: &[f32],
     prefix: &str,
     workers: &[&WorkerProc],
 ) -> figures::Summary {
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let logs: String = workers.iter().map(|w| w.log_text()).collect();
     assert!(
@@ -64,6 +64,7 @@ async fn finish_run(
 async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("kill10");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -97,7 +98,7 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
         .map(|i| WorkerProc::spawn(&prefix, &format!("w-k{i}-0"), dir.path(), opts))
         .collect();
     for w in &mut workers {
-        w.wait_ready(Duration::from_secs(30));
+        w.wait_ready(Duration::from_secs(30)).await;
     }
     let mut sb = spawn_score_batch(
         &prefix,
@@ -106,23 +107,23 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
         &["--rows-per-job", &per_job, "--job-timeout", "30"],
     );
     let started = Instant::now();
-    workers[0].wait_for_jobs(5.0, Duration::from_secs(60));
+    workers[0].wait_for_jobs(5.0, Duration::from_secs(60)).await;
     let mut kills = 0;
     for k in 1..=10 {
         let i = k % 2;
         let victim = &mut workers[i];
-        victim.signal("KILL");
-        assert!(!victim.wait_exit(Duration::from_secs(10)).success());
+        victim.signal("KILL").await;
+        assert!(!victim.wait_exit(Duration::from_secs(10)).await.success());
         kills += 1;
         assert!(
             sb.try_wait().unwrap().is_none(),
             "the run finished before kill {k}: the test proved nothing"
         );
         let mut fresh = WorkerProc::spawn(&prefix, &format!("w-k{i}-{k}"), dir.path(), opts);
-        fresh.wait_ready(Duration::from_secs(30));
+        fresh.wait_ready(Duration::from_secs(30)).await;
         *victim = fresh;
         // Let the fresh worker take jobs before it (or its peer) is killed.
-        std::thread::sleep(Duration::from_millis(if full { 800 } else { 300 }));
+        tokio::time::sleep(Duration::from_millis(if full { 800 } else { 300 })).await;
     }
     println!(
         "{kills} SIGKILLs (and restarts) in {:.1}s of the run",
@@ -140,28 +141,28 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
     .await;
     assert_eq!(s.failed, 0, "no row may fail");
     for mut w in workers {
-        w.stop(Duration::from_secs(30));
+        w.stop(Duration::from_secs(30)).await;
     }
-    cleanup(&prefix, &["breast-cancer"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_drains_gracefully() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("term");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
     let rows = write_rows_csv(&input, 6_000);
     let mut a = WorkerProc::spawn(&prefix, "w-term-a", dir.path(), SLOW);
     let mut b = WorkerProc::spawn(&prefix, "w-term-b", dir.path(), SLOW);
-    a.wait_ready(Duration::from_secs(30));
-    b.wait_ready(Duration::from_secs(30));
+    a.wait_ready(Duration::from_secs(30)).await;
+    b.wait_ready(Duration::from_secs(30)).await;
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "10"]);
-    a.wait_for_jobs(30.0, Duration::from_secs(60));
-    a.signal("TERM");
+    a.wait_for_jobs(30.0, Duration::from_secs(60)).await;
+    a.signal("TERM").await;
     let t0 = Instant::now();
-    let status = a.wait_exit(Duration::from_secs(30));
+    let status = a.wait_exit(Duration::from_secs(30)).await;
     let log = a.log_text();
     assert!(
         status.success(),
@@ -179,14 +180,14 @@ async fn sigterm_mid_run_drains_gracefully() {
     )
     .await;
     assert_eq!(s.failed, 0);
-    b.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    b.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("freeze");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -207,7 +208,7 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
         &extra,
         &[("AMQP_URL", &url)],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let pid = w.pid();
     let mut sb = spawn_score_batch(
         &prefix,
@@ -215,17 +216,17 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
         &output,
         &["--rows-per-job", "10", "--job-timeout", "60"],
     );
-    w.wait_for_jobs(20.0, Duration::from_secs(60));
+    w.wait_for_jobs(20.0, Duration::from_secs(60)).await;
 
     // Freeze for 8 s: four heartbeat intervals, twice lapin's detection window.
     proxy.freeze();
     let frozen_at = Instant::now();
     let mut noticed_after = None;
     while frozen_at.elapsed() < Duration::from_secs(8) {
-        if noticed_after.is_none() && w.get("/readyz").map(|(s, _)| s) != Some(200) {
+        if noticed_after.is_none() && w.get("/readyz").await.map(|(s, _)| s) != Some(200) {
             noticed_after = Some(frozen_at.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let noticed_after = noticed_after.unwrap_or_else(|| {
         panic!(
@@ -239,7 +240,7 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
     );
     proxy.thaw();
     let thawed = Instant::now();
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let recovered_in = thawed.elapsed();
     let log = w.log_text();
     println!(
@@ -263,9 +264,8 @@ async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
     .await;
     assert_eq!(s.failed, 0);
     assert_eq!(w.pid(), pid, "same process throughout");
-    assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    w.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    assert_eq!(w.get("/healthz").await.map(|(s, _)| s), Some(200));
+    w.stop(Duration::from_secs(30)).await;
 }
 
 fn job_body(x: f32) -> Vec<u8> {
@@ -280,12 +280,13 @@ fn job_body(x: f32) -> Vec<u8> {
 async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
     let conn = require_broker().await;
     let prefix = unique_prefix("poison");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
     let rows = write_rows_csv(&input, 3_000);
     let mut w = WorkerProc::spawn(&prefix, "w-poison", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
 
     // The poison job answers to a queue that refuses every message (max length 0,
     // reject-publish): the broker nacks each result, the worker returns the job, and
@@ -353,15 +354,15 @@ async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
     .await;
     assert_eq!(s.failed, 0);
     assert_eq!(queue_len(&conn, &topo.job_queue("breast-cancer")).await, 0);
-    assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    w.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    assert_eq!(w.get("/healthz").await.map(|(s, _)| s), Some(200));
+    w.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
     let conn = require_broker().await;
     let prefix = unique_prefix("ttl");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let topo = Topology::new(&prefix);
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -403,10 +404,10 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
             .unwrap();
         assert!(c.is_ack());
     }
-    std::thread::sleep(Duration::from_millis(800));
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-ttl", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let answered = take(&conn, &replies, n, Duration::from_secs(30)).await;
     let dead = take(&conn, &topo.dead_queue(), n, Duration::from_secs(30)).await;
     for d in &answered {
@@ -421,7 +422,7 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
         assert_eq!(x_death_reason(d).as_deref(), Some("expired"), "{id}");
     }
     // Nothing else: no extra answer, no extra dead letter.
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let extra = queue_len(&conn, &replies).await;
     if extra > 0 {
         let more = take(&conn, &replies, extra as usize, Duration::from_secs(5)).await;
@@ -452,8 +453,7 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
         answered.len(),
         dead.len()
     );
-    w.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +464,7 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         vhost: unique_prefix("maxlen"),
         users: Vec::new(),
     };
-    rabbitmqctl(&["add_vhost", &owned.vhost]);
+    rabbitmqctl(&["add_vhost", &owned.vhost]).await;
     rabbitmqctl(&[
         "set_permissions",
         "-p",
@@ -473,7 +473,8 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         ".*",
         ".*",
         ".*",
-    ]);
+    ])
+    .await;
     rabbitmqctl(&[
         "set_policy",
         "-p",
@@ -483,7 +484,8 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         "surge-maxlen",
         "^surge\\.jobs\\.",
         r#"{"max-length":50,"overflow":"reject-publish"}"#,
-    ]);
+    ])
+    .await;
     let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
     let env = [("AMQP_URL", url.as_str())];
     let dir = tempfile::tempdir().unwrap();
@@ -500,10 +502,10 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         &["--rows-per-job", "10", "--publish-window", "1"],
         &env,
     );
-    std::thread::sleep(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut w = WorkerProc::spawn_with_env("surge", "w-maxlen", dir.path(), &[], &env);
-    w.wait_ready(Duration::from_secs(30));
-    let out = sb.wait_with_output().unwrap();
+    w.wait_ready(Duration::from_secs(30)).await;
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let refused = stderr
@@ -521,5 +523,5 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         "  the broker refused {refused} publishes; score-batch republished each until it fitted"
     );
     assert_exactly_once_and_correct(&got, &reference_scores(&rows));
-    w.stop(Duration::from_secs(30));
+    w.stop(Duration::from_secs(30)).await;
 }

@@ -229,6 +229,7 @@ fn message(i: usize, rng: &mut Rng) -> Msg {
 async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
     let conn = require_broker().await;
     let prefix = unique_prefix("hostile");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let topo = Topology::new(&prefix);
     let total = figures::size(10_000, 2_000);
     let dir = tempfile::tempdir().unwrap();
@@ -243,7 +244,7 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
             &MAX_BYTES.to_string(),
         ],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let pid = w.pid();
 
     let ch = conn.create_channel().await.unwrap();
@@ -395,10 +396,10 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
     );
     // Never crashed, never even lost its connection.
     assert_eq!(w.pid(), pid);
-    assert_eq!(w.get("/healthz").map(|(s, _)| s), Some(200));
-    assert_eq!(w.get("/readyz").map(|(s, _)| s), Some(200));
+    assert_eq!(w.get("/healthz").await.map(|(s, _)| s), Some(200));
+    assert_eq!(w.get("/readyz").await.map(|(s, _)| s), Some(200));
     assert_eq!(
-        w.metric_sum("surge_reconnects_total"),
+        w.metric_sum("surge_reconnects_total").await,
         0.0,
         "{}",
         w.log_text()
@@ -408,6 +409,5 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
         figures::queue_len(&conn, &topo.job_queue("breast-cancer")).await,
         0
     );
-    w.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(30)).await;
 }

@@ -2,9 +2,10 @@
 //! directory, it is validated and served without a restart, while the model already
 //! served keeps answering without interruption.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 use surge_testkit::*;
 
@@ -20,6 +21,7 @@ fn copy_model(from: &Path, to: &Path, name: &str) {
 async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("hot");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "breast-cancer-hot"]);
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
@@ -40,7 +42,7 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
             "500",
         ],
     );
-    worker.wait_ready(Duration::from_secs(30));
+    worker.wait_ready(Duration::from_secs(30)).await;
 
     // The first model keeps serving a run throughout.
     let input_a = dir.path().join("a.csv");
@@ -58,7 +60,7 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     .unwrap();
 
     // Drop the new model in.
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let new_name = "breast-cancer-hot";
     copy_model(&shipped, &models.join(new_name), new_name);
     let dropped = Instant::now();
@@ -79,6 +81,7 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
         &[],
     )
     .wait_with_output()
+    .await
     .unwrap();
     let to_result = dropped.elapsed();
     assert!(
@@ -91,7 +94,7 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     assert_exactly_once_and_correct(&read_output(&output_b), &reference_scores(&rows_b));
     println!("hot model: folder dropped → its first job answered in {to_result:?} (target ≤ 5 s)");
 
-    let out_a = run_a.wait_with_output().unwrap();
+    let out_a = run_a.wait_with_output().await.unwrap();
     assert!(
         out_a.status.success(),
         "the first model's run failed: {}",
@@ -99,7 +102,7 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     );
     assert_exactly_once_and_correct(&read_output(&output_a), &reference_scores(&rows_a));
 
-    let (_, metrics) = worker.get("/metrics").unwrap();
+    let (_, metrics) = worker.get("/metrics").await.unwrap();
     assert!(
         metrics.contains("surge_model_rejected_total{model=\"broken-model\"}"),
         "{metrics}"
@@ -115,15 +118,15 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
     );
     assert!(!text.contains("serving a model found after start\" model=broken-model"));
 
-    worker.signal("TERM");
-    worker.wait_exit(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer", new_name]).await;
+    worker.signal("TERM").await;
+    worker.wait_exit(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("hot-auto");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "breast-cancer-later"]);
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
@@ -138,17 +141,18 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let start = Instant::now();
-    while !matches!(http_get(port, "/readyz"), Some((200, _))) {
+    while !matches!(http_get(port, "/readyz").await, Some((200, _))) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "autoscaler not ready:\n{}",
             log_text()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let new_name = "breast-cancer-later";
     copy_model(&shipped, &models.join(new_name), new_name);
@@ -158,6 +162,7 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
     let rows = write_rows_csv(&input, 100);
     let out = spawn_score_batch_for(new_name, &prefix, &input, &output, &[], &[])
         .wait_with_output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -171,16 +176,13 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
         dropped.elapsed()
     );
     assert!(log_text().contains("new model folder; scaling its queue too"));
-    let _ = Command::new("kill")
-        .args(["-TERM", &auto.id().to_string()])
-        .status();
-    let status = auto.wait().unwrap();
+    signal(auto.id().expect("the autoscaler is running"), "TERM").await;
+    let status = auto.wait().await.unwrap();
     assert!(
         status.success(),
         "autoscaler exit {status}:\n{}",
         log_text()
     );
-    cleanup(&prefix, &["breast-cancer", new_name]).await;
 }
 
 fn put_version(models: &Path, version: &str) {
@@ -195,10 +197,29 @@ fn put_version(models: &Path, version: &str) {
     .unwrap();
 }
 
+/// Runs score-batch for `model` over `input` into `output`: (success, stderr, output).
+async fn score_version(
+    model: &str,
+    prefix: &str,
+    input: &Path,
+    output: PathBuf,
+) -> (bool, String, PathBuf) {
+    let o = spawn_score_batch_for(model, prefix, input, &output, &[], &[])
+        .wait_with_output()
+        .await
+        .expect("waiting for score-batch");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+        output,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_side_by_side_and_a_new_version_without_restart() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("versions");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     put_version(&models, "1.0.0");
@@ -209,32 +230,39 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
         &models,
         &["--watch-models-ms", "500"],
     );
-    worker.wait_ready(Duration::from_secs(30));
+    worker.wait_ready(Duration::from_secs(30)).await;
     let input = dir.path().join("in.csv");
     let rows = write_rows_csv(&input, 50);
     let expected = reference_scores(&rows);
-    let score = |model: &str, out: &str| {
-        let output = dir.path().join(out);
-        let o = spawn_score_batch_for(model, &prefix, &input, &output, &[], &[])
-            .wait_with_output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-            output,
-        )
-    };
-    let (ok, err, out) = score("breast-cancer@1.0.0", "a.csv");
+    let (ok, err, out) = score_version(
+        "breast-cancer@1.0.0",
+        &prefix,
+        &input,
+        dir.path().join("a.csv"),
+    )
+    .await;
     assert!(ok, "{err}");
     assert_exactly_once_and_correct(&read_output(&out), &expected);
 
     put_version(&models, "1.1.0");
     let dropped = Instant::now();
     // Until the new version is served, asking for it is answered with an error; poll.
-    let (mut ok, mut err, mut out) = score("breast-cancer@1.1.0", "b.csv");
+    let (mut ok, mut err, mut out) = score_version(
+        "breast-cancer@1.1.0",
+        &prefix,
+        &input,
+        dir.path().join("b.csv"),
+    )
+    .await;
     while !ok && dropped.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(250));
-        (ok, err, out) = score("breast-cancer@1.1.0", "b.csv");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        (ok, err, out) = score_version(
+            "breast-cancer@1.1.0",
+            &prefix,
+            &input,
+            dir.path().join("b.csv"),
+        )
+        .await;
     }
     assert!(
         ok,
@@ -247,9 +275,21 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
         dropped.elapsed()
     );
     // The old version is still served beside it, and an unknown one is refused.
-    let (ok, err, _) = score("breast-cancer@1.0.0", "c.csv");
+    let (ok, err, _) = score_version(
+        "breast-cancer@1.0.0",
+        &prefix,
+        &input,
+        dir.path().join("c.csv"),
+    )
+    .await;
     assert!(ok, "{err}");
-    let (ok, err, out) = score("breast-cancer@9.9", "d.csv");
+    let (ok, err, out) = score_version(
+        "breast-cancer@9.9",
+        &prefix,
+        &input,
+        dir.path().join("d.csv"),
+    )
+    .await;
     assert!(!ok, "an unknown version must not be scored");
     // score-batch writes every row, with the error in its last column.
     let text = std::fs::read_to_string(&out).unwrap();
@@ -264,14 +304,13 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
             .all(|l| l.contains("no version") && l.contains("9.9") && l.contains("1.0.0, 1.1.0")),
         "{err}\n{text}"
     );
-    worker.signal("TERM");
-    worker.wait_exit(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    worker.signal("TERM").await;
+    worker.wait_exit(Duration::from_secs(30)).await;
 }
 
 /// The refusals counted under `model` in the worker's `/metrics` for `reason`.
-fn refusals(worker: &WorkerProc, model: &str, reason: &str) -> f64 {
-    let Some((200, body)) = worker.get("/metrics") else {
+async fn refusals(worker: &WorkerProc, model: &str, reason: &str) -> f64 {
+    let Some((200, body)) = worker.get("/metrics").await else {
         return 0.0;
     };
     body.lines()
@@ -287,6 +326,7 @@ fn refusals(worker: &WorkerProc, model: &str, reason: &str) -> f64 {
 async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("mixed");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "mixed-start"]);
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
@@ -309,9 +349,9 @@ async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
         &models,
         &["--watch-models-ms", "200"],
     );
-    worker.wait_ready(Duration::from_secs(30));
+    worker.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(
-        refusals(&worker, "mixed-start", "mixed_layout"),
+        refusals(&worker, "mixed-start", "mixed_layout").await,
         1.0,
         "{}",
         worker.log_text()
@@ -328,13 +368,13 @@ async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
     // silence: an ERROR line and a count say why it is not served...
     put_version(&models, "1.1.0");
     let dropped = Instant::now();
-    while refusals(&worker, "breast-cancer", "mixed_layout") < 1.0 {
+    while refusals(&worker, "breast-cancer", "mixed_layout").await < 1.0 {
         assert!(
             dropped.elapsed() < Duration::from_secs(15),
             "the mixed folder was not reported; log:\n{}",
             worker.log_text()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = worker.log_text();
     assert!(
@@ -342,14 +382,18 @@ async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
         "{log}"
     );
     // ...said once, not at every look...
-    std::thread::sleep(Duration::from_millis(1_000));
-    assert_eq!(refusals(&worker, "breast-cancer", "mixed_layout"), 1.0);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        refusals(&worker, "breast-cancer", "mixed_layout").await,
+        1.0
+    );
     // ...and the version already served keeps answering.
     let input = dir.path().join("in.csv");
     let output = dir.path().join("out.csv");
     let rows = write_rows_csv(&input, 20);
     let out = spawn_score_batch(&prefix, &input, &output, &[])
         .wait_with_output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -357,6 +401,5 @@ async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_exactly_once_and_correct(&read_output(&output), &reference_scores(&rows));
-    worker.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer", "mixed-start"]).await;
+    worker.stop(Duration::from_secs(30)).await;
 }

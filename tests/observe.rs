@@ -18,8 +18,9 @@
 //! Missing tools fail the test loudly: it never skips.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
@@ -55,9 +56,10 @@ fn tool(name: &str) -> PathBuf {
 }
 
 /// Runs a command to completion; panics with its output unless it succeeds.
-fn run_ok(cmd: &mut Command) -> String {
+async fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .output()
+        .await
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     let text = format!(
         "{}{}",
@@ -75,6 +77,7 @@ fn run_ok(cmd: &mut Command) -> String {
 /// A child process killed (then reaped) when dropped, whose log is a file.
 struct Proc {
     child: Child,
+    pid: u32,
     log: PathBuf,
     what: &'static str,
 }
@@ -87,7 +90,13 @@ impl Proc {
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        Self { child, log, what }
+        let pid = child.id().unwrap_or_default();
+        Self {
+            child,
+            pid,
+            log,
+            what,
+        }
     }
 
     fn log_text(&self) -> String {
@@ -105,10 +114,8 @@ impl Proc {
     }
 
     /// SIGTERM, then waits for a clean exit (the autoscaler drains its own workers).
-    fn stop(&mut self, within: Duration) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+    async fn stop(&mut self, within: Duration) {
+        signal(self.pid, "TERM").await;
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -126,7 +133,7 @@ impl Proc {
                 self.what,
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -134,10 +141,11 @@ impl Proc {
 impl Drop for Proc {
     /// On a failed test: SIGTERM first (the autoscaler then stops the worker it started;
     /// SIGKILL would orphan it), SIGKILL after 15 s.
+    // Drop cannot await: plain blocking waits, bounded by the 15 s deadline.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
                 .status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(15) {
@@ -146,31 +154,8 @@ impl Drop for Proc {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = self.child.start_kill();
         }
-    }
-}
-
-/// Deletes the queues and exchanges of the test's prefixes however the test ends
-/// (declared first, so dropped after every process).
-struct Topologies(Vec<String>);
-
-impl Drop for Topologies {
-    fn drop(&mut self) {
-        let prefixes = std::mem::take(&mut self.0);
-        // Its own runtime on its own thread: this runs inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                for p in &prefixes {
-                    rt.block_on(cleanup(p, &["breast-cancer"]));
-                }
-            }
-        })
-        .join();
     }
 }
 
@@ -187,8 +172,8 @@ fn encode(q: &str) -> String {
 }
 
 /// GET a Prometheus API path; the parsed JSON when it answers 200 with status success.
-fn api(port: u16, path: &str) -> Option<Value> {
-    let (200, body) = http_get(port, path)? else {
+async fn api(port: u16, path: &str) -> Option<Value> {
+    let (200, body) = http_get(port, path).await? else {
         return None;
     };
     let v: Value = serde_json::from_str(&body).ok()?;
@@ -196,8 +181,8 @@ fn api(port: u16, path: &str) -> Option<Value> {
 }
 
 /// The instant vector of `query`: (labels, value) per series.
-fn query(port: u16, q: &str) -> Vec<(Value, f64)> {
-    let Some(v) = api(port, &format!("/api/v1/query?query={}", encode(q))) else {
+async fn query(port: u16, q: &str) -> Vec<(Value, f64)> {
+    let Some(v) = api(port, &format!("/api/v1/query?query={}", encode(q))).await else {
         return Vec::new();
     };
     v["data"]["result"]
@@ -236,20 +221,26 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         Command::new(&promtool)
             .args(["check", "rules", "rules.yml"])
             .current_dir(rules_dir()),
-    );
+    )
+    .await;
     println!("observe: {}", checked.trim().replace('\n', " "));
     let tested = run_ok(
         Command::new(&promtool)
             .args(["test", "rules", "rules_test.yml"])
             .current_dir(rules_dir()),
-    );
+    )
+    .await;
     assert!(tested.contains("SUCCESS"), "promtool test rules:\n{tested}");
     println!("observe: promtool test rules: SUCCESS");
 
     // 2. Two workers, an autoscaler, and Prometheus scraping the three.
     let prefix = unique_prefix("observe");
     let auto_prefix = unique_prefix("observe-auto");
-    let _topologies = Topologies(vec![prefix.clone(), auto_prefix.clone()]);
+    // Declared first, so dropped after every process.
+    let _cleanup = [
+        Cleanup::new(&prefix, &["breast-cancer"]),
+        Cleanup::new(&auto_prefix, &["breast-cancer"]),
+    ];
     let dir = tempfile::tempdir().unwrap();
     let worker_args = [
         "--model",
@@ -302,7 +293,8 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
             .arg("check")
             .arg("config")
             .arg(&config),
-    );
+    )
+    .await;
     let mut prom = Proc::spawn(
         "prometheus",
         Command::new(&prometheus)
@@ -316,8 +308,8 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         dir.path().join("prometheus.log"),
     );
 
-    w1.wait_ready(Duration::from_secs(60));
-    w2.wait_ready(Duration::from_secs(60));
+    w1.wait_ready(Duration::from_secs(60)).await;
+    w2.wait_ready(Duration::from_secs(60)).await;
 
     // 3. Score the sample through the two workers, and dead-letter one job (no
     //    message_id) so that surge_dead_lettered_total exists.
@@ -325,7 +317,7 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
     let rows = data_rows(&input);
     let output = dir.path().join("scores.csv");
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "4"]);
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "score-batch failed: {}{}\nworker 1 log:\n{}",
@@ -364,14 +356,15 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         "the broker refused the job to dead-letter"
     );
     let start = Instant::now();
-    while w1.metric_sum("surge_dead_lettered_total") + w2.metric_sum("surge_dead_lettered_total")
+    while w1.metric_sum("surge_dead_lettered_total").await
+        + w2.metric_sum("surge_dead_lettered_total").await
         < 1.0
     {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no worker dead-lettered the job without message_id"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // 4. What Prometheus sees.
@@ -417,7 +410,7 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         loop {
             prom.assert_running();
             auto.assert_running();
-            let r = query(prom_port, q);
+            let r = query(prom_port, q).await;
             if ok(&r) {
                 println!(
                     "observe: Prometheus sees {what}: {q} → {:?}",
@@ -431,12 +424,14 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
                 prom.log_text(),
                 auto.log_text()
             );
-            std::thread::sleep(Duration::from_millis(250));
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     // The rules are loaded and name the four alerts.
-    let rules_api = api(prom_port, "/api/v1/rules?type=alert").expect("/api/v1/rules answers");
+    let rules_api = api(prom_port, "/api/v1/rules?type=alert")
+        .await
+        .expect("/api/v1/rules answers");
     let loaded: Vec<String> = rules_api["data"]["groups"]
         .as_array()
         .into_iter()
@@ -460,7 +455,9 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         ("worker-2", w2.metrics_port),
         ("autoscaler", auto_port),
     ] {
-        let (200, body) = http_get(port, "/metrics").unwrap_or_else(|| panic!("{name} /metrics"))
+        let (200, body) = http_get(port, "/metrics")
+            .await
+            .unwrap_or_else(|| panic!("{name} /metrics"))
         else {
             panic!("{name} /metrics did not answer 200");
         };
@@ -472,7 +469,8 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
         Command::new("python3")
             .arg(workspace().join("scripts").join("check-dashboard.py"))
             .args(&sources),
-    );
+    )
+    .await;
     println!("observe: {}", checked.trim());
 
     // Every PromQL expression of the dashboard parses and runs in this Prometheus
@@ -496,7 +494,9 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
     for e in &exprs {
         let q = e.replace("$__rate_interval", "1m").replace("$model", ".*");
         let path = format!("/api/v1/query?query={}", encode(&q));
-        let (status, body) = http_get(prom_port, &path).expect("Prometheus answers");
+        let (status, body) = http_get(prom_port, &path)
+            .await
+            .expect("Prometheus answers");
         assert!(
             status == 200 && body.contains(r#""status":"success""#),
             "dashboard expression {e:?} fails in Prometheus ({status}): {body}"
@@ -509,12 +509,12 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
 
     // 6. A rule at work: stop worker 2, and SurgeWorkerDown goes pending for its
     //    instance (firing would take the rule's whole minute).
-    w2.stop(Duration::from_secs(30));
+    w2.stop(Duration::from_secs(30)).await;
     let down = format!("127.0.0.1:{}", w2.metrics_port);
     let start = Instant::now();
     loop {
         prom.assert_running();
-        let alerts = api(prom_port, "/api/v1/alerts").unwrap_or_default();
+        let alerts = api(prom_port, "/api/v1/alerts").await.unwrap_or_default();
         let pending = alerts["data"]["alerts"]
             .as_array()
             .into_iter()
@@ -532,13 +532,13 @@ async fn prometheus_scrapes_workers_and_autoscaler_and_loads_the_rules() {
             start.elapsed() < Duration::from_secs(30),
             "SurgeWorkerDown not pending for {down} within 30 s; /api/v1/alerts: {alerts}"
         );
-        std::thread::sleep(Duration::from_millis(250));
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // Clean up: the autoscaler drains its own worker; then the rest.
-    auto.stop(Duration::from_secs(30));
-    w1.stop(Duration::from_secs(30));
-    prom.stop(Duration::from_secs(30));
+    auto.stop(Duration::from_secs(30)).await;
+    w1.stop(Duration::from_secs(30)).await;
+    prom.stop(Duration::from_secs(30)).await;
     let _ = conn.close(200, "done".into()).await;
     // _topologies deletes both prefixes' queues and exchanges.
 }

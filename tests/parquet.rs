@@ -6,9 +6,10 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::process::Command;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
@@ -20,7 +21,13 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use surge_testkit::*;
 
-fn score_batch(model: &str, prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Output {
+async fn score_batch(
+    model: &str,
+    prefix: &str,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> Output {
     Command::new(bin("score-batch"))
         .args(["--model", model, "--prefix", prefix, "--timeout", "240"])
         .arg("--input")
@@ -31,7 +38,8 @@ fn score_batch(model: &str, prefix: &str, input: &Path, output: &Path, extra: &[
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .unwrap_or_else(|e| panic!("running score-batch: {e}"))
+        .await
+        .expect("running score-batch")
 }
 
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
@@ -44,22 +52,20 @@ fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
         schema.clone(),
         columns.into_iter().map(|(_, a)| a).collect(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let f = File::create(path).unwrap_or_else(|e| panic!("{e}"));
-    let mut w = ArrowWriter::try_new(f, schema, None).unwrap_or_else(|e| panic!("{e}"));
-    w.write(&batch).unwrap_or_else(|e| panic!("{e}"));
-    w.close().unwrap_or_else(|e| panic!("{e}"));
+    .expect("building the record batch");
+    let f = File::create(path).expect("creating the file");
+    let mut w = ArrowWriter::try_new(f, schema, None).expect("creating the Parquet writer");
+    w.write(&batch).expect("writing the file");
+    w.close().expect("closing the Parquet writer");
 }
 
 fn read_parquet(path: &Path) -> RecordBatch {
     let f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("reading the Parquet footer")
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let batches: Vec<RecordBatch> = reader
-        .map(|b| b.unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+        .expect("building the Parquet reader");
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("reading the file")).collect();
     let schema = batches[0].schema();
     arrow_select_concat(&schema, &batches)
 }
@@ -75,17 +81,17 @@ fn arrow_select_concat(schema: &Arc<Schema>, batches: &[RecordBatch]) -> RecordB
 /// The sample's rows: 30 features each.
 fn sample_rows() -> (Vec<String>, Vec<Vec<f32>>) {
     let mut rdr = csv::Reader::from_path(models_dir().join("breast-cancer/sample.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("opening the CSV file");
     let header = rdr
         .headers()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("reading the CSV header")
         .iter()
         .map(String::from)
         .collect();
     let rows = rdr
         .records()
         .map(|r| {
-            r.unwrap_or_else(|e| panic!("{e}"))
+            r.expect("reading a CSV record")
                 .iter()
                 .map(|c| c.parse().unwrap_or_else(|e| panic!("{c}: {e}")))
                 .collect()
@@ -137,6 +143,7 @@ fn stderr(out: &Output) -> String {
 async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("pq");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     let (_, rows) = sample_rows();
@@ -159,7 +166,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("typed.parquet"),
         &p("x.parquet"),
         &["--columns", &features],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("column \"mean_area\"") && stderr(&out).contains("Utf8"),
@@ -173,7 +181,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("damaged.parquet"),
         &p("x.parquet"),
         &[],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not a readable Parquet file"),
@@ -187,7 +196,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("empty.parquet"),
         &p("x.parquet"),
         &[],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not a readable Parquet file"),
@@ -207,13 +217,14 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("norows.parquet"),
         &p("x.parquet"),
         &[],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("holds no rows"), "{}", stderr(&out));
     assert!(!p("x.parquet").exists(), "no output for refused input");
 
     let mut w = WorkerProc::spawn(&prefix, "w-pq", dir.path(), &["--model", "breast-cancer"]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
 
     // Parquet in, Parquet out: kept columns with their types, scores as Float32.
     sample_parquet(&p("rows.parquet"), |_, a| Some(a));
@@ -223,7 +234,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("rows.parquet"),
         &p("scores.parquet"),
         &["--rows-per-job", "40", "--keep", "row_id,note"],
-    );
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let got = read_parquet(&p("scores.parquet"));
     let schema = got.schema();
@@ -278,7 +290,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("null.parquet"),
         &p("null-scores.parquet"),
         &["--rows-per-job", "40", "--keep", "row_id"],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("1 rows failed with invalid_input"),
@@ -315,7 +328,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         &p("missing.parquet"),
         &p("missing.csv"),
         &["--rows-per-job", "100"],
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let mut rdr = csv::Reader::from_path(p("missing.csv")).unwrap();
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
@@ -332,8 +346,7 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
     }
     assert_eq!(n, rows.len());
 
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +358,7 @@ async fn texts_in_and_embeddings_out_of_parquet() {
         "models/{MODEL}/model.safetensors is missing: run `make models` (make test does)"
     );
     let prefix = unique_prefix("pqtext");
+    let _cleanup = Cleanup::new(&prefix, &[MODEL]);
     let dir = tempfile::tempdir().unwrap();
     // The first three texts of the reference fixture, with their sentence-transformers
     // embeddings.
@@ -389,9 +403,9 @@ async fn texts_in_and_embeddings_out_of_parquet() {
         dir.path(),
         &["--model", MODEL, "--threads", "2"],
     );
-    w.wait_ready(Duration::from_secs(60));
+    w.wait_ready(Duration::from_secs(60)).await;
     let output = dir.path().join("embeddings.parquet");
-    let out = score_batch(MODEL, &prefix, &input, &output, &["--rows-per-job", "2"]);
+    let out = score_batch(MODEL, &prefix, &input, &output, &["--rows-per-job", "2"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let got = read_parquet(&output);
     let schema = got.schema();
@@ -416,6 +430,5 @@ async fn texts_in_and_embeddings_out_of_parquet() {
             "row {i}: cosine {cosine} to sentence-transformers"
         );
     }
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &[MODEL]).await;
+    w.stop(Duration::from_secs(20)).await;
 }

@@ -10,8 +10,9 @@
 //! msgpack (`make pyenv`; `make test` passes that interpreter in SURGE_PYTHON).
 
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::process::Command;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -32,12 +33,12 @@ const BAD_AT: &str = "row 1, feature 4 (mean_smoothness)";
 
 /// A vhost of the test's own, guest allowed in, and its URL; deleted with everything
 /// in it when dropped.
-fn own_vhost(test: &str) -> (OwnedVhost, String) {
+async fn own_vhost(test: &str) -> (OwnedVhost, String) {
     let owned = OwnedVhost {
         vhost: unique_prefix(test),
         users: Vec::new(),
     };
-    rabbitmqctl(&["add_vhost", &owned.vhost]);
+    rabbitmqctl(&["add_vhost", &owned.vhost]).await;
     rabbitmqctl(&[
         "set_permissions",
         "-p",
@@ -46,24 +47,31 @@ fn own_vhost(test: &str) -> (OwnedVhost, String) {
         ".*",
         ".*",
         ".*",
-    ]);
+    ])
+    .await;
     let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
     (owned, url)
 }
 
 /// A ready worker with the default prefix on the vhost of `url`.
-fn worker(url: &str, name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> WorkerProc {
+async fn worker(
+    url: &str,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> WorkerProc {
     let mut args = vec!["--model", MODEL];
     args.extend_from_slice(extra);
     let mut envs = vec![("AMQP_URL", url)];
     envs.extend_from_slice(env);
     let mut w = WorkerProc::spawn_with_env("surge", name, dir, &args, &envs);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     w
 }
 
 async fn connect(url: &str) -> lapin::Connection {
-    let url = AmqpUrl::new(url).unwrap_or_else(|e| panic!("{e}"));
+    let url = AmqpUrl::new(url).expect("parsing the AMQP URL");
     let t = Timeouts {
         connect: Duration::from_secs(5),
         operation: Duration::from_secs(10),
@@ -97,7 +105,7 @@ fn python() -> String {
 
 /// Runs a client (from the repository root, as its header says) against the vhost of
 /// `url`: its exit status, stdout and stderr.
-fn run(program: &str, script: &Path, url: &str, hint: &str) -> (ExitStatus, String, String) {
+async fn run(program: &str, script: &Path, url: &str, hint: &str) -> (ExitStatus, String, String) {
     let out = Command::new(program)
         .arg(script)
         .current_dir(workspace())
@@ -105,6 +113,7 @@ fn run(program: &str, script: &Path, url: &str, hint: &str) -> (ExitStatus, Stri
         .env("SURGE_PREFIX", "surge")
         .env("SURGE_MAX_ROWS", MAX_ROWS)
         .output()
+        .await
         .unwrap_or_else(|e| panic!("running {program} {}: {e} ({hint})", script.display()));
     (
         out.status,
@@ -227,7 +236,7 @@ async fn assert_edges(report: &Value, w: &WorkerProc, conn: &lapin::Connection) 
     let g = got("clock_ahead");
     assert_eq!(g.queue_ms(), 0.0, "{g}");
     assert!(
-        w.metric_sum("surge_jobs_clock_ahead_total") >= 1.0,
+        w.metric_sum("surge_jobs_clock_ahead_total").await >= 1.0,
         "surge_jobs_clock_ahead_total"
     );
     let log = w.log_text();
@@ -251,7 +260,7 @@ async fn assert_edges(report: &Value, w: &WorkerProc, conn: &lapin::Connection) 
         "surge.dead; log:\n{log}"
     );
     assert_eq!(
-        w.metric_sum("surge_dead_lettered_total"),
+        w.metric_sum("surge_dead_lettered_total").await,
         0.0,
         "log:\n{log}"
     );
@@ -262,7 +271,7 @@ async fn assert_edges(report: &Value, w: &WorkerProc, conn: &lapin::Connection) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_client_protocol_edges() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-node");
+    let (_vhost, url) = own_vhost("edges-node").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut w = worker(
@@ -271,7 +280,8 @@ async fn node_client_protocol_edges() {
         dir.path(),
         &["--max-rows-per-job", MAX_ROWS],
         &[],
-    );
+    )
+    .await;
 
     let client = workspace().join("tests/clients/node");
     assert!(
@@ -282,19 +292,19 @@ async fn node_client_protocol_edges() {
     );
     let node = std::env::var("SURGE_NODE").unwrap_or_else(|_| "node".into());
     let hint = "needs Node.js >= 20 and `make node-client`";
-    let (status, stdout, stderr) = run(&node, &client.join("edges.mjs"), &url, hint);
+    let (status, stdout, stderr) = run(&node, &client.join("edges.mjs"), &url, hint).await;
     let report = report(status, &stdout, &stderr, hint);
     assert_edges(&report, &w, &conn).await;
     assert!(status.success(), "exit {status}\n{stdout}\n{stderr}");
 
-    w.stop(Duration::from_secs(20));
+    w.stop(Duration::from_secs(20)).await;
     let _ = conn.close(200, "done".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_protocol_edges() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-py");
+    let (_vhost, url) = own_vhost("edges-py").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut w = worker(
@@ -303,16 +313,17 @@ async fn python_client_protocol_edges() {
         dir.path(),
         &["--max-rows-per-job", MAX_ROWS],
         &[],
-    );
+    )
+    .await;
 
     let script = workspace().join("tests/clients/python/edges.py");
     let hint = "needs pika and msgpack: `make pyenv`, then SURGE_PYTHON=.venv/bin/python";
-    let (status, stdout, stderr) = run(&python(), &script, &url, hint);
+    let (status, stdout, stderr) = run(&python(), &script, &url, hint).await;
     let report = report(status, &stdout, &stderr, hint);
     assert_edges(&report, &w, &conn).await;
     assert!(status.success(), "exit {status}\n{stdout}\n{stderr}");
 
-    w.stop(Duration::from_secs(20));
+    w.stop(Duration::from_secs(20)).await;
     let _ = conn.close(200, "done".into()).await;
 }
 
@@ -387,10 +398,10 @@ fn now_ms() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_md_examples_work_when_pasted() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-doc");
+    let (_vhost, url) = own_vhost("edges-doc").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut w = worker(&url, "w-doc", dir.path(), &[], &[]);
+    let mut w = worker(&url, "w-doc", dir.path(), &[], &[]).await;
     let doc = std::fs::read_to_string(workspace().join("docs/PROTOCOL.md")).unwrap();
 
     // The JSON job, published as it is written, with the properties the text names.
@@ -476,7 +487,7 @@ async fn protocol_md_examples_work_when_pasted() {
     let file = dir.path().join("example.py");
     std::fs::write(&file, &example).unwrap();
     let hint = "needs pika: `make pyenv`, then SURGE_PYTHON=.venv/bin/python";
-    let (status, stdout, stderr) = run(&python(), &file, &url, hint);
+    let (status, stdout, stderr) = run(&python(), &file, &url, hint).await;
     assert!(
         status.success(),
         "the §9 Python example failed ({hint}):\n{example}\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}",
@@ -498,7 +509,7 @@ async fn protocol_md_examples_work_when_pasted() {
     }
 
     assert_eq!(queue_len(&conn, "surge.dead").await, 0);
-    w.stop(Duration::from_secs(20));
+    w.stop(Duration::from_secs(20)).await;
     let _ = conn.close(200, "done".into()).await;
 }
 
@@ -514,7 +525,7 @@ fn has_byte_array(text: &str, n: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_and_size() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-unroutable");
+    let (_vhost, url) = own_vhost("edges-unroutable").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
     // The default log filter, spelled out, so that RUST_LOG in the test's environment
@@ -525,7 +536,8 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
         dir.path(),
         &[],
         &[("RUST_LOG", "info,lapin=warn,amq_protocol=warn")],
-    );
+    )
+    .await;
 
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -583,15 +595,15 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
     // The worker counts the dead letter once the broker has confirmed it, which may be
     // a moment after the message reaches this consumer on a loaded machine.
     let counted = Instant::now();
-    while w.metric_sum("surge_dead_lettered_total") < 1.0
+    while w.metric_sum("surge_dead_lettered_total").await < 1.0
         && counted.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(w.metric_sum("surge_dead_lettered_total"), 1.0);
+    assert_eq!(w.metric_sum("surge_dead_lettered_total").await, 1.0);
 
     // The log names the job and the result's size, and holds no result body.
-    w.stop(Duration::from_secs(20));
+    w.stop(Duration::from_secs(20)).await;
     let log = w.log_text();
     let line = log
         .lines()
@@ -622,10 +634,10 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_reply_to_result_whose_client_has_gone_is_dropped_and_its_job_acked() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-gone");
+    let (_vhost, url) = own_vhost("edges-gone").await;
     // Batches wait up to 2 s for company, so the client is gone before the answer.
     let dir = tempfile::tempdir().unwrap();
-    let mut w = worker(&url, "w-gone", dir.path(), &["--max-wait-ms", "2000"], &[]);
+    let mut w = worker(&url, "w-gone", dir.path(), &["--max-wait-ms", "2000"], &[]).await;
 
     let client = connect(&url).await;
     let ch = client.create_channel().await.unwrap();
@@ -675,8 +687,8 @@ async fn a_direct_reply_to_result_whose_client_has_gone_is_dropped_and_its_job_a
 
     // Answered (to nobody), then acked: nothing back in the queue once the worker has
     // stopped, nothing dead-lettered, nothing to warn about.
-    w.wait_for_jobs(1.0, Duration::from_secs(30));
-    w.stop(Duration::from_secs(20));
+    w.wait_for_jobs(1.0, Duration::from_secs(30)).await;
+    w.stop(Duration::from_secs(20)).await;
     let log = w.log_text();
     let conn = connect(&url).await;
     assert_eq!(

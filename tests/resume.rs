@@ -5,8 +5,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
 
 use surge_testkit::figures::queue_len;
 use surge_testkit::*;
@@ -15,7 +16,7 @@ const ROWS: usize = 200_000;
 
 fn write_csv(path: &Path, n: usize) {
     let sample = std::fs::read_to_string(models_dir().join("breast-cancer/sample.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("reading the file");
     let mut lines = sample.lines();
     let header = lines.next().unwrap_or_default().to_string();
     let rows: Vec<&str> = lines.collect();
@@ -45,12 +46,13 @@ fn spawn(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Child {
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting score-batch: {e}"))
+        .expect("starting score-batch")
 }
 
-fn finish(child: Child) -> String {
-    let out = child.wait_with_output().unwrap();
+async fn finish(child: Child) -> String {
+    let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "score-batch failed: {stderr}");
     stderr
@@ -58,11 +60,11 @@ fn finish(child: Child) -> String {
 
 /// Kills the run writing `output` once its state file counts `at_least` rows written.
 /// `before_kill` runs just before the SIGKILL.
-fn kill_when_written(
+async fn kill_when_written<F: std::future::Future<Output = ()>>(
     mut child: Child,
     output: &Path,
     at_least: usize,
-    before_kill: impl FnOnce(),
+    before_kill: impl FnOnce() -> F,
 ) -> serde_json::Value {
     let state = output.with_file_name(format!(
         "{}.state",
@@ -73,9 +75,8 @@ fn kill_when_written(
         if let Ok(text) = std::fs::read_to_string(&state) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 if v["rows_written"].as_u64().unwrap_or(0) as usize >= at_least {
-                    before_kill();
-                    child.kill().unwrap();
-                    let _ = child.wait();
+                    before_kill().await;
+                    child.kill().await.unwrap();
                     return v;
                 }
             }
@@ -85,7 +86,7 @@ fn kill_when_written(
             "score-batch ended before it could be killed"
         );
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -93,6 +94,7 @@ fn kill_when_written(
 async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused() {
     let conn = require_broker().await;
     let prefix = unique_prefix("resume");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     write_csv(&input, ROWS);
@@ -103,10 +105,10 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
         dir.path(),
         &["--model", "breast-cancer", "--max-batch-rows", "256"],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
 
     let reference = dir.path().join("reference.csv");
-    finish(spawn(&prefix, &input, &reference, &[]));
+    finish(spawn(&prefix, &input, &reference, &[])).await;
     assert!(!dir.path().join("reference.csv.state").exists());
 
     let output = dir.path().join("scores.csv");
@@ -116,12 +118,13 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
         spawn(&prefix, &input, &output, &[]),
         &output,
         ROWS / 3,
-        || {
-            w.signal("STOP");
-            std::thread::sleep(Duration::from_secs(1));
+        || async {
+            w.signal("STOP").await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         },
-    );
-    w.signal("CONT");
+    )
+    .await;
+    w.signal("CONT").await;
     let run = state["run_id"].as_str().unwrap().to_string();
     // Thawed, the worker answers those jobs into the dead run's reply queue.
     let reply = format!("{prefix}.reply.{run}");
@@ -152,11 +155,12 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     // Without --resume the state is not overwritten.
     let refused = spawn(&prefix, &input, &output, &[])
         .wait_with_output()
+        .await
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
 
-    let log = finish(spawn(&prefix, &input, &output, &["--resume"]));
+    let log = finish(spawn(&prefix, &input, &output, &["--resume"])).await;
     assert!(log.contains("resuming"), "{log}");
     // The jobs the killed run had in flight were answered into its reply queue while it
     // was dead: the resumed run takes those results instead of publishing the jobs again.
@@ -205,7 +209,8 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     let ch = conn.create_channel().await.unwrap();
     // A changed input is refused.
     let other = dir.path().join("other.csv");
-    let killed = kill_when_written(spawn(&prefix, &input, &other, &[]), &other, 1, || {});
+    let killed =
+        kill_when_written(spawn(&prefix, &input, &other, &[]), &other, 1, || async {}).await;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&input)
@@ -214,6 +219,7 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     drop(f);
     let out = spawn(&prefix, &input, &other, &["--resume"])
         .wait_with_output()
+        .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -230,6 +236,5 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
     .await
     .unwrap_or_else(|e| panic!("deleting the reply queue of {run}: {e}"));
 
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }

@@ -39,7 +39,8 @@ async fn amqps_with_a_private_ca_and_client_certificates() {
             tls: true,
             ..NodeOptions::default()
         },
-    );
+    )
+    .await;
     let c = node.certs.clone().unwrap();
     let url = node.tls_url();
     let good = TlsFiles {
@@ -117,9 +118,9 @@ async fn amqps_with_a_private_ca_and_client_certificates() {
         ("AMQP_CLIENT_KEY_FILE", c.client_key.to_str().unwrap()),
     ];
     let mut w = WorkerProc::spawn_with_env("surge", "w-tls", dir.path(), &[], &env);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let sb = spawn_score_batch_with_env("surge", &input, &output, &["--rows-per-job", "50"], &env);
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", w.log_text());
     let s = parse_summary(&stderr).unwrap();
@@ -139,13 +140,13 @@ async fn amqps_with_a_private_ca_and_client_certificates() {
             ("AMQP_CACERT_FILE", c.ca.to_str().unwrap()),
         ],
     );
-    assert!(!bad.wait_exit(Duration::from_secs(30)).success());
+    assert!(!bad.wait_exit(Duration::from_secs(30)).await.success());
     assert!(
         bad.log_text().contains("not amqps://"),
         "{}",
         bad.log_text()
     );
-    w.stop(Duration::from_secs(30));
+    w.stop(Duration::from_secs(30)).await;
 }
 
 const PRODUCER_PASSWORD: &str = "producer-dev-password";
@@ -153,7 +154,7 @@ const WORKER_PASSWORD: &str = "worker-dev-password";
 
 /// Imports `compose/rabbitmq/definitions.json` with its vhost renamed to `vhost` and
 /// its users prefixed with `tag`; returns the renamed users.
-fn import_roles(tag: &str, vhost: &str, dir: &Path) -> Vec<String> {
+async fn import_roles(tag: &str, vhost: &str, dir: &Path) -> Vec<String> {
     let path = workspace().join("compose/rabbitmq/definitions.json");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut defs: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -175,7 +176,7 @@ fn import_roles(tag: &str, vhost: &str, dir: &Path) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
+    rabbitmqctl(&["import_definitions", file.to_str().unwrap()]).await;
     users
 }
 
@@ -188,7 +189,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
         vhost: tag.clone(),
         users: Vec::new(),
     };
-    owned.users = import_roles(&tag, &tag, dir.path());
+    owned.users = import_roles(&tag, &tag, dir.path()).await;
     let worker_url = format!(
         "amqp://{tag}-surge-worker:{WORKER_PASSWORD}@127.0.0.1:5672/{}",
         owned.vhost
@@ -212,7 +213,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
         &["--log-format", "json"],
         &[("AMQP_URL", &worker_url), ("RUST_LOG", "debug")],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let sb = spawn_score_batch_with_env(
         "surge",
         &input,
@@ -224,7 +225,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
             ("RUST_LOG", "debug"),
         ],
     );
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}\n{}", w.log_text());
@@ -293,7 +294,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
     .await
     .unwrap();
 
-    w.stop(Duration::from_secs(30));
+    w.stop(Duration::from_secs(30)).await;
     // No password in any line any process wrote.
     let logs = [w.log_text(), stderr.into_owned(), stdout.into_owned()];
     let lines: usize = logs.iter().map(|l| l.lines().count()).sum();

@@ -17,16 +17,29 @@ use surge_testkit::figures::{parse_summary, queue_len};
 use surge_testkit::node::Cluster;
 use surge_testkit::*;
 
+/// The leader node of each of the three breast-cancer shards of `topo`.
+async fn shard_leaders(cluster: &Cluster, topo: &Topology) -> Vec<String> {
+    let mut leaders = Vec::new();
+    for k in 0..3 {
+        let (leader, _) = cluster
+            .quorum_leader(&topo.shard_queue("breast-cancer", k))
+            .await;
+        leaders.push(leader);
+    }
+    leaders
+}
+
 fn sharded(prefix: &str, shards: u64) -> Topology {
     Topology::new(prefix)
         .with_shards(shards)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("building the sharded topology")
 }
 
 /// Waits for `child` and returns its stderr, asserting success.
-fn finish(child: std::process::Child, what: &str) -> String {
+async fn finish(child: tokio::process::Child, what: &str) -> String {
     let out = child
         .wait_with_output()
+        .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{what} failed: {stderr}");
@@ -37,6 +50,8 @@ fn finish(child: std::process::Child, what: &str) -> String {
 async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
     let conn = require_broker().await;
     let prefix = unique_prefix("shards");
+    // Four shards' worth: the test also publishes with --shards 4.
+    let _cleanup = Cleanup::topology(sharded(&prefix, 4), &["breast-cancer"]);
     let topo = sharded(&prefix, 3);
     let dir = tempfile::tempdir().expect("a temporary folder");
     let input = dir.path().join("rows.csv");
@@ -83,8 +98,8 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
         dir.path(),
         &["--model", "breast-cancer", "--shards", "3"],
     );
-    w.wait_ready(Duration::from_secs(30));
-    let log = finish(sb, "sharded score-batch");
+    w.wait_ready(Duration::from_secs(30)).await;
+    let log = finish(sb, "sharded score-batch").await;
     let s = parse_summary(&log).unwrap_or_else(|| panic!("no summary: {log}"));
     assert_eq!(s.rows, 3_000, "{log}");
     assert_exactly_once_and_correct(&read_output(&output), &expected);
@@ -102,14 +117,15 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
     finish(
         spawn_score_batch(&prefix, &input, &plain, &["--rows-per-job", "30"]),
         "unsharded score-batch",
-    );
+    )
+    .await;
     assert_exactly_once_and_correct(&read_output(&plain), &expected);
 
     // A producer with more shards than the workers: shard 3 has no consumer, and
     // score-batch names it instead of waiting in silence.
     let more = dir.path().join("more.csv");
     let columns = feature_names().join(",");
-    let out = std::process::Command::new(bin("score-batch"))
+    let out = tokio::process::Command::new(bin("score-batch"))
         .args([
             "--model",
             "breast-cancer",
@@ -132,6 +148,7 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
         .arg(&more)
         .env("SURGE_IDLE_HINT_SECS", "1")
         .output()
+        .await
         .expect("score-batch --shards 4 runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -160,12 +177,11 @@ async fn jobs_spread_over_the_shards_and_unsharded_producers_keep_working() {
         }
     }
 
-    w.stop(Duration::from_secs(20));
-    cleanup_topology(&sharded(&prefix, 4), &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }
 
 /// `(wall rows/s, scoring rows/s)` of one score-batch run over `input`.
-fn run_once(
+async fn run_once(
     prefix: &str,
     input: &Path,
     output: &Path,
@@ -191,7 +207,8 @@ fn run_once(
             &[("AMQP_URL", url), ("AMQP_ADDRESS_ORDER", "listed")],
         ),
         "score-batch",
-    );
+    )
+    .await;
     let rate = |label: &str| -> f64 {
         log.split(label)
             .next()
@@ -204,7 +221,7 @@ fn run_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_leaders_spread_over_a_three_node_cluster() {
-    let cluster = Cluster::start("sh", 3);
+    let cluster = Cluster::start("sh", 3).await;
     let dir = tempfile::tempdir().expect("a temporary folder");
     let bench = std::env::var("SURGE_SHARD_BENCH").is_ok_and(|v| v == "1");
     let env_num = |name: &str, default: usize| {
@@ -249,23 +266,14 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
                 })
                 .collect();
             for w in &mut workers {
-                w.wait_ready(Duration::from_secs(60));
+                w.wait_ready(Duration::from_secs(60)).await;
             }
             if shards == 3 {
                 let topo = sharded(&prefix, 3);
-                let leaders = || -> Vec<String> {
-                    (0..3)
-                        .map(|k| {
-                            cluster
-                                .quorum_leader(&topo.shard_queue("breast-cancer", k))
-                                .0
-                        })
-                        .collect()
-                };
                 // `balanced` places each new leader on the node leading the fewest
                 // quorum queues of the whole cluster (those of other prefixes too), so
                 // one model's shards land on at least two nodes, not necessarily three.
-                let placed = leaders();
+                let placed = shard_leaders(&cluster, &topo).await;
                 let distinct: BTreeSet<&String> = placed.iter().collect();
                 println!("SHARDS leaders of the 3 shards as declared: {placed:?}");
                 assert!(
@@ -276,10 +284,11 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
                     // What an operator runs to even leaders out (docs/SCALING.md).
                     cluster.nodes[0]
                         .try_tool("rabbitmq-queues", &["rebalance", "quorum"])
-                        .unwrap_or_else(|e| panic!("rabbitmq-queues rebalance: {e}"));
+                        .await
+                        .expect("rabbitmq-queues rebalance");
                     println!(
                         "SHARDS leaders after `rabbitmq-queues rebalance quorum`: {:?}",
-                        leaders()
+                        shard_leaders(&cluster, &topo).await
                     );
                 }
             }
@@ -291,7 +300,8 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
                 &cluster.url(&[2, 0, 1], ""),
                 shards,
                 rpj,
-            );
+            )
+            .await;
             assert_exactly_once_and_correct(&read_output(&output), &expected);
             let _ = std::fs::remove_file(&output);
             println!(
@@ -299,7 +309,7 @@ async fn shard_leaders_spread_over_a_three_node_cluster() {
             );
             rates.push((shards, wall, scoring));
             for w in &mut workers {
-                w.stop(Duration::from_secs(60));
+                w.stop(Duration::from_secs(60)).await;
             }
         }
     }

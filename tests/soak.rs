@@ -42,10 +42,11 @@ async fn soak_at_half_capacity() {
     let secs = env_secs("SURGE_SOAK_SECS", 600);
     let warmup = env_secs("SURGE_SOAK_WARMUP_SECS", 60).min(secs / 2);
     let prefix = unique_prefix("soak");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let topo = Topology::new(&prefix);
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-soak", dir.path(), &[]);
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let pid = w.pid();
 
     // 1. Capacity: a score-batch run of 40,000 rows through this one worker.
@@ -58,7 +59,7 @@ async fn soak_at_half_capacity() {
         &output,
         &["--rows-per-job", &ROWS_PER_JOB.to_string()],
     );
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let cap = parse_summary(&stderr).unwrap();
@@ -256,6 +257,5 @@ async fn soak_at_half_capacity() {
         "worker RSS not flat within ±10 % after warm-up: {summary}"
     );
     assert_eq!(w.pid(), pid);
-    w.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(30)).await;
 }

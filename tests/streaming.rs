@@ -4,8 +4,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 use surge_testkit::*;
 
@@ -18,17 +19,17 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
 /// sample holds them. Returns the sample's rows.
 fn write_big_csv(path: &Path, n: usize) -> Vec<String> {
     let sample = std::fs::read_to_string(models_dir().join("breast-cancer/sample.csv"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("reading the file");
     let mut lines = sample.lines();
     let header = lines.next().unwrap_or_default().to_string();
     let rows: Vec<String> = lines.map(str::to_string).collect();
-    let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{e}"));
+    let f = std::fs::File::create(path).expect("creating the file");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    writeln!(w, "row_id,{header}").unwrap_or_else(|e| panic!("{e}"));
+    writeln!(w, "row_id,{header}").expect("writing a line");
     for i in 0..n {
-        writeln!(w, "{i},{}", rows[i % rows.len()]).unwrap_or_else(|e| panic!("{e}"));
+        writeln!(w, "{i},{}", rows[i % rows.len()]).expect("writing a line");
     }
-    w.flush().unwrap_or_else(|e| panic!("{e}"));
+    w.flush().expect("flushing the writer");
     rows
 }
 
@@ -36,6 +37,7 @@ fn write_big_csv(path: &Path, n: usize) -> Vec<String> {
 async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
     let _conn = require_broker().await;
     let prefix = unique_prefix("stream");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
@@ -49,7 +51,7 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
         dir.path(),
         &["--model", "breast-cancer"],
     );
-    w.wait_ready(Duration::from_secs(30));
+    w.wait_ready(Duration::from_secs(30)).await;
     let started = Instant::now();
     let mut sb = Command::new(bin("score-batch"))
         .args(["--model", "breast-cancer", "--prefix", &prefix])
@@ -61,15 +63,19 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
         .arg(&output)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting score-batch: {e}"));
-    let pid = sb.id();
+        .expect("starting score-batch");
+    let pid = sb.id().expect("score-batch is running");
     let mut peak_kb = 0;
-    while sb.try_wait().unwrap_or_else(|e| panic!("{e}")).is_none() {
+    while sb.try_wait().expect("polling the child process").is_none() {
         peak_kb = peak_kb.max(vm_hwm_kb(pid).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = sb.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = sb
+        .wait_with_output()
+        .await
+        .expect("waiting for the child process");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let wall = started.elapsed();
     assert!(out.status.success(), "score-batch failed: {stderr}");
@@ -95,10 +101,10 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
 
     // Every row once, in order, with --keep's column only; row i scores as sample row
     // i % 569 does.
-    let mut rdr = csv::Reader::from_path(&output).unwrap_or_else(|e| panic!("{e}"));
+    let mut rdr = csv::Reader::from_path(&output).expect("opening the CSV file");
     let header: Vec<String> = rdr
         .headers()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("reading the CSV header")
         .iter()
         .map(str::to_string)
         .collect();
@@ -106,7 +112,7 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
     let mut first = Vec::with_capacity(sample.len());
     let mut n = 0;
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.unwrap_or_else(|e| panic!("{e}"));
+        let rec = rec.expect("reading a CSV record");
         assert_eq!(&rec[0], i.to_string(), "row {i} out of order or duplicated");
         assert!(rec[2].is_empty(), "row {i} failed: {}", &rec[2]);
         if i < sample.len() {
@@ -132,6 +138,5 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
         let got: f32 = got.parse().unwrap_or(f32::NAN);
         assert!((got - want).abs() <= 1e-6, "{got} vs in-process {want}");
     }
-    w.stop(Duration::from_secs(20));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    w.stop(Duration::from_secs(20)).await;
 }

@@ -83,7 +83,12 @@ impl Collector {
     }
 
     /// Waits until `done` holds for the spans received, or panics after `within`.
-    fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+    async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Got]) -> bool,
+    ) -> Vec<Got> {
         let start = Instant::now();
         loop {
             let spans = self.spans();
@@ -95,7 +100,7 @@ impl Collector {
                 "{what}: not received within {within:?}; requests: {:?}; spans: {spans:#?}",
                 self.requests.lock().map(|r| r.clone()).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -305,6 +310,7 @@ async fn reply_consumer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
     let prefix = unique_prefix("tracing");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start();
     let endpoint = collector.endpoint();
@@ -314,14 +320,14 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let mut worker = WorkerProc::spawn_with_env(&prefix, "w-traced", dir.path(), &[], &otel);
-    worker.wait_ready(Duration::from_secs(60));
+    worker.wait_ready(Duration::from_secs(60)).await;
 
     // 1. score-batch: 6 rows, 2 per job, 3 jobs; each publish a producer span.
     let input = dir.path().join("rows.csv");
     write_rows_csv(&input, 6);
     let output = dir.path().join("scores.csv");
     let sb = spawn_score_batch_with_env(&prefix, &input, &output, &["--rows-per-job", "2"], &otel);
-    let out = sb.wait_with_output().unwrap();
+    let out = sb.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "score-batch failed: {}\nworker log:\n{}",
@@ -330,29 +336,31 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
     );
     let queue = Topology::new(&prefix).job_queue("breast-cancer");
     let process = format!("process {queue}");
-    let spans = collector.wait_for(
-        "score-batch's and the worker's spans",
-        Duration::from_secs(30),
-        |s| {
-            let publishes = s
-                .iter()
-                .filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER)
-                .count();
-            let receives = s
-                .iter()
-                .filter(|g| g.service == "score-batch" && g.kind == KIND_CONSUMER)
-                .count();
-            let jobs = s
-                .iter()
-                .filter(|g| {
-                    g.service == "surge-worker"
-                        && g.kind == KIND_CONSUMER
-                        && g.attributes.contains_key("messaging.message.id")
-                })
-                .count();
-            publishes >= 3 && receives >= 3 && jobs >= 3
-        },
-    );
+    let spans = collector
+        .wait_for(
+            "score-batch's and the worker's spans",
+            Duration::from_secs(30),
+            |s| {
+                let publishes = s
+                    .iter()
+                    .filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER)
+                    .count();
+                let receives = s
+                    .iter()
+                    .filter(|g| g.service == "score-batch" && g.kind == KIND_CONSUMER)
+                    .count();
+                let jobs = s
+                    .iter()
+                    .filter(|g| {
+                        g.service == "surge-worker"
+                            && g.kind == KIND_CONSUMER
+                            && g.attributes.contains_key("messaging.message.id")
+                    })
+                    .count();
+                publishes >= 3 && receives >= 3 && jobs >= 3
+            },
+        )
+        .await;
     let publishes: Vec<&Got> = spans
         .iter()
         .filter(|g| g.service == "score-batch" && g.kind == KIND_PRODUCER)
@@ -437,9 +445,11 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         "the result is in the producer's trace"
     );
     assert_ne!(back.span_id, mine.span_id, "it names the worker's span");
-    let spans = collector.wait_for("the job span of own-0", Duration::from_secs(30), |s| {
-        s.iter().any(|g| g.span_id == back.span_id)
-    });
+    let spans = collector
+        .wait_for("the job span of own-0", Duration::from_secs(30), |s| {
+            s.iter().any(|g| g.span_id == back.span_id)
+        })
+        .await;
     let job = spans
         .iter()
         .find(|g| g.span_id == back.span_id)
@@ -459,9 +469,11 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         let (props, _) = job_with_header(&ch, &mut results, &prefix, &reply, id, header).await;
         let back = result_traceparent(&props).expect("a trace started at the worker");
         assert_ne!(back.trace_id, mine.trace_id, "{id}");
-        let spans = collector.wait_for(id, Duration::from_secs(30), |s| {
-            s.iter().any(|g| g.span_id == back.span_id)
-        });
+        let spans = collector
+            .wait_for(id, Duration::from_secs(30), |s| {
+                s.iter().any(|g| g.span_id == back.span_id)
+            })
+            .await;
         let job = spans
             .iter()
             .find(|g| g.span_id == back.span_id)
@@ -475,20 +487,20 @@ async fn one_trace_runs_from_score_batch_through_the_worker_to_the_result() {
         assert_eq!(batch.trace_id, back.trace_id);
     }
     let _ = conn.close(200, "done".into()).await;
-    worker.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    worker.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_nothing_is_exported_and_the_traceparent_comes_back() {
     let prefix = unique_prefix("untraced");
+    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
     let dir = tempfile::tempdir().unwrap();
     let off: [(&str, &str); 2] = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
     ];
     let mut worker = WorkerProc::spawn_with_env(&prefix, "w-plain", dir.path(), &[], &off);
-    worker.wait_ready(Duration::from_secs(60));
+    worker.wait_ready(Duration::from_secs(60)).await;
     let (conn, ch, mut results, reply) = reply_consumer(&prefix).await;
 
     // The worker records no span of its own: the nearest recorded span is still the
@@ -522,6 +534,5 @@ async fn without_an_endpoint_nothing_is_exported_and_the_traceparent_comes_back(
         assert_eq!(result_traceparent(&props), None, "{id}");
     }
     let _ = conn.close(200, "done".into()).await;
-    worker.stop(Duration::from_secs(30));
-    cleanup(&prefix, &["breast-cancer"]).await;
+    worker.stop(Duration::from_secs(30)).await;
 }

@@ -107,10 +107,7 @@ pub async fn take(
     within: std::time::Duration,
 ) -> Vec<lapin::message::Delivery> {
     use futures_util::StreamExt;
-    let ch = conn
-        .create_channel()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ch = conn.create_channel().await.expect("opening a channel");
     let tag = format!("take-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = crate::consume(&ch, queue, &tag).await;
     let deadline = tokio::time::Instant::now() + within;
@@ -128,7 +125,7 @@ pub async fn take(
         d.acker
             .ack(lapin::options::BasicAckOptions::default())
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("acking a message");
         got.push(d);
     }
     // A quorum queue may apply a channel's close before the acks sent just ahead of

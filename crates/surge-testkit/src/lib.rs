@@ -13,11 +13,12 @@ pub mod figures;
 pub mod node;
 pub mod proxy;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use surge_broker::{AmqpUrl, Timeouts};
@@ -25,7 +26,7 @@ use surge_protocol::Topology;
 
 /// The broker URL: `AMQP_URL`, else the local default.
 pub fn amqp_url() -> AmqpUrl {
-    AmqpUrl::from_env().unwrap_or_else(|e| panic!("AMQP_URL is unusable: {e}"))
+    AmqpUrl::from_env().expect("AMQP_URL is unusable")
 }
 
 /// Connects to the broker or panics with instructions: tests never skip silently.
@@ -87,9 +88,11 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A `surge worker` child process.
+/// A `surge worker` child process, killed when dropped (a failing test leaves no
+/// worker behind).
 pub struct WorkerProc {
     child: Child,
+    pid: u32,
     /// Port of its `/metrics`.
     pub metrics_port: u16,
     /// Its log file (stderr).
@@ -147,10 +150,13 @@ impl WorkerProc {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
+            .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting surge worker: {e}"));
+            .expect("starting surge worker");
+        let pid = child.id().unwrap_or_default();
         Self {
             child,
+            pid,
             metrics_port,
             log,
         }
@@ -158,19 +164,19 @@ impl WorkerProc {
 
     /// OS process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// GET `path` on the worker's metrics server: `(status, body)`.
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.metrics_port, path)
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics_port, path).await
     }
 
     /// Waits until `/readyz` answers 200 (connected and consuming).
-    pub fn wait_ready(&mut self, within: Duration) {
+    pub async fn wait_ready(&mut self, within: Duration) {
         let start = Instant::now();
         while start.elapsed() < within {
-            if let Some((200, _)) = self.get("/readyz") {
+            if let Some((200, _)) = self.get("/readyz").await {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -179,7 +185,7 @@ impl WorkerProc {
                     self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
             "worker not ready within {within:?}; log:\n{}",
@@ -188,35 +194,27 @@ impl WorkerProc {
     }
 
     /// Sum of a counter over all its label sets in `/metrics`.
-    pub fn metric_sum(&self, name: &str) -> f64 {
-        metric_at(self.metrics_port, name).unwrap_or(0.0)
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        metric_at(self.metrics_port, name).await.unwrap_or(0.0)
     }
 
-    /// Sends a signal (`TERM`, `KILL`).
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{sig} {} failed", self.pid());
+    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub async fn signal(&self, sig: &str) {
+        signal(self.pid, sig).await;
     }
 
     /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if start.elapsed() > within {
-                let _ = self.child.kill();
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for the worker: {e}"),
+            Err(_) => {
+                let _ = self.child.start_kill();
                 panic!(
                     "worker did not exit within {within:?}; log:\n{}",
                     self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -227,9 +225,9 @@ impl WorkerProc {
 
     /// Stops the worker gracefully (SIGTERM: drain, then exit) and asserts that it
     /// exits successfully within `within`.
-    pub fn stop(&mut self, within: Duration) {
-        self.signal("TERM");
-        let status = self.wait_exit(within);
+    pub async fn stop(&mut self, within: Duration) {
+        self.signal("TERM").await;
+        let status = self.wait_exit(within).await;
         assert!(
             status.success(),
             "worker exit {status}; log:\n{}",
@@ -238,32 +236,35 @@ impl WorkerProc {
     }
 
     /// Waits until the worker has answered at least `n` jobs (`surge_jobs_total`).
-    pub fn wait_for_jobs(&self, n: f64, within: Duration) {
+    pub async fn wait_for_jobs(&self, n: f64, within: Duration) {
         let start = Instant::now();
-        while self.metric_sum("surge_jobs_total") < n {
+        while self.metric_sum("surge_jobs_total").await < n {
             assert!(
                 start.elapsed() < within,
                 "worker answered fewer than {n} jobs in {within:?}; log:\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Sends signal `sig` (`TERM`, `KILL`, `STOP`, `CONT`) to process `pid`, asserting
+/// that `kill` succeeds.
+pub async fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 /// Sum of a metric over all its label sets on the `/metrics` of 127.0.0.1:`port`;
 /// `None` when that does not answer 200.
-pub fn metric_at(port: u16, name: &str) -> Option<f64> {
-    let (200, body) = http_get(port, "/metrics")? else {
+pub async fn metric_at(port: u16, name: &str) -> Option<f64> {
+    let (200, body) = http_get(port, "/metrics").await? else {
         return None;
     };
     Some(
@@ -274,14 +275,26 @@ pub fn metric_at(port: u16, name: &str) -> Option<f64> {
     )
 }
 
-/// Minimal HTTP/1.0 GET on 127.0.0.1.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
+/// Minimal HTTP/1.0 GET on 127.0.0.1: `(status, body)`, `None` when nothing answers
+/// within 1 s to connect and 2 s to reply.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .ok()??;
     let status = buf.split(' ').nth(1)?.parse().ok()?;
     let body = buf
         .split_once("\r\n\r\n")
@@ -290,15 +303,68 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Deletes every queue and exchange of a test's topology (and its reply queues are
-/// deleted by score-batch itself).
-pub async fn cleanup(prefix: &str, models: &[&str]) {
-    cleanup_topology(&Topology::new(prefix), models).await;
+/// A drop guard for a test's broker objects: when it goes out of scope, however the
+/// test ends (a failed assertion too), every queue and exchange of its topology is
+/// deleted (score-batch deletes its own reply queues).
+///
+/// Create it right after the prefix: `let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);`
+pub struct Cleanup {
+    topo: Topology,
+    models: Vec<String>,
 }
 
-/// [`cleanup`] of a topology with shards: every shard queue goes too.
-pub async fn cleanup_topology(topo: &Topology, models: &[&str]) {
-    let conn = require_broker().await;
+impl Cleanup {
+    /// Guards the unsharded topology of `prefix` for `models`.
+    pub fn new(prefix: &str, models: &[&str]) -> Self {
+        Self::topology(Topology::new(prefix), models)
+    }
+
+    /// Guards `topo` (with its shards) for `models`.
+    pub fn topology(topo: Topology, models: &[&str]) -> Self {
+        Self {
+            topo,
+            models: models.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's own runtime may be the one dropping us: the
+        // deletion runs on a thread of its own, with its own runtime, bounded in time.
+        let topo = self.topo.clone();
+        let models = std::mem::take(&mut self.models);
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let models: Vec<&str> = models.iter().map(String::as_str).collect();
+            let _ = rt.block_on(tokio::time::timeout(
+                Duration::from_secs(20),
+                delete_topology(&topo, &models),
+            ));
+        });
+        let _ = worker.join();
+    }
+}
+
+/// Deletes every queue (shards too) and exchange of `topo` for `models`.
+async fn delete_topology(topo: &Topology, models: &[&str]) {
+    let Ok(conn) = surge_broker::connect(
+        &amqp_url(),
+        "surge-tests-cleanup",
+        &Timeouts {
+            connect: Duration::from_secs(5),
+            operation: Duration::from_secs(10),
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
@@ -325,8 +391,8 @@ pub async fn cleanup_topology(topo: &Topology, models: &[&str]) {
 /// The breast-cancer model's feature names.
 pub fn feature_names() -> Vec<String> {
     let dev = candle_free_device();
-    let m = surge_model::load_model(&models_dir(), "breast-cancer", &dev)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let m =
+        surge_model::load_model(&models_dir(), "breast-cancer", &dev).expect("loading the model");
     match &m.info().input {
         surge_model::InputSpec::Tabular { features } => features.clone(),
         other => panic!("unexpected input {other:?}"),
@@ -334,7 +400,7 @@ pub fn feature_names() -> Vec<String> {
 }
 
 fn candle_free_device() -> surge_model::Device {
-    surge_model::select_device(surge_model::DeviceSpec::Cpu).unwrap_or_else(|e| panic!("{e}"))
+    surge_model::select_device(surge_model::DeviceSpec::Cpu).expect("selecting the CPU device")
 }
 
 /// Writes `n` rows (a `row_id` column, then the 30 features) made from the shipped
@@ -346,17 +412,17 @@ pub fn write_rows_csv(path: &Path, n: usize) -> Vec<Vec<f32>> {
     let base: Vec<Vec<f32>> = rdr
         .records()
         .map(|r| {
-            let r = r.unwrap_or_else(|e| panic!("{e}"));
+            let r = r.expect("reading a CSV record");
             r.iter()
                 .take(30)
-                .map(|c| c.parse::<f32>().unwrap_or_else(|e| panic!("{e}")))
+                .map(|c| c.parse::<f32>().expect("parsing a feature value"))
                 .collect()
         })
         .collect();
-    let mut w = csv::Writer::from_path(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = csv::Writer::from_path(path).expect("opening the CSV file");
     let mut header = vec!["row_id".to_string()];
     header.extend(feature_names());
-    w.write_record(&header).unwrap_or_else(|e| panic!("{e}"));
+    w.write_record(&header).expect("writing a CSV record");
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         let b = &base[i % base.len()];
@@ -364,24 +430,24 @@ pub fn write_rows_csv(path: &Path, n: usize) -> Vec<Vec<f32>> {
         let row: Vec<f32> = b.iter().map(|x| x * jitter).collect();
         let mut rec = vec![i.to_string()];
         rec.extend(row.iter().map(|x| x.to_string()));
-        w.write_record(&rec).unwrap_or_else(|e| panic!("{e}"));
+        w.write_record(&rec).expect("writing a CSV record");
         rows.push(row);
     }
-    w.flush().unwrap_or_else(|e| panic!("{e}"));
+    w.flush().expect("flushing the writer");
     rows
 }
 
 /// In-process scores of `rows` with the shipped model: the reference outputs.
 pub fn reference_scores(rows: &[Vec<f32>]) -> Vec<f32> {
     let m = surge_model::load_model(&models_dir(), "breast-cancer", &candle_free_device())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("loading the model");
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let scores = m
         .score(&surge_model::Batch::Rows {
             values: &flat,
             dim: 30,
         })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("scoring the sample rows");
     scores.values
 }
 
@@ -400,7 +466,7 @@ pub struct OutRow {
 pub fn read_output(path: &Path) -> Vec<OutRow> {
     let mut rdr =
         csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let h = rdr.headers().unwrap_or_else(|e| panic!("{e}")).clone();
+    let h = rdr.headers().expect("reading the CSV header").clone();
     let col = |n: &str| {
         h.iter()
             .position(|c| c == n)
@@ -409,7 +475,7 @@ pub fn read_output(path: &Path) -> Vec<OutRow> {
     let (id, score, err) = (col("row_id"), col("malignant_probability"), col("error"));
     rdr.records()
         .map(|r| {
-            let r = r.unwrap_or_else(|e| panic!("{e}"));
+            let r = r.expect("reading a CSV record");
             OutRow {
                 row_id: r[id].to_string(),
                 score: r[score].parse().ok(),
@@ -438,7 +504,8 @@ pub fn assert_exactly_once_and_correct(out: &[OutRow], expected: &[f32]) {
     }
 }
 
-/// Starts `score-batch` for the breast-cancer features of `input`, writing `output`.
+/// Starts `score-batch` for the breast-cancer features of `input`, writing `output`;
+/// killed if dropped before it ends. Await `wait_with_output()` for its result.
 pub fn spawn_score_batch(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> Child {
     spawn_score_batch_with_env(prefix, input, output, extra, &[])
 }
@@ -484,8 +551,9 @@ pub fn spawn_score_batch_for(
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting score-batch: {e}"))
+        .expect("starting score-batch")
 }
 
 /// Consumes `queue` on `ch` under consumer tag `tag`, with default options.
@@ -502,10 +570,11 @@ pub async fn consume(ch: &lapin::Channel, queue: &str, tag: &str) -> lapin::Cons
 
 /// `rabbitmqctl` on the shared broker (only for objects the calling test owns); panics
 /// with its output when it fails.
-pub fn rabbitmqctl(args: &[&str]) -> String {
+pub async fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()
+        .await
         .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
     assert!(
         out.status.success(),
@@ -525,13 +594,14 @@ pub struct OwnedVhost {
     pub users: Vec<String>,
 }
 
+// Drop cannot await: plain blocking `rabbitmqctl` calls, each a second or two.
 impl Drop for OwnedVhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = std::process::Command::new("rabbitmqctl")
             .args(["delete_vhost", &self.vhost])
             .output();
         for u in &self.users {
-            let _ = Command::new("rabbitmqctl")
+            let _ = std::process::Command::new("rabbitmqctl")
                 .args(["delete_user", u])
                 .output();
         }

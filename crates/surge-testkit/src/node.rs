@@ -12,8 +12,24 @@
 //! RabbitMQ cluster (about 20 s for three: 12 s booting in parallel, 8 s joining).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Runs `cmd` to completion without blocking the test's runtime.
+async fn output_of(cmd: Command) -> std::io::Result<Output> {
+    tokio::process::Command::from(cmd).output().await
+}
+
+/// Polls `child` (never blocking) until it exits; SIGKILL after `within`.
+async fn reap(mut child: Child, within: Duration) {
+    let deadline = Instant::now() + within;
+    while let Ok(None) = child.try_wait() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Where the RabbitMQ scripts live (Debian/Ubuntu package layout); overridable with
 /// `SURGE_RABBITMQ_BIN`.
@@ -93,12 +109,12 @@ fn quiet_port(avoid: &[u16]) -> u16 {
     panic!("no free port found in 20000..32000");
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for the TLS tests: {e}"));
+async fn openssl(dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    let out = output_of(cmd)
+        .await
+        .expect("openssl is needed for the TLS tests");
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -107,7 +123,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// Makes a CA and a certificate signed by it (EC P-256, valid two days).
-fn make_ca(dir: &Path, name: &str) {
+async fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
@@ -131,11 +147,12 @@ fn make_ca(dir: &Path, name: &str) {
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
-    );
+    )
+    .await;
 }
 
-fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap_or_else(|e| panic!("{e}"));
+async fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("writing the file");
     openssl(
         dir,
         &[
@@ -152,7 +169,8 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
             "-subj",
             &format!("/CN={cn}"),
         ],
-    );
+    )
+    .await;
     openssl(
         dir,
         &[
@@ -172,31 +190,34 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
             "-extfile",
             &format!("{name}.ext"),
         ],
-    );
+    )
+    .await;
 }
 
 /// Makes a private CA, a server certificate for localhost/127.0.0.1, client
 /// certificates, and a second (wrong) CA, in `dir`.
-pub fn make_certs(dir: &Path) -> Certs {
-    make_ca(dir, "ca");
-    make_ca(dir, "wrong-ca");
+pub async fn make_certs(dir: &Path) -> Certs {
+    make_ca(dir, "ca").await;
+    make_ca(dir, "wrong-ca").await;
     make_leaf(
         dir,
         "ca",
         "server",
         "localhost",
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    );
+    )
+    .await;
     let client_ext =
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n";
-    make_leaf(dir, "ca", "client", "surge-worker", client_ext);
+    make_leaf(dir, "ca", "client", "surge-worker", client_ext).await;
     make_leaf(
         dir,
         "wrong-ca",
         "wrong-client",
         "surge-intruder",
         client_ext,
-    );
+    )
+    .await;
     Certs {
         ca: dir.join("ca.pem"),
         wrong_ca: dir.join("wrong-ca.pem"),
@@ -209,11 +230,11 @@ pub fn make_certs(dir: &Path) -> Certs {
 
 impl PrivateNode {
     /// Starts a node named after `tag` and waits until it accepts connections.
-    pub fn start(tag: &str, opts: NodeOptions) -> Self {
+    pub async fn start(tag: &str, opts: NodeOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("surge-node-{tag}-"))
             .tempdir()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("creating a temporary directory");
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let name = format!("surge-t-{tag}-{suffix}@localhost");
         let port = quiet_port(&[]);
@@ -224,13 +245,17 @@ impl PrivateNode {
         // would otherwise race to create different ones.
         let cookie = opts.cookie.clone().unwrap_or_else(new_cookie);
         let cookie_path = d.join(".erlang.cookie");
-        std::fs::write(&cookie_path, cookie).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cookie_path, cookie).expect("writing the file");
         set_mode(&cookie_path, 0o400);
-        std::fs::write(d.join("env.conf"), "").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(d.join("env.conf"), "").expect("writing the file");
+        std::fs::write(d.join("enabled_plugins"), "[].\n").expect("writing the file");
         let mut conf = format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n");
         let mut advanced = String::from("[].\n");
-        let certs = opts.tls.then(|| make_certs(d));
+        let certs = if opts.tls {
+            Some(make_certs(d).await)
+        } else {
+            None
+        };
         if let (Some(tls_port), Some(c)) = (tls_port, &certs) {
             conf.push_str(&format!(
                 "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
@@ -249,8 +274,8 @@ impl PrivateNode {
             // The timeout is checked on the channel tick, every minute by default.
             advanced = "[{rabbit, [{channel_tick_interval, 1000}]}].\n".into();
         }
-        std::fs::write(d.join("rabbitmq.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(d.join("advanced.config"), advanced).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(d.join("rabbitmq.conf"), conf).expect("writing the file");
+        std::fs::write(d.join("advanced.config"), advanced).expect("writing the file");
         let mut node = Self {
             name,
             port,
@@ -261,7 +286,7 @@ impl PrivateNode {
             server: None,
             babysitter: None,
         };
-        node.launch();
+        node.launch().await;
         node.babysit();
         node
     }
@@ -284,23 +309,23 @@ impl PrivateNode {
 
     /// Starts the server process (again, after [`PrivateNode::stop_node`]) and waits
     /// for it; its data folder is kept, so durable queues come back.
-    pub fn launch(&mut self) {
+    pub async fn launch(&mut self) {
         let started = Instant::now();
-        let log = std::fs::File::create(self.dir.path().join("server.out"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let log =
+            std::fs::File::create(self.dir.path().join("server.out")).expect("creating the file");
         let mut cmd = Command::new(rabbit_bin("rabbitmq-server"));
         self.env(&mut cmd);
         let child = cmd
             .stdout(Stdio::from(
-                log.try_clone().unwrap_or_else(|e| panic!("{e}")),
+                log.try_clone().expect("cloning the log file handle"),
             ))
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| panic!("starting rabbitmq-server: {e}"));
+            .expect("starting rabbitmq-server");
         self.server = Some(child);
         let pid = self.dir.path().join("pid");
         let pid = pid.to_string_lossy().into_owned();
-        let waited = self.try_ctl(&["wait", "--timeout", "90", &pid]);
+        let waited = self.try_ctl(&["wait", "--timeout", "90", &pid]).await;
         if let Err(e) = waited {
             panic!(
                 "private node {} did not start: {e}\n{}",
@@ -309,7 +334,7 @@ impl PrivateNode {
             );
         }
         // `wait` returns when the app runs; the listener follows within moments.
-        self.wait_listening(Duration::from_secs(20));
+        self.wait_listening(Duration::from_secs(20)).await;
         println!(
             "private node {} up on 127.0.0.1:{} in {:.1}s",
             self.name,
@@ -334,24 +359,20 @@ impl PrivateNode {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting the node babysitter: {e}"));
+            .expect("starting the node babysitter");
         self.babysitter = Some(child);
     }
 
     /// Runs `rabbitmqctl -n <node> args...`; `Err` with its output when it fails.
-    pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        self.try_tool("rabbitmqctl", args)
+    pub async fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        self.try_tool("rabbitmqctl", args).await
     }
 
     /// Runs RabbitMQ's CLI `tool` (`rabbitmqctl`, `rabbitmq-queues`) as
     /// `tool -n <node> args...`; `Err` with its output when it fails.
-    pub fn try_tool(&self, tool: &str, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new(rabbit_bin(tool));
-        self.env(&mut cmd);
-        let out = cmd
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
+    pub async fn try_tool(&self, tool: &str, args: &[&str]) -> Result<String, String> {
+        let out = output_of(self.tool(tool, args))
+            .await
             .map_err(|e| format!("{tool}: {e}"))?;
         let text = format!(
             "{}{}",
@@ -365,30 +386,33 @@ impl PrivateNode {
         }
     }
 
+    /// `tool -n <node> args...` with the node's environment, not started yet.
+    fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(rabbit_bin(tool));
+        self.env(&mut cmd);
+        cmd.args(["-n", &self.name]).args(args);
+        cmd
+    }
+
     /// Runs `rabbitmqctl -n <node> args...`, panicking when it fails.
-    pub fn ctl(&self, args: &[&str]) -> String {
+    pub async fn ctl(&self, args: &[&str]) -> String {
         self.try_ctl(args)
+            .await
             .unwrap_or_else(|e| panic!("rabbitmqctl {args:?} on {}: {e}", self.name))
     }
 
     /// Stops the whole node (the Erlang VM exits); [`PrivateNode::launch`] brings it
     /// back with its data.
-    pub fn stop_node(&mut self) {
-        self.ctl(&["stop"]);
-        if let Some(mut c) = self.server.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while let Ok(None) = c.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+    pub async fn stop_node(&mut self) {
+        self.ctl(&["stop"]).await;
+        if let Some(c) = self.server.take() {
+            reap(c, Duration::from_secs(30)).await;
         }
     }
 
     /// Kills the node's Erlang VM with SIGKILL (no goodbye to clients or peers), as a
     /// crashed machine would; [`PrivateNode::launch`] brings it back with its data.
-    pub fn kill_node(&mut self) {
+    pub async fn kill_node(&mut self) {
         let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap_or_default();
         let pid = pid.trim();
         assert!(
@@ -396,19 +420,16 @@ impl PrivateNode {
             "node {} has no pid file: is it running?",
             self.name
         );
-        let status = Command::new("kill")
-            .args(["-KILL", pid])
-            .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
-        assert!(status.success(), "kill -KILL {pid} ({}) failed", self.name);
-        if let Some(mut c) = self.server.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while let Ok(None) = c.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        let mut kill = Command::new("kill");
+        kill.args(["-KILL", pid]);
+        let out = output_of(kill).await.expect("running kill -KILL");
+        assert!(
+            out.status.success(),
+            "kill -KILL {pid} ({}) failed",
+            self.name
+        );
+        if let Some(c) = self.server.take() {
+            reap(c, Duration::from_secs(30)).await;
         }
         let _ = std::fs::remove_file(self.dir.path().join("pid"));
     }
@@ -416,22 +437,25 @@ impl PrivateNode {
     /// Joins the cluster of `first` (`stop_app`, `join_cluster`, `start_app`) and waits
     /// until this node listens again. Both nodes must share a cookie
     /// ([`NodeOptions::cookie`]).
-    pub fn join(&self, first: &PrivateNode) {
-        self.ctl(&["stop_app"]);
-        self.ctl(&["join_cluster", &first.name]);
-        self.ctl(&["start_app"]);
-        self.wait_listening(Duration::from_secs(30));
+    pub async fn join(&self, first: &PrivateNode) {
+        self.ctl(&["stop_app"]).await;
+        self.ctl(&["join_cluster", &first.name]).await;
+        self.ctl(&["start_app"]).await;
+        self.wait_listening(Duration::from_secs(30)).await;
     }
 
-    fn wait_listening(&self, within: Duration) {
+    async fn wait_listening(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "node {} never listened",
                 self.name
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -494,9 +518,11 @@ fn set_mode(path: &Path, mode: u32) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
 }
 
+// Drop cannot await: the guard stops the node with plain blocking calls, bounded by
+// `rabbitmqctl stop` and a 20 s kill deadline.
 impl Drop for PrivateNode {
     fn drop(&mut self) {
-        let _ = self.try_ctl(&["stop"]);
+        let _ = self.tool("rabbitmqctl", &["stop"]).output();
         if let Some(mut c) = self.server.take() {
             let deadline = Instant::now() + Duration::from_secs(20);
             while let Ok(None) = c.try_wait() {
@@ -526,32 +552,23 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` nodes (in parallel) and joins nodes 1.. to node 0.
-    pub fn start(tag: &str, n: usize) -> Self {
+    pub async fn start(tag: &str, n: usize) -> Self {
         let started = Instant::now();
         let cookie = new_cookie();
-        let nodes: Vec<PrivateNode> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|i| {
-                    let opts = NodeOptions {
-                        cookie: Some(cookie.clone()),
-                        ..NodeOptions::default()
-                    };
-                    s.spawn(move || PrivateNode::start(&format!("{tag}{i}"), opts))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| panic!("a cluster node failed to start"))
-                })
-                .collect()
-        });
+        let nodes: Vec<PrivateNode> = futures_util::future::join_all((0..n).map(|i| {
+            let opts = NodeOptions {
+                cookie: Some(cookie.clone()),
+                ..NodeOptions::default()
+            };
+            let tag = format!("{tag}{i}");
+            async move { PrivateNode::start(&tag, opts).await }
+        }))
+        .await;
         let booted = started.elapsed();
         for node in &nodes[1..] {
-            node.join(&nodes[0]);
+            node.join(&nodes[0]).await;
         }
-        let status = nodes[0].ctl(&["cluster_status"]);
+        let status = nodes[0].ctl(&["cluster_status"]).await;
         for node in &nodes {
             assert!(
                 status.contains(&node.name),
@@ -586,17 +603,20 @@ impl Cluster {
 
     /// `(leader, members)` of the quorum queue `queue`, asked of the first node that
     /// answers.
-    pub fn quorum_leader(&self, queue: &str) -> (String, Vec<String>) {
+    pub async fn quorum_leader(&self, queue: &str) -> (String, Vec<String>) {
         let mut errors = Vec::new();
         for node in &self.nodes {
-            match node.try_ctl(&[
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "leader",
-                "members",
-            ]) {
+            match node
+                .try_ctl(&[
+                    "list_queues",
+                    "-q",
+                    "--no-table-headers",
+                    "name",
+                    "leader",
+                    "members",
+                ])
+                .await
+            {
                 Ok(text) => {
                     for line in text.lines() {
                         let cols: Vec<&str> = line.split('\t').collect();

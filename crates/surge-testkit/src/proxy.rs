@@ -24,15 +24,14 @@ pub struct FreezeProxy {
 impl FreezeProxy {
     /// Starts a proxy from a free port on 127.0.0.1 to `127.0.0.1:target`.
     pub fn start(target: u16) -> Self {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("binding the proxy: {e}"));
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let port = std_listener
             .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("reading the listener address")
             .port();
         std_listener
             .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("setting the socket non-blocking");
         let (frozen, _) = watch::channel(false);
         let frozen = Arc::new(frozen);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -42,10 +41,9 @@ impl FreezeProxy {
                 .worker_threads(1)
                 .enable_all()
                 .build()
-                .unwrap_or_else(|e| panic!("proxy runtime: {e}"));
+                .expect("proxy runtime");
             rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener)
-                    .unwrap_or_else(|e| panic!("proxy listener: {e}"));
+                let listener = TcpListener::from_std(std_listener).expect("proxy listener");
                 tokio::select! {
                     _ = stop_rx => {}
                     _ = accept_loop(listener, target, f) => {}
