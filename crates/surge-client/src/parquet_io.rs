@@ -14,16 +14,15 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder, Int64Builder,
-    StringBuilder,
-};
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
     UInt64Type, UInt8Type,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch,
+};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
@@ -123,13 +122,7 @@ fn rows_of(batch: &RecordBatch) -> Vec<Vec<Value>> {
     macro_rules! ints {
         ($col:expr, $t:ty) => {{
             let a = $col.as_primitive::<$t>();
-            for (i, row) in rows.iter_mut().enumerate() {
-                row.push(if a.is_null(i) {
-                    Value::Null
-                } else {
-                    Value::from(a.value(i))
-                });
-            }
+            push_cells(&mut rows, a, |i| Value::from(a.value(i)));
         }};
     }
     for col in batch.columns() {
@@ -144,82 +137,56 @@ fn rows_of(batch: &RecordBatch) -> Vec<Vec<Value>> {
             DataType::UInt64 => ints!(col, UInt64Type),
             DataType::Float32 => {
                 let a = col.as_primitive::<Float32Type>();
-                for (i, row) in rows.iter_mut().enumerate() {
+                push_cells(&mut rows, a, |i| {
                     let x = a.value(i);
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        float(x as f64, x.to_string())
-                    });
-                }
+                    float(x as f64, x.to_string())
+                });
             }
             DataType::Float64 => {
                 let a = col.as_primitive::<Float64Type>();
-                for (i, row) in rows.iter_mut().enumerate() {
+                push_cells(&mut rows, a, |i| {
                     let x = a.value(i);
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        // A finite f64 is its own shortest decimal: no text round
-                        // trip (formatting every cell was a quarter of the run's CPU).
-                        serde_json::Number::from_f64(x)
-                            .map_or_else(|| Value::String(x.to_string()), Value::Number)
-                    });
-                }
+                    // A finite f64 is its own shortest decimal: no text round
+                    // trip (formatting every cell was a quarter of the run's CPU).
+                    serde_json::Number::from_f64(x)
+                        .map_or_else(|| Value::String(x.to_string()), Value::Number)
+                });
             }
             DataType::Boolean => {
                 let a = col.as_boolean();
-                for (i, row) in rows.iter_mut().enumerate() {
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Bool(a.value(i))
-                    });
-                }
+                push_cells(&mut rows, a, |i| Value::Bool(a.value(i)));
             }
             DataType::Utf8 => {
                 let a = col.as_string::<i32>();
-                for (i, row) in rows.iter_mut().enumerate() {
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::String(a.value(i).to_string())
-                    });
-                }
+                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
             }
             DataType::LargeUtf8 => {
                 let a = col.as_string::<i64>();
-                for (i, row) in rows.iter_mut().enumerate() {
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::String(a.value(i).to_string())
-                    });
-                }
+                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
             }
             DataType::Utf8View => {
                 let a = col.as_string_view();
-                for (i, row) in rows.iter_mut().enumerate() {
-                    row.push(if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::String(a.value(i).to_string())
-                    });
-                }
+                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
             }
             other => {
                 let shown = Value::String(format!("<{other} value>"));
-                for (i, row) in rows.iter_mut().enumerate() {
-                    row.push(if col.is_null(i) {
-                        Value::Null
-                    } else {
-                        shown.clone()
-                    });
-                }
+                push_cells(&mut rows, col, |_| shown.clone());
             }
         }
     }
     rows
+}
+
+/// Appends the cells of column `col` to `rows`, one per row: null where the column
+/// holds a null, else `cell(i)` for row `i`.
+fn push_cells<A: Array + ?Sized>(
+    rows: &mut [Vec<Value>],
+    col: &A,
+    mut cell: impl FnMut(usize) -> Value,
+) {
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.push(if col.is_null(i) { Value::Null } else { cell(i) });
+    }
 }
 
 /// True for the Arrow types a feature column may have.
@@ -326,33 +293,20 @@ impl<W: Write + Send> ParquetOut<W> {
         let rows = std::mem::take(&mut self.rows);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (j, t) in self.kept_types.iter().enumerate() {
-            let cell = |r: &Row| r.kept.get(j).cloned().unwrap_or(Value::Null);
+            let cells = rows.iter().map(|r| r.kept.get(j).unwrap_or(&Value::Null));
             columns.push(match t {
-                DataType::Int64 => {
-                    let mut b = Int64Builder::with_capacity(rows.len());
-                    rows.iter().for_each(|r| b.append_option(cell(r).as_i64()));
-                    Arc::new(b.finish())
-                }
-                DataType::Float32 => {
-                    let mut b = Float32Builder::with_capacity(rows.len());
-                    rows.iter()
-                        .for_each(|r| b.append_option(cell(r).as_f64().map(|x| x as f32)));
-                    Arc::new(b.finish())
-                }
-                DataType::Float64 => {
-                    let mut b = Float64Builder::with_capacity(rows.len());
-                    rows.iter().for_each(|r| b.append_option(cell(r).as_f64()));
-                    Arc::new(b.finish())
-                }
-                DataType::Boolean => {
-                    let mut b = BooleanBuilder::with_capacity(rows.len());
-                    rows.iter().for_each(|r| b.append_option(cell(r).as_bool()));
-                    Arc::new(b.finish())
-                }
+                DataType::Int64 => Arc::new(cells.map(Value::as_i64).collect::<Int64Array>()),
+                DataType::Float32 => Arc::new(
+                    cells
+                        .map(|v| v.as_f64().map(|x| x as f32))
+                        .collect::<Float32Array>(),
+                ),
+                DataType::Float64 => Arc::new(cells.map(Value::as_f64).collect::<Float64Array>()),
+                DataType::Boolean => Arc::new(cells.map(Value::as_bool).collect::<BooleanArray>()),
                 _ => {
                     let mut b = StringBuilder::new();
-                    for r in &rows {
-                        match cell(r) {
+                    for v in cells {
+                        match v {
                             Value::Null => b.append_null(),
                             Value::String(s) => b.append_value(s),
                             other => b.append_value(other.to_string()),

@@ -1,0 +1,223 @@
+//! The rows of an input file, read incrementally ([`RowSource`]): CSV (as
+//! `csv::ByteRecord`s, no per-cell allocation), JSON Lines, or Parquet (a record
+//! batch at a time, through [`crate::parquet_io`]). The first rows (up to
+//! [`SAMPLE_ROWS`]) are read ahead into a [`Table`], which decides the columns sent
+//! and is checked before anything is published.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use arrow_schema::DataType;
+use csv::ByteRecord;
+use serde_json::Value;
+
+use crate::parquet_io::{self, ParquetRows};
+use crate::table::{Format, JsonShape, ReadOptions, Table};
+use crate::ClientError;
+
+/// Rows read before the run starts: they decide which columns are sent (by default,
+/// those that hold a number) and are all checked before the first job is published.
+pub const SAMPLE_ROWS: usize = 10_000;
+
+/// A row as the file holds it.
+pub(super) enum Record {
+    /// A CSV record: its cells as the file's bytes.
+    Csv(ByteRecord),
+    /// A JSON Lines or Parquet row: its cells as values, in column order.
+    Json(Vec<Value>),
+}
+
+/// The reader under a [`RowSource`], by format.
+enum Inner {
+    Csv(csv::Reader<Box<dyn Read + Send>>),
+    Parquet(ParquetRows),
+    Json {
+        lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
+        shape: JsonShape,
+        line_no: usize,
+    },
+}
+
+/// The rows of an input file, read incrementally; the first ones are read ahead.
+pub struct RowSource {
+    inner: Inner,
+    ahead: VecDeque<Record>,
+    exhausted: bool,
+    /// Data rows read so far (the header not counted).
+    rows_read: usize,
+}
+
+/// Opens `reader` as `format` and reads up to `sample` rows ahead: the returned table
+/// holds those rows (to choose and check the columns, and for the output header), and
+/// the source yields every row, those first.
+pub fn open(
+    reader: Box<dyn Read + Send>,
+    format: Format,
+    options: ReadOptions,
+    sample: usize,
+) -> Result<(Table, RowSource), ClientError> {
+    let mut columns = Vec::new();
+    let named;
+    let inner = match format {
+        Format::Csv => {
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(options.header)
+                .from_reader(reader);
+            if options.header {
+                columns = rdr
+                    .byte_headers()
+                    .map_err(|e| ClientError::Input(format!("reading the CSV header: {e}")))?
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+            }
+            named = options.header;
+            Inner::Csv(rdr)
+        }
+        Format::Parquet => {
+            return Err(ClientError::Input(
+                "Parquet input must be a file (it is read from its footer): use open_parquet"
+                    .into(),
+            ))
+        }
+        Format::JsonLines => {
+            named = true;
+            Inner::Json {
+                lines: BufReader::new(reader).lines(),
+                shape: JsonShape::default(),
+                line_no: 0,
+            }
+        }
+    };
+    read_ahead(inner, columns, named, format, options, sample)
+}
+
+/// Opens the Parquet file at `path` as [`open`] does, and also returns the Arrow
+/// type of each column.
+pub fn open_parquet(
+    path: &Path,
+    sample: usize,
+) -> Result<(Table, RowSource, Vec<DataType>), ClientError> {
+    let (columns, types, rows) = parquet_io::open(path)?;
+    let (table, src) = read_ahead(
+        Inner::Parquet(rows),
+        columns,
+        true,
+        Format::Parquet,
+        ReadOptions::default(),
+        sample,
+    )?;
+    Ok((table, src, types))
+}
+
+fn read_ahead(
+    inner: Inner,
+    columns: Vec<String>,
+    named: bool,
+    format: Format,
+    options: ReadOptions,
+    sample: usize,
+) -> Result<(Table, RowSource), ClientError> {
+    let mut src = RowSource {
+        inner,
+        ahead: VecDeque::new(),
+        exhausted: false,
+        rows_read: 0,
+    };
+    let mut records = Vec::new();
+    while records.len() < sample.max(1) {
+        let Some(rec) = src.read()? else { break };
+        records.push(match &rec {
+            Record::Csv(r) => r
+                .iter()
+                .map(|c| Value::String(String::from_utf8_lossy(c).into_owned()))
+                .collect(),
+            Record::Json(cells) => cells.clone(),
+        });
+        src.ahead.push_back(rec);
+    }
+    let mut table = Table {
+        columns,
+        records,
+        named,
+        format,
+    };
+    match &src.inner {
+        Inner::Csv(_) if !options.header => {
+            let n = table.records.first().map_or(0, Vec::len);
+            table.columns = (1..=n).map(|j| format!("column_{j}")).collect();
+        }
+        Inner::Json { shape, .. } => {
+            table.columns.clone_from(&shape.columns);
+            table.named = shape.named;
+        }
+        Inner::Csv(_) | Inner::Parquet(_) => {}
+    }
+    Ok((table, src))
+}
+
+impl RowSource {
+    /// True when the whole input was read ahead (its row count is known).
+    pub fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// Data rows read from the file so far.
+    pub fn rows_read(&self) -> usize {
+        self.rows_read
+    }
+
+    /// The next row: a row read ahead, else one read from the file.
+    pub(super) fn next(&mut self) -> Result<Option<Record>, ClientError> {
+        match self.ahead.pop_front() {
+            Some(r) => Ok(Some(r)),
+            None => self.read(),
+        }
+    }
+
+    fn read(&mut self) -> Result<Option<Record>, ClientError> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        let rec = match &mut self.inner {
+            Inner::Csv(rdr) => {
+                let mut rec = ByteRecord::new();
+                match rdr.read_byte_record(&mut rec) {
+                    Ok(true) => Some(Record::Csv(rec)),
+                    Ok(false) => None,
+                    Err(e) => {
+                        return Err(ClientError::Input(format!(
+                            "CSV record {}: {e}",
+                            self.rows_read + 1
+                        )))
+                    }
+                }
+            }
+            Inner::Parquet(rows) => rows.next()?.map(Record::Json),
+            Inner::Json {
+                lines,
+                shape,
+                line_no,
+            } => loop {
+                let Some(line) = lines.next() else { break None };
+                *line_no += 1;
+                let line =
+                    line.map_err(|e| ClientError::Input(format!("line {}: {e}", *line_no)))?;
+                if let Some(cells) = shape.parse(*line_no, &line)? {
+                    break Some(Record::Json(cells));
+                }
+            },
+        };
+        match rec {
+            Some(r) => {
+                self.rows_read += 1;
+                Ok(Some(r))
+            }
+            None => {
+                self.exhausted = true;
+                Ok(None)
+            }
+        }
+    }
+}

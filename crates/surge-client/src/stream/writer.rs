@@ -1,0 +1,326 @@
+//! Writing answered jobs back out in input order ([`OutputWriter`]): each row's kept
+//! columns as the encoder wrote them, then the outputs (one column each, or one
+//! `embedding` column), then `error`; as CSV, JSON Lines, or Parquet row groups
+//! (through [`crate::parquet_io`]). A [`Checkpoint`] says how much is written, for a
+//! resumed run.
+
+use std::io::Write;
+
+use arrow_schema::DataType;
+use serde_json::Value;
+
+use super::{csv_field, RowBytes};
+use crate::parquet_io::{self, ParquetOut};
+use crate::table::Format;
+use crate::{job_outcome, ClientError, DoneJob};
+
+/// Rows of answered jobs held back while the output columns are not yet known (no
+/// job has scored yet), at most; past that, the outputs are written as one
+/// `embedding` column.
+const HOLD_ROWS: usize = 100_000;
+
+/// Writes answered jobs, in the order given, with the output columns the first
+/// scored job names.
+pub struct OutputWriter<W: Write + Send> {
+    out: Option<W>,
+    parquet: Option<ParquetOut<W>>,
+    format: Format,
+    kept: Vec<String>,
+    kept_types: Vec<DataType>,
+    names: Option<Vec<String>>,
+    held: Vec<DoneJob<RowBytes>>,
+    held_rows: usize,
+    line: Vec<u8>,
+    written: Checkpoint,
+    /// Rows of answered jobs written with a bad cell's error instead of their score.
+    bad_rows: usize,
+}
+
+/// How much of the output is written: what a resumed run keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Jobs written.
+    pub jobs: usize,
+    /// Rows written.
+    pub rows: usize,
+    /// Bytes written (header included).
+    pub bytes: u64,
+    /// The output columns, once the header is written.
+    pub names: Option<Vec<String>>,
+}
+
+impl<W: Write + Send> OutputWriter<W> {
+    /// A writer that continues an output of `format` already holding what `from`
+    /// says (its header included): `out` must be positioned at its end. Not for
+    /// Parquet, whose footer is written last.
+    pub fn resumed(out: W, format: Format, kept: Vec<String>, from: Checkpoint) -> Self {
+        let mut w = Self::new(out, format, kept);
+        w.names = from.names.clone();
+        w.written = from;
+        w
+    }
+
+    /// Flushes what is written and says how much that is; `None` for Parquet, which
+    /// cannot be resumed.
+    pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, ClientError> {
+        if self.format == Format::Parquet || self.names.is_none() {
+            return Ok(None);
+        }
+        if let Some(out) = self.out.as_mut() {
+            out.flush()
+                .map_err(|e| ClientError::Output(e.to_string()))?;
+        }
+        Ok(Some(self.written.clone()))
+    }
+
+    /// A writer of `format` whose rows start with the columns named `kept`.
+    pub fn new(out: W, format: Format, kept: Vec<String>) -> Self {
+        let kept_types = vec![DataType::Utf8; kept.len()];
+        Self {
+            out: Some(out),
+            parquet: None,
+            format,
+            kept,
+            kept_types,
+            names: None,
+            held: Vec::new(),
+            held_rows: 0,
+            line: Vec::new(),
+            written: Checkpoint::default(),
+            bad_rows: 0,
+        }
+    }
+
+    /// Rows of answered jobs written with their bad cell's error (kind
+    /// [`INVALID_INPUT`](super::INVALID_INPUT)) instead of a score: the run counted them as scored.
+    pub fn bad_rows(&self) -> usize {
+        self.bad_rows
+    }
+
+    /// For Parquet output: the Arrow types of the kept columns in the input (`None`
+    /// for a text input), which decide their types in the output.
+    pub fn with_input_types(mut self, types: Option<Vec<DataType>>) -> Self {
+        self.kept_types = match types {
+            Some(t) => t.iter().map(|t| parquet_io::kept_type(Some(t))).collect(),
+            None => vec![DataType::Utf8; self.kept.len()],
+        };
+        self
+    }
+
+    /// Writes one answered job (or holds it until the output columns are known).
+    pub fn write(&mut self, done: DoneJob<RowBytes>) -> Result<(), ClientError> {
+        if self.names.is_none() {
+            if job_outcome(&done.job, &done.result).is_ok() {
+                let dim = done.result.outputs.first().map_or(1, Vec::len);
+                self.start(done.result.output_names.clone(), dim)?;
+            } else {
+                self.held_rows += done.payload.len();
+                self.held.push(done);
+                if self.held_rows > HOLD_ROWS {
+                    self.start(Vec::new(), 1)?;
+                }
+                return Ok(());
+            }
+        }
+        self.rows(done)
+    }
+
+    /// Writes what is held and flushes; returns the inner writer.
+    pub fn finish(mut self) -> Result<W, ClientError> {
+        if self.names.is_none() {
+            self.start(Vec::new(), 1)?;
+        }
+        let io = |e: std::io::Error| ClientError::Output(e.to_string());
+        let mut out = match (self.parquet.take(), self.out.take()) {
+            (Some(p), _) => p.finish()?,
+            (None, Some(out)) => out,
+            (None, None) => return Err(ClientError::Output("the output was lost".into())),
+        };
+        out.flush().map_err(io)?;
+        Ok(out)
+    }
+
+    fn start(&mut self, names: Vec<String>, dim: usize) -> Result<(), ClientError> {
+        match self.format {
+            Format::Csv => {
+                let mut header = self.kept.clone();
+                if names.is_empty() {
+                    header.push("embedding".into());
+                } else {
+                    header.extend(names.iter().cloned());
+                }
+                header.push("error".into());
+                let mut bytes = Vec::new();
+                let mut w = csv::Writer::from_writer(&mut bytes);
+                w.write_record(&header)
+                    .map_err(|e| ClientError::Output(e.to_string()))?;
+                w.flush().map_err(|e| ClientError::Output(e.to_string()))?;
+                drop(w);
+                self.write_out(&bytes)?;
+            }
+            Format::Parquet => {
+                let out = self
+                    .out
+                    .take()
+                    .ok_or_else(|| ClientError::Output("the output was lost".into()))?;
+                self.parquet = Some(ParquetOut::new(
+                    out,
+                    &self.kept,
+                    self.kept_types.clone(),
+                    names.clone(),
+                    dim,
+                )?);
+            }
+            Format::JsonLines => {}
+        }
+        self.names = Some(names.clone());
+        self.written.names = Some(names);
+        for done in std::mem::take(&mut self.held) {
+            self.rows(done)?;
+        }
+        self.held_rows = 0;
+        Ok(())
+    }
+
+    fn rows(&mut self, mut done: DoneJob<RowBytes>) -> Result<(), ClientError> {
+        let mut cells = std::mem::take(&mut done.payload.cells);
+        let outcome = job_outcome(&done.job, &done.result);
+        let names = self.names.clone().unwrap_or_default();
+        for r in 0..done.payload.len() {
+            let bad = done.payload.bad_row(r);
+            if bad.is_some() && outcome.is_ok() {
+                self.bad_rows += 1;
+            }
+            let outputs = outcome
+                .as_ref()
+                .ok()
+                .filter(|()| bad.is_none())
+                .and_then(|()| done.result.outputs.get(r));
+            let error = bad.or_else(|| outcome.as_ref().err().map(|(_, msg)| msg.as_str()));
+            if let Some(pq) = self.parquet.as_mut() {
+                let kept = cells.get_mut(r).map(std::mem::take).unwrap_or_default();
+                pq.push(kept, outputs.map(Vec::as_slice), error)?;
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            line.clear();
+            line.extend_from_slice(done.payload.row(r));
+            self.row_tail(&mut line, &names, outputs.map(Vec::as_slice), error)?;
+            self.write_out(&line)?;
+            self.line = line;
+        }
+        self.written.jobs += 1;
+        self.written.rows += done.payload.len();
+        Ok(())
+    }
+
+    /// Writes `bytes` to the (CSV or JSON Lines) output and counts them.
+    fn write_out(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| ClientError::Output("the output was lost".into()))?
+            .write_all(bytes)
+            .map_err(|e| ClientError::Output(e.to_string()))?;
+        self.written.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn row_tail(
+        &self,
+        line: &mut Vec<u8>,
+        names: &[String],
+        outputs: Option<&[f32]>,
+        error: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let json = |e: serde_json::Error| ClientError::Output(e.to_string());
+        let embedding = names.is_empty();
+        match self.format {
+            Format::Csv => {
+                let mut sep = !self.kept.is_empty();
+                let mut field = |line: &mut Vec<u8>, bytes: &[u8]| {
+                    if sep {
+                        line.push(b',');
+                    }
+                    sep = true;
+                    csv_field(line, bytes);
+                };
+                match outputs {
+                    Some(values) if embedding => {
+                        let text = serde_json::to_vec(values).map_err(json)?;
+                        field(line, &text);
+                    }
+                    Some(values) => {
+                        for v in values {
+                            field(line, v.to_string().as_bytes());
+                        }
+                    }
+                    None => {
+                        for _ in 0..names.len().max(1) {
+                            field(line, b"");
+                        }
+                    }
+                }
+                field(line, error.unwrap_or("").as_bytes());
+                line.push(b'\n');
+            }
+            Format::JsonLines | Format::Parquet => {
+                let mut sep = !self.kept.is_empty();
+                let mut key = |line: &mut Vec<u8>, k: &str| -> Result<(), ClientError> {
+                    if sep {
+                        line.push(b',');
+                    }
+                    sep = true;
+                    serde_json::to_writer(&mut *line, k).map_err(json)?;
+                    line.push(b':');
+                    Ok(())
+                };
+                match (outputs, error) {
+                    (Some(values), _) if embedding => {
+                        key(line, "embedding")?;
+                        serde_json::to_writer(&mut *line, &Value::from(values.to_vec()))
+                            .map_err(json)?;
+                    }
+                    (Some(values), _) => {
+                        for (n, v) in names.iter().zip(values) {
+                            key(line, n)?;
+                            serde_json::to_writer(&mut *line, &Value::from(*v)).map_err(json)?;
+                        }
+                    }
+                    (None, msg) => {
+                        key(line, "error")?;
+                        serde_json::to_writer(&mut *line, msg.unwrap_or("")).map_err(json)?;
+                    }
+                }
+                line.extend_from_slice(b"}\n");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::stream::tests::run;
+    use crate::table::Format;
+
+    #[test]
+    fn cells_come_back_byte_for_byte_with_keep_and_errors_quoted() {
+        let input = "id,b,note\n007,1.50,\"a, b\"\nx,2,\"say \"\"hi\"\"\"\n9,3e0,\n";
+        assert_eq!(
+            run(input, Format::Csv, &[], 2),
+            "id,b,note,p,error\n007,1.50,\"a, b\",0.5,\n\
+             x,2,\"say \"\"hi\"\"\",1.5,\n\
+             9,3e0,,,\"invalid_input: bad, \"\"x\"\"\"\n"
+        );
+        assert_eq!(
+            run(input, Format::Csv, &["note", "id"], 2),
+            "note,id,p,error\n\"a, b\",007,0.5,\n\
+             \"say \"\"hi\"\"\",x,1.5,\n\
+             ,9,,\"invalid_input: bad, \"\"x\"\"\"\n"
+        );
+        assert_eq!(
+            run(input, Format::JsonLines, &["id"], 2),
+            "{\"id\":7,\"p\":0.5}\n{\"id\":\"x\",\"p\":1.5}\n{\"id\":9,\"error\":\"invalid_input: bad, \\\"x\\\"\"}\n"
+        );
+    }
+}

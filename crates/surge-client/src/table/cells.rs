@@ -1,0 +1,198 @@
+//! What a cell holds as far as sending it as a number goes ([`Cell`]), and the job
+//! inputs of the cells a [`Selection`] sends ([`Table::inputs`]): a cell that is not
+//! a finite number is an error naming its row and column, and how to fix it.
+
+use serde_json::Value;
+use surge_protocol::{Inputs, Rows};
+
+use super::{Format, Selection, Table};
+use crate::ClientError;
+
+/// What a cell holds, as far as sending it as a number goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell {
+    /// A finite f32.
+    Number(f32),
+    /// Nothing: an empty CSV cell, JSON `null` or a missing key.
+    Empty,
+    /// Anything else: text, a boolean, a value beyond f32's range, NaN.
+    Other,
+}
+
+impl Table {
+    /// What `v`, a cell of this table, holds.
+    pub(super) fn cell(&self, v: &Value) -> Cell {
+        match v {
+            Value::Null => Cell::Empty,
+            Value::Number(n) => match n.as_f64() {
+                Some(x) if (x as f32).is_finite() => Cell::Number(x as f32),
+                _ => Cell::Other,
+            },
+            // Only CSV has numbers as text; a JSON string is a string.
+            Value::String(s) if self.format == Format::Csv => csv_cell(s.as_bytes()),
+            _ => Cell::Other,
+        }
+    }
+}
+
+/// A CSV cell, as far as sending it as a number goes.
+pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
+    let Ok(s) = std::str::from_utf8(bytes) else {
+        return Cell::Other;
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Cell::Empty;
+    }
+    // Parsed straight to f32 (correctly rounded), not through f64.
+    match t.parse::<f32>() {
+        Ok(x) if x.is_finite() => Cell::Number(x),
+        _ => Cell::Other,
+    }
+}
+
+/// A CSV cell as a JSON value, for JSON Lines output: integers stay integers (so ids
+/// are written back as they were read), other numbers become numbers, the rest text.
+pub(crate) fn cell_from_csv(s: &str) -> Value {
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::from(i);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if s.trim() == s && !s.is_empty() => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::String(s.into())),
+        _ => Value::String(s.to_string()),
+    }
+}
+
+impl Table {
+    /// The error for cell `v` of column `c` in row `row_no` (counted from 1, header
+    /// not counted), which is not a finite number although `sel` sends it.
+    pub(crate) fn cell_error(
+        &self,
+        sel: &Selection,
+        row_no: usize,
+        c: usize,
+        v: &Value,
+    ) -> ClientError {
+        let why = match self.cell(v) {
+            Cell::Empty => "is empty".to_string(),
+            _ => format!("holds {}, which is not a finite number", show(v)),
+        };
+        let by_name = matches!(sel, Selection::Features { names: Some(_), .. });
+        let fix = if self.named && by_name {
+            format!(
+                "fix the cell; or, if {:?} is not one of the model's features, leave it out (--columns lists the columns to send)",
+                self.columns[c]
+            )
+        } else {
+            "fix the cell".to_string()
+        };
+        ClientError::Input(format!(
+            "row {row_no}, {} {why}: every value sent to the model must be a number; {fix}",
+            self.describe_column(c),
+        ))
+    }
+
+    fn describe_column(&self, c: usize) -> String {
+        if self.named {
+            format!("column {:?}", self.columns[c])
+        } else {
+            format!("column {}", c + 1)
+        }
+    }
+
+    /// How many of the records read hold a cell that `sel` sends and that is not a
+    /// finite number.
+    pub fn bad_rows(&self, sel: &Selection) -> usize {
+        match sel {
+            Selection::Text(_) => 0,
+            Selection::Features { cols, .. } => self
+                .records
+                .iter()
+                .filter(|r| {
+                    cols.iter()
+                        .any(|&c| !matches!(self.cell(&r[c]), Cell::Number(_)))
+                })
+                .count(),
+        }
+    }
+
+    /// The inputs of records `start..end`, as a job would carry them. A cell that is
+    /// not a finite number is an error naming its row (counted from 1, header not
+    /// counted) and column.
+    pub fn inputs(&self, sel: &Selection, start: usize, end: usize) -> Result<Inputs, ClientError> {
+        match sel {
+            Selection::Text(c) => Ok(Inputs::Texts(
+                self.records[start..end]
+                    .iter()
+                    .map(|r| match &r[*c] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            )),
+            Selection::Features { cols, .. } => {
+                let mut values = Vec::with_capacity((end - start) * cols.len());
+                for (i, r) in self.records[start..end].iter().enumerate() {
+                    for &c in cols {
+                        if let Cell::Number(x) = self.cell(&r[c]) {
+                            values.push(x);
+                            continue;
+                        }
+                        return Err(self.cell_error(sel, start + i + 1, c, &r[c]));
+                    }
+                }
+                Ok(Inputs::Rows(Rows::from_flat(values, cols.len())))
+            }
+        }
+    }
+}
+
+/// A cell as quoted in an error message, cut short.
+fn show(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::table::tests::csv;
+
+    /// The error for the first two rows of the CSV `text`, sending what it sends by
+    /// default.
+    fn inputs_error(text: &str) -> String {
+        let t = csv(text);
+        t.inputs(&t.select(&[], None).unwrap(), 0, 2)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_bad_cell_in_a_sent_column_is_named_before_anything_is_sent() {
+        let err = inputs_error("a,b\n1,2\n3,zz\n");
+        assert!(
+            err.contains("row 2, column \"b\" holds \"zz\", which is not a finite number"),
+            "{err}"
+        );
+        assert!(err.contains("--columns"), "{err}");
+        for (cell, why) in [
+            ("", "is empty"),
+            ("NaN", "not a finite number"),
+            ("1e39", "not a finite number"),
+        ] {
+            let err = inputs_error(&format!("a,b\n1,2\n3,{cell}\n"));
+            assert!(
+                err.contains("row 2, column \"b\"") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+}
