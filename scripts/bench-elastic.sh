@@ -9,7 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX="bench-elastic-$(date +%s)"
 RAW="out/bench/elastic.jsonl"
-mkdir -p out/bench
 source scripts/bench-lib.sh
 start_worker() {
   RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --metrics-addr off \

@@ -4,7 +4,7 @@
 cargo build --release -q -p surge-cli -p surge-bench
 BIN=${CARGO_TARGET_DIR:-target}/release
 OUT=out/bench
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$(dirname "$RAW")"
 : >"$RAW"
 pids=()
 stop_started() {

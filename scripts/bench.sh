@@ -15,7 +15,6 @@ PREFIX="bench-$(date +%s)"
 # SURGE_BENCH_RAW (where the JSON lines go), SURGE_BENCH_WORKER (another build's
 # `surge` binary), SURGE_BENCH_ARGS (e.g. --no-pack), SURGE_BENCH_NO_REPORT=1.
 RAW="${SURGE_BENCH_RAW:-out/bench/results.jsonl}"
-mkdir -p out/bench
 source scripts/bench-lib.sh
 BROKER_PID=$(pgrep -o -f 'beam.smp.*-s rabbit' || pgrep -o beam.smp || echo 0)
 ROUNDS=${SURGE_BENCH_ROUNDS:-2}

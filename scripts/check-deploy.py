@@ -34,13 +34,17 @@ def fail(msg):
     problems.append(msg)
 
 
+def mounts(svc):
+    """A compose service's volumes, each as `source:target`."""
+    return [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}"
+            for v in svc.get("volumes", [])]
+
+
 def check_prometheus(svc):
     """The observe profile's Prometheus: it mounts deploy/prometheus, its config is
     valid (`promtool check config`, which also checks rules.yml) and it scrapes the
     worker service by its compose DNS name."""
-    mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}"
-              for v in svc.get("volumes", [])]
-    if not any(m.split(":")[0].rstrip("/").endswith("deploy/prometheus") for m in mounts):
+    if not any(m.split(":")[0].rstrip("/").endswith("deploy/prometheus") for m in mounts(svc)):
         fail("compose: prometheus must mount deploy/prometheus (its config and rules.yml)")
     cfg_arg = [a for a in svc.get("command", []) if str(a).startswith("--config.file=")]
     cfg_name = cfg_arg[0].rsplit("/", 1)[-1] if cfg_arg else None
@@ -74,9 +78,7 @@ def check_cluster(services):
         if f"rabbit@{n}" not in conf:
             fail(f"cluster.conf: classic_config does not list rabbit@{n}")
         cookies.add(svc.get("environment", {}).get("RABBITMQ_ERLANG_COOKIE"))
-        mounts = [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}"
-                  for v in svc.get("volumes", [])]
-        if not any("cluster.conf" in m and "/etc/rabbitmq/conf.d/" in m for m in mounts):
+        if not any("cluster.conf" in m and "/etc/rabbitmq/conf.d/" in m for m in mounts(svc)):
             fail(f"compose: {n} does not mount rabbitmq/cluster.conf into conf.d")
     if len(cookies) != 1 or None in cookies:
         fail("compose: the cluster nodes must share one RABBITMQ_ERLANG_COOKIE")
@@ -136,153 +138,142 @@ if "cargo build --release --locked" not in dockerfile:
     fail("Dockerfile: build with --release --locked")
 
 # --- Kubernetes ------------------------------------------------------------------------
+def custom_resource(api_version, spec):
+    """The schema of a custom resource of `api_version` whose spec follows `spec`."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": spec,
+        },
+    }
+
+
 KEDA_SCHEMAS = {
-    "TriggerAuthentication": {
+    "TriggerAuthentication": custom_resource("keda.sh/v1alpha1", {
         "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
         "properties": {
-            "apiVersion": {"const": "keda.sh/v1alpha1"},
-            "metadata": {"type": "object", "required": ["name"]},
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "secretTargetRef": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["parameter", "name", "key"],
-                            "properties": {
-                                "parameter": {"type": "string"},
-                                "name": {"type": "string"},
-                                "key": {"type": "string"},
-                            },
-                        },
+            "secretTargetRef": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["parameter", "name", "key"],
+                    "properties": {
+                        "parameter": {"type": "string"},
+                        "name": {"type": "string"},
+                        "key": {"type": "string"},
                     },
-                    "env": {"type": "array"},
-                    "podIdentity": {"type": "object"},
                 },
             },
+            "env": {"type": "array"},
+            "podIdentity": {"type": "object"},
         },
-    },
-    "ScaledObject": {
+    }),
+    "ScaledObject": custom_resource("keda.sh/v1alpha1", {
         "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "required": ["scaleTargetRef", "triggers"],
         "properties": {
-            "apiVersion": {"const": "keda.sh/v1alpha1"},
-            "metadata": {"type": "object", "required": ["name"]},
-            "spec": {
+            "scaleTargetRef": {
                 "type": "object",
+                "required": ["name"],
                 "additionalProperties": False,
-                "required": ["scaleTargetRef", "triggers"],
                 "properties": {
-                    "scaleTargetRef": {
-                        "type": "object",
-                        "required": ["name"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "apiVersion": {"type": "string"},
-                            "envSourceContainerName": {"type": "string"},
-                        },
-                    },
-                    "minReplicaCount": {"type": "integer", "minimum": 0},
-                    "maxReplicaCount": {"type": "integer", "minimum": 1},
-                    "idleReplicaCount": {"type": "integer", "minimum": 0},
-                    "pollingInterval": {"type": "integer", "minimum": 1},
-                    "cooldownPeriod": {"type": "integer", "minimum": 0},
-                    "initialCooldownPeriod": {"type": "integer", "minimum": 0},
-                    "advanced": {"type": "object"},
-                    "fallback": {"type": "object"},
-                    "triggers": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
+                    "name": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "apiVersion": {"type": "string"},
+                    "envSourceContainerName": {"type": "string"},
+                },
+            },
+            "minReplicaCount": {"type": "integer", "minimum": 0},
+            "maxReplicaCount": {"type": "integer", "minimum": 1},
+            "idleReplicaCount": {"type": "integer", "minimum": 0},
+            "pollingInterval": {"type": "integer", "minimum": 1},
+            "cooldownPeriod": {"type": "integer", "minimum": 0},
+            "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+            "advanced": {"type": "object"},
+            "fallback": {"type": "object"},
+            "triggers": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "metadata"],
+                    "properties": {
+                        "type": {"enum": ["rabbitmq", "prometheus", "cpu", "memory", "cron"]},
+                        "name": {"type": "string"},
+                        "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                        "useCachedMetrics": {"type": "boolean"},
+                        "metadata": {
                             "type": "object",
-                            "additionalProperties": False,
-                            "required": ["type", "metadata"],
-                            "properties": {
-                                "type": {"enum": ["rabbitmq", "prometheus", "cpu", "memory", "cron"]},
-                                "name": {"type": "string"},
-                                "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
-                                "useCachedMetrics": {"type": "boolean"},
-                                "metadata": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": "string"},
-                                },
-                                "authenticationRef": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {"name": {"type": "string"}, "kind": {"type": "string"}},
-                                },
-                            },
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "authenticationRef": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}, "kind": {"type": "string"}},
                         },
                     },
                 },
             },
         },
-    },
+    }),
 }
 
 # The fields of the RabbitMQ Cluster Operator's RabbitmqCluster CRD (rabbitmq.com/v1beta1)
 # that Surge's manifest uses, with the types the CRD gives them.
-KEDA_SCHEMAS["RabbitmqCluster"] = {
+KEDA_SCHEMAS["RabbitmqCluster"] = custom_resource("rabbitmq.com/v1beta1", {
     "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "required": ["replicas"],
     "properties": {
-        "apiVersion": {"const": "rabbitmq.com/v1beta1"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
+        "replicas": {"type": "integer", "minimum": 1},
+        "image": {"type": "string"},
+        "imagePullSecrets": {"type": "array"},
+        "resources": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["replicas"],
+            "properties": {"requests": {"type": "object"}, "limits": {"type": "object"}},
+        },
+        "persistence": {
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
-                "replicas": {"type": "integer", "minimum": 1},
-                "image": {"type": "string"},
-                "imagePullSecrets": {"type": "array"},
-                "resources": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"requests": {"type": "object"}, "limits": {"type": "object"}},
-                },
-                "persistence": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "storageClassName": {"type": "string"},
-                        "storage": {"type": "string", "pattern": "^[0-9]+(Ki|Mi|Gi|Ti)?$"},
-                    },
-                },
-                "rabbitmq": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "additionalPlugins": {"type": "array", "items": {"type": "string"}},
-                        "additionalConfig": {"type": "string"},
-                        "advancedConfig": {"type": "string"},
-                        "envConfig": {"type": "string"},
-                    },
-                },
-                "service": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "type": {"enum": ["ClusterIP", "LoadBalancer", "NodePort"]},
-                        "annotations": {"type": "object"},
-                    },
-                },
-                "affinity": {"type": "object"},
-                "tolerations": {"type": "array"},
-                "tls": {"type": "object"},
-                "override": {"type": "object"},
-                "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
+                "storageClassName": {"type": "string"},
+                "storage": {"type": "string", "pattern": "^[0-9]+(Ki|Mi|Gi|Ti)?$"},
             },
         },
+        "rabbitmq": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "additionalPlugins": {"type": "array", "items": {"type": "string"}},
+                "additionalConfig": {"type": "string"},
+                "advancedConfig": {"type": "string"},
+                "envConfig": {"type": "string"},
+            },
+        },
+        "service": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "type": {"enum": ["ClusterIP", "LoadBalancer", "NodePort"]},
+                "annotations": {"type": "object"},
+            },
+        },
+        "affinity": {"type": "object"},
+        "tolerations": {"type": "array"},
+        "tls": {"type": "object"},
+        "override": {"type": "object"},
+        "terminationGracePeriodSeconds": {"type": "integer", "minimum": 0},
     },
-}
+})
 
 docs = []
 for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):

@@ -425,6 +425,17 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
+    /// A temporary folder holding these files, `(path, text)`, their folders made.
+    fn folder_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = tmp.path().join(path);
+            std::fs::create_dir_all(path.parent().expect("a file inside the folder")).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        tmp
+    }
+
     /// Backdates every file of a folder tree (one level of version folders) by `age`.
     fn age(dir: &std::path::Path, age: Duration) {
         let when = SystemTime::now() - age;
@@ -442,16 +453,13 @@ mod tests {
 
     #[test]
     fn model_folders_wait_until_a_folder_is_quiet_and_see_versions() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = folder_with(&[
+            ("flat/model.toml", "x"),
+            ("versioned/1.0.0/model.toml", "x"),
+            ("not-a-model/data/readme", "x"),
+            (".staging/model.toml", "x"),
+        ]);
         let dir = tmp.path();
-        std::fs::create_dir_all(dir.join("flat")).unwrap();
-        std::fs::write(dir.join("flat/model.toml"), "x").unwrap();
-        std::fs::create_dir_all(dir.join("versioned/1.0.0")).unwrap();
-        std::fs::write(dir.join("versioned/1.0.0/model.toml"), "x").unwrap();
-        std::fs::create_dir_all(dir.join("not-a-model/data")).unwrap();
-        std::fs::write(dir.join("not-a-model/data/readme"), "x").unwrap();
-        std::fs::create_dir_all(dir.join(".staging")).unwrap();
-        std::fs::write(dir.join(".staging/model.toml"), "x").unwrap();
         // Just written: not quiet yet, unless no quiet period is asked for.
         assert!(model_folders(dir, NEW_FOLDER_QUIET).models.is_empty());
         assert_eq!(
@@ -470,13 +478,12 @@ mod tests {
 
     #[test]
     fn a_folder_mixing_layouts_is_refused_with_why_not_scaled() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = folder_with(&[
+            ("mixed/model.toml", "version = \"1.0.0\"\n"),
+            ("mixed/1.1.0/model.toml", "x"),
+            ("flat/model.toml", "x"),
+        ]);
         let dir = tmp.path();
-        std::fs::create_dir_all(dir.join("mixed/1.1.0")).unwrap();
-        std::fs::write(dir.join("mixed/model.toml"), "version = \"1.0.0\"\n").unwrap();
-        std::fs::write(dir.join("mixed/1.1.0/model.toml"), "x").unwrap();
-        std::fs::create_dir_all(dir.join("flat")).unwrap();
-        std::fs::write(dir.join("flat/model.toml"), "x").unwrap();
         // Still being written: neither scaled nor refused yet.
         let found = model_folders(dir, NEW_FOLDER_QUIET);
         assert!(found.models.is_empty() && found.refused.is_empty());

@@ -6,15 +6,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use surge_broker::AmqpUrl;
-use surge_client::{score_jobs, ScoreConfig};
+use surge_client::score_jobs;
 use surge_ops::names::autoscale::{DRAINING, RUNNING, WORKER_SECONDS};
 use surge_ops::scrape::{http_get, sum_metric};
-use surge_protocol::{Inputs, Topology};
+use surge_protocol::Topology;
 
-use crate::{percentile, publish_row_job, reply_channel, row, timeouts};
+use crate::{jobs, percentile, score_config, timeouts, Probe, ScaledRun};
 
 async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
     let text = http_get(addr, "/metrics", Duration::from_secs(2))
@@ -51,24 +49,16 @@ pub async fn cold_start(
     autoscaler: SocketAddr,
     samples: usize,
 ) -> Result<()> {
-    let t = timeouts();
-    let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let reply = format!("{prefix}.bench-reply-{}", uuid::Uuid::new_v4().simple());
-    let (_rch, mut consumer) = reply_channel(&conn, &reply).await?;
-    let exchange = format!("{prefix}.jobs");
+    let mut probe = Probe::open(prefix).await?;
     let mut times = Vec::new();
     for i in 0..samples {
         wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
-        let t0 = Instant::now();
-        publish_row_job(&ch, &exchange, &reply, &format!("cold-{i}"), (i, pack), &t).await?;
-        let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .context("no result within 60 s of a job arriving at zero workers")?
-            .context("reply consumer ended")??;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-        d.acker.ack(BasicAckOptions::default()).await?;
+        let id = format!("cold-{i}");
+        let late = "no result within 60 s of a job arriving at zero workers";
+        let ms = probe
+            .round_trip(&id, (i, pack), Duration::from_secs(60), late)
+            .await?;
+        times.push(ms);
     }
     times.sort_by(f64::total_cmp);
     println!(
@@ -81,23 +71,14 @@ pub async fn cold_start(
 
 /// A burst published at zero workers: seconds until the queue has a first and a
 /// second consumer, and until the burst is answered.
-pub async fn burst(
-    prefix: &str,
-    pack: bool,
-    autoscaler: SocketAddr,
-    rows: usize,
-    per_job: usize,
-) -> Result<()> {
-    wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
+pub async fn burst(prefix: &str, pack: bool, run: &ScaledRun) -> Result<()> {
+    let (rows, per_job) = (run.rows, run.rows_per_job);
+    wait_for_zero(run.autoscaler, Duration::from_secs(120)).await?;
     let t = timeouts();
     let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench-watch", &t).await?;
     let ch = conn.create_channel().await?;
     let queue = Topology::new(prefix).job_queue("breast-cancer");
-    let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
-    cfg.pack = pack;
-    cfg.topology = Topology::new(prefix);
-    cfg.timeouts = t;
-    cfg.timeout = Some(Duration::from_secs(600));
+    let cfg = score_config(prefix, pack)?;
     let inputs = jobs(rows, per_job);
     let t0 = Instant::now();
     let run = tokio::spawn(async move { score_jobs(&cfg, inputs).await });
@@ -127,20 +108,11 @@ pub async fn burst(
 }
 
 /// Rows scored from zero workers back to zero: the worker-seconds they cost.
-pub async fn bill(
-    prefix: &str,
-    pack: bool,
-    autoscaler: SocketAddr,
-    rows: usize,
-    per_job: usize,
-) -> Result<()> {
+pub async fn bill(prefix: &str, pack: bool, run: &ScaledRun) -> Result<()> {
+    let (autoscaler, rows, per_job) = (run.autoscaler, run.rows, run.rows_per_job);
     wait_for_zero(autoscaler, Duration::from_secs(120)).await?;
     let before = metric(autoscaler, WORKER_SECONDS).await?;
-    let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
-    cfg.pack = pack;
-    cfg.topology = Topology::new(prefix);
-    cfg.timeouts = timeouts();
-    cfg.timeout = Some(Duration::from_secs(600));
+    let cfg = score_config(prefix, pack)?;
     let t0 = Instant::now();
     let s = score_jobs(&cfg, jobs(rows, per_job))
         .await?
@@ -160,16 +132,4 @@ pub async fn bill(
             "worker_seconds_per_100k_rows":worker_s * 100_000.0 / rows as f64})
     );
     Ok(())
-}
-
-fn jobs(rows: usize, per_job: usize) -> Vec<Inputs> {
-    (0..rows.div_ceil(per_job))
-        .map(|j| {
-            Inputs::rows(
-                &(j * per_job..((j + 1) * per_job).min(rows))
-                    .map(row)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect()
 }

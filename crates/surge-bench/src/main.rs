@@ -27,9 +27,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
-use surge_broker::publish::{confirmed, start_publish};
+use surge_broker::publish::{confirmed, publish_confirmed, start_publish};
 use surge_broker::{AmqpUrl, Timeouts};
 use surge_client::{score_jobs, ScoreConfig};
 use surge_protocol::codec::{encode, encode_job};
@@ -92,23 +92,20 @@ enum Cmd {
         samples: usize,
     },
     /// A burst at zero workers: until the first and second worker consume.
-    Burst {
-        #[arg(long)]
-        autoscaler: SocketAddr,
-        #[arg(long)]
-        rows: usize,
-        #[arg(long)]
-        rows_per_job: usize,
-    },
+    Burst(ScaledRun),
     /// Worker-seconds spent from zero back to zero for a run.
-    Bill {
-        #[arg(long)]
-        autoscaler: SocketAddr,
-        #[arg(long)]
-        rows: usize,
-        #[arg(long)]
-        rows_per_job: usize,
-    },
+    Bill(ScaledRun),
+}
+
+/// Rows scored by workers a running `surge autoscale` starts.
+#[derive(clap::Args)]
+struct ScaledRun {
+    #[arg(long)]
+    autoscaler: SocketAddr,
+    #[arg(long)]
+    rows: usize,
+    #[arg(long)]
+    rows_per_job: usize,
 }
 
 fn row(i: usize) -> Vec<f32> {
@@ -129,13 +126,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Result<()> {
+/// The client's configuration for a run: the breast-cancer model's workers under
+/// `prefix`, rows packed when `pack`, ten minutes for the whole run.
+fn score_config(prefix: &str, pack: bool) -> Result<ScoreConfig> {
     let mut cfg = ScoreConfig::new(AmqpUrl::from_env()?, "breast-cancer");
     cfg.pack = pack;
     cfg.topology = Topology::new(prefix);
     cfg.timeouts = timeouts();
     cfg.timeout = Some(Duration::from_secs(600));
-    let inputs: Vec<Inputs> = (0..rows.div_ceil(per_job))
+    Ok(cfg)
+}
+
+/// `rows` rows in jobs of `per_job` (the last may hold fewer).
+fn jobs(rows: usize, per_job: usize) -> Vec<Inputs> {
+    (0..rows.div_ceil(per_job))
         .map(|j| {
             Inputs::rows(
                 &(j * per_job..((j + 1) * per_job).min(rows))
@@ -143,7 +147,12 @@ async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Re
                     .collect::<Vec<_>>(),
             )
         })
-        .collect();
+        .collect()
+}
+
+async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Result<()> {
+    let cfg = score_config(prefix, pack)?;
+    let inputs = jobs(rows, per_job);
     let cpu0 = own_cpu_seconds();
     let answered = score_jobs(&cfg, inputs).await?;
     let client_cpu_s = own_cpu_seconds() - cpu0;
@@ -184,49 +193,89 @@ async fn reply_channel(conn: &Connection, queue: &str) -> Result<(Channel, lapin
     Ok((ch, consumer))
 }
 
-/// Publishes one single-row breast-cancer job (row `i`, packed when `pack`) with id
-/// `id`, answered to `reply`, and waits for its confirm.
-async fn publish_row_job(
-    ch: &Channel,
-    exchange: &str,
-    reply: &str,
-    id: &str,
-    (i, pack): (usize, bool),
-    t: &Timeouts,
-) -> Result<()> {
-    let body = encode_job(
-        &Job::new("breast-cancer", Inputs::rows(&[row(i)])),
-        Encoding::Msgpack,
-        pack,
-    )?;
-    let props = BasicProperties::default()
-        .with_message_id(id.into())
-        .with_reply_to(reply.into())
-        .with_content_type("application/msgpack".into())
-        .with_delivery_mode(2);
-    let c = start_publish(ch, exchange, "breast-cancer", &body, props, t).await?;
-    confirmed(c, exchange, "breast-cancer", t).await?;
-    Ok(())
+/// Single-row breast-cancer jobs, one at a time: a confirming channel to publish them
+/// to the jobs exchange, and an exclusive queue their results come back to.
+struct Probe {
+    /// Held so that the channels stay open.
+    _conn: Connection,
+    ch: Channel,
+    /// The reply queue's channel.
+    rch: Channel,
+    consumer: lapin::Consumer,
+    reply: String,
+    exchange: String,
+    t: Timeouts,
+}
+
+impl Probe {
+    /// Connects, and declares the reply queue, for the topology under `prefix`.
+    async fn open(prefix: &str) -> Result<Self> {
+        let t = timeouts();
+        let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let reply = format!("{prefix}.bench-reply-{}", uuid::Uuid::new_v4().simple());
+        let (rch, consumer) = reply_channel(&conn, &reply).await?;
+        Ok(Self {
+            _conn: conn,
+            ch,
+            rch,
+            consumer,
+            reply,
+            exchange: format!("{prefix}.jobs"),
+            t,
+        })
+    }
+
+    /// Publishes the job of row `i` (packed when `pack`) with id `id`, waits for its
+    /// confirm, then up to `within` for its result, and acks that: the round trip in ms.
+    /// `late` says what no result within `within` means.
+    async fn round_trip(
+        &mut self,
+        id: &str,
+        (i, pack): (usize, bool),
+        within: Duration,
+        late: &'static str,
+    ) -> Result<f64> {
+        let t0 = Instant::now();
+        let body = encode_job(
+            &Job::new("breast-cancer", Inputs::rows(&[row(i)])),
+            Encoding::Msgpack,
+            pack,
+        )?;
+        let props = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_reply_to(self.reply.as_str().into())
+            .with_content_type("application/msgpack".into())
+            .with_delivery_mode(2);
+        publish_confirmed(
+            &self.ch,
+            &self.exchange,
+            "breast-cancer",
+            &body,
+            props,
+            &self.t,
+        )
+        .await?;
+        let d = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .context(late)?
+            .context("reply consumer ended")??;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        d.acker.ack(BasicAckOptions::default()).await?;
+        Ok(ms)
+    }
 }
 
 async fn latency(prefix: &str, pack: bool, samples: usize) -> Result<()> {
-    let t = timeouts();
-    let conn = surge_broker::connect(&AmqpUrl::from_env()?, "surge-bench", &t).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let reply = format!("{prefix}.bench-reply-{}", uuid::Uuid::new_v4().simple());
-    let (rch, mut consumer) = reply_channel(&conn, &reply).await?;
-    let exchange = format!("{prefix}.jobs");
+    let mut probe = Probe::open(prefix).await?;
     let mut rtts = Vec::with_capacity(samples);
     for i in 0..samples + 20 {
-        let t0 = Instant::now();
-        publish_row_job(&ch, &exchange, &reply, &format!("lat-{i}"), (i, pack), &t).await?;
-        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .context("no result in 30 s")?;
-        let d = d.context("reply consumer ended")??;
-        let rtt = t0.elapsed().as_secs_f64() * 1e3;
-        d.acker.ack(BasicAckOptions::default()).await?;
+        let id = format!("lat-{i}");
+        let late = "no result in 30 s";
+        let rtt = probe
+            .round_trip(&id, (i, pack), Duration::from_secs(30), late)
+            .await?;
         if i >= 20 {
             rtts.push(rtt);
         }
@@ -236,7 +285,7 @@ async fn latency(prefix: &str, pack: bool, samples: usize) -> Result<()> {
         "{}",
         serde_json::json!({"bench":"latency","samples":samples,"p50_ms":percentile(&rtts,0.5),"p99_ms":percentile(&rtts,0.99)})
     );
-    let _ = rch.close(200, "done".into()).await;
+    let _ = probe.rch.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -251,6 +300,11 @@ fn own_cpu_seconds() -> f64 {
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+/// An optional AMQP text property's value, or "" when it is absent.
+fn text_or_empty(property: &Option<ShortString>) -> String {
+    property.as_ref().map(|s| s.to_string()).unwrap_or_default()
 }
 
 /// The ceiling consumer (see the crate docs): the broker work of a worker, no model.
@@ -289,18 +343,8 @@ async fn noop_worker(prefix: &str, rows_per_job: usize, prefetch: u16) -> Result
         }
         let mut pending = Vec::with_capacity(batch.len());
         for d in &batch {
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            let reply = d
-                .properties
-                .reply_to()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let id = text_or_empty(d.properties.message_id());
+            let reply = text_or_empty(d.properties.reply_to());
             let result = surge_protocol::JobResult::ok(
                 id.as_str(),
                 model,
@@ -358,15 +402,7 @@ async fn main() -> Result<()> {
             autoscaler,
             samples,
         } => elastic::cold_start(&cli.prefix, pack, autoscaler, samples).await,
-        Cmd::Burst {
-            autoscaler,
-            rows,
-            rows_per_job,
-        } => elastic::burst(&cli.prefix, pack, autoscaler, rows, rows_per_job).await,
-        Cmd::Bill {
-            autoscaler,
-            rows,
-            rows_per_job,
-        } => elastic::bill(&cli.prefix, pack, autoscaler, rows, rows_per_job).await,
+        Cmd::Burst(run) => elastic::burst(&cli.prefix, pack, &run).await,
+        Cmd::Bill(run) => elastic::bill(&cli.prefix, pack, &run).await,
     }
 }

@@ -30,6 +30,28 @@ fn durable_exchange() -> ExchangeDeclareOptions {
     }
 }
 
+/// Binds `queue` to `exchange` with `routing_key`.
+async fn bind(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    t: &Timeouts,
+) -> Result<(), BrokerError> {
+    timed(
+        "queue.bind",
+        t.operation,
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
 async fn declare_queue(
     ch: &Channel,
     name: &str,
@@ -63,42 +85,25 @@ async fn declare_queue(
 /// Declares the shared part: the jobs exchange, the dead-letter exchange and queue,
 /// and the default results queue.
 pub async fn declare_base(ch: &Channel, topo: &Topology, t: &Timeouts) -> Result<(), BrokerError> {
-    timed(
-        "exchange.declare",
-        t.operation,
-        ch.exchange_declare(
-            topo.jobs_exchange().as_str().into(),
-            ExchangeKind::Direct,
-            durable_exchange(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    timed(
-        "exchange.declare",
-        t.operation,
-        ch.exchange_declare(
-            topo.dead_exchange().as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    for (exchange, kind) in [
+        (topo.jobs_exchange(), ExchangeKind::Direct),
+        (topo.dead_exchange(), ExchangeKind::Fanout),
+    ] {
+        timed(
+            "exchange.declare",
+            t.operation,
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                durable_exchange(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
     let durable = field_table(&topo.durable_queue_arguments());
     declare_queue(ch, &topo.dead_queue(), durable.clone(), t).await?;
-    timed(
-        "queue.bind",
-        t.operation,
-        ch.queue_bind(
-            topo.dead_queue().as_str().into(),
-            topo.dead_exchange().as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    bind(ch, &topo.dead_queue(), &topo.dead_exchange(), "", t).await?;
     declare_queue(ch, &topo.results_queue(), durable, t).await
 }
 
@@ -117,18 +122,7 @@ pub async fn declare_model(
             topo.shard_queue_arguments()
         };
         declare_queue(ch, &queue, field_table(&args), t).await?;
-        timed(
-            "queue.bind",
-            t.operation,
-            ch.queue_bind(
-                queue.as_str().into(),
-                topo.jobs_exchange().as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        bind(ch, &queue, &topo.jobs_exchange(), &key, t).await?;
     }
     Ok(())
 }

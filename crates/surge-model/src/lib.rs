@@ -168,13 +168,28 @@ fn known_architectures() -> String {
         .join(", ")
 }
 
+/// `dir` resolved, symlinks followed.
+fn canonical(dir: &Path) -> Result<PathBuf, ModelError> {
+    dir.canonicalize().map_err(|e| ModelError::io(dir, e))
+}
+
+/// `path` resolved, symlinks followed, which must stay inside `root` (already resolved).
+fn resolve_inside(path: PathBuf, root: &Path) -> Result<PathBuf, ModelError> {
+    let real = canonical(&path)?;
+    if !real.starts_with(root) {
+        return Err(ModelError::OutsideModelsDir {
+            path,
+            models_dir: root.to_path_buf(),
+        });
+    }
+    Ok(real)
+}
+
 /// Resolves `models_dir/name` and makes sure it does not leave `models_dir`, even
 /// through a symlink.
 fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
     surge_protocol::validate_model_name(name)?;
-    let root = models_dir
-        .canonicalize()
-        .map_err(|e| ModelError::io(models_dir, e))?;
+    let root = canonical(models_dir)?;
     let dir = root.join(name);
     if !dir.join(spec::SPEC_FILE).is_file() {
         return Err(ModelError::NotFound {
@@ -182,14 +197,7 @@ fn model_dir(models_dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
             models_dir: models_dir.to_path_buf(),
         });
     }
-    let real = dir.canonicalize().map_err(|e| ModelError::io(&dir, e))?;
-    if !real.starts_with(&root) {
-        return Err(ModelError::OutsideModelsDir {
-            path: dir,
-            models_dir: root,
-        });
-    }
-    Ok(real)
+    resolve_inside(dir, &root)
 }
 
 /// Loads and validates model `name` from `models_dir` onto `device`: the flat layout
@@ -221,19 +229,8 @@ pub fn load_version(
     device: &Device,
 ) -> Result<Box<dyn Model>, ModelError> {
     surge_protocol::validate_model_name(name)?;
-    let root = models_dir
-        .canonicalize()
-        .map_err(|e| ModelError::io(models_dir, e))?;
-    let model_root = root.join(name);
-    let real = model_root
-        .canonicalize()
-        .map_err(|e| ModelError::io(&model_root, e))?;
-    if !real.starts_with(&root) {
-        return Err(ModelError::OutsideModelsDir {
-            path: model_root,
-            models_dir: root,
-        });
-    }
+    let root = canonical(models_dir)?;
+    let real = resolve_inside(root.join(name), &root)?;
     layout(&real)?;
     let dir = model_dir(&real, version)?;
     load_dir(dir, name, Some(version), device)
@@ -281,16 +278,7 @@ fn load_dir(
             ),
         ));
     }
-    let weights_path = dir.join(&spec.weights);
-    let real_weights = weights_path
-        .canonicalize()
-        .map_err(|e| ModelError::io(&weights_path, e))?;
-    if !real_weights.starts_with(&dir) {
-        return Err(ModelError::OutsideModelsDir {
-            path: weights_path,
-            models_dir: dir,
-        });
-    }
+    let real_weights = resolve_inside(dir.join(&spec.weights), &dir)?;
     let input = match &spec.input {
         spec::InputSection::Tabular { features } => InputSpec::Tabular {
             features: features.clone(),

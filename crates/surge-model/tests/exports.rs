@@ -3,79 +3,31 @@
 //! attribute (`net.0.weight`), and `[mlp] tensor_prefix` for files with several groups.
 //! Every naming error lists the tensors found, with their shapes.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use surge_model::{load_model, Batch, Model, ModelError};
-
-const TOML: &str = r#"name = "tiny"
-version = "1.0.0"
-architecture = "mlp"
-
-[input]
-kind = "tabular"
-features = ["a", "b"]
-
-[output]
-names = ["p"]
-
-[preprocessing]
-mean = [1.0, 2.0]
-std = [2.0, 4.0]
-
-[mlp]
-hidden = [3]
-"#;
-
-fn tensor(values: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::from_slice(values, shape, &Device::Cpu).unwrap()
-}
-
-/// The 2 → 3 → 1 network, its two linear layers named `<first>` and `<second>`.
-fn tensors(first: &str, second: &str) -> HashMap<String, Tensor> {
-    HashMap::from([
-        (
-            format!("{first}.weight"),
-            tensor(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]),
-        ),
-        (format!("{first}.bias"), tensor(&[0.0, 0.0, -1.0], &[3])),
-        (
-            format!("{second}.weight"),
-            tensor(&[1.0, -1.0, 2.0], &[1, 3]),
-        ),
-        (format!("{second}.bias"), tensor(&[0.5], &[1])),
-    ])
-}
-
-fn write(models: &Path, toml: &str, tensors: &HashMap<String, Tensor>) {
-    let dir = models.join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.toml"), toml).unwrap();
-    candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
-}
+use candle_core::Tensor;
+use common::score_rows;
+use common::tiny::{self, tensor, tensors, NAME, TOML};
+use surge_model::{load_model, Device, Model, ModelError};
 
 fn load(toml: &str, tensors: &HashMap<String, Tensor>) -> Result<Box<dyn Model>, ModelError> {
     let tmp = tempfile::tempdir().unwrap();
-    write(tmp.path(), toml, tensors);
-    load_model(tmp.path(), "tiny", &Device::Cpu)
+    tiny::write_folder(&tmp.path().join(NAME), toml, tensors);
+    load_model(tmp.path(), NAME, &Device::Cpu)
 }
 
 fn load_err(toml: &str, tensors: &HashMap<String, Tensor>) -> String {
-    match load(toml, tensors) {
-        Ok(_) => panic!("the folder loaded but should have been refused"),
-        Err(e) => e.to_string(),
-    }
+    load(toml, tensors)
+        .err()
+        .expect("the folder loaded but should have been refused")
+        .to_string()
 }
 
 fn scores(m: &dyn Model) -> Vec<f32> {
     let rows = [3.0, 6.0, 1.0, 2.0, -1.0, 2.0, 5.0, -2.0, 0.3, 0.7];
-    m.score(&Batch::Rows {
-        values: &rows,
-        dim: 2,
-    })
-    .unwrap()
-    .values
+    score_rows(m, &rows, 2).unwrap().values
 }
 
 #[test]

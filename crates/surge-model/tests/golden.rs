@@ -1,30 +1,13 @@
 //! Golden rows: a folder that does not reproduce the outputs its training code gave is
 //! refused at load, with the row, the output and the difference.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use surge_model::{load_model, spec, Batch, Model, ModelError, Proof};
-
-const TOML: &str = r#"name = "tiny"
-version = "1.0.0"
-architecture = "mlp"
-
-[input]
-kind = "tabular"
-features = ["a", "b"]
-
-[output]
-names = ["p"]
-
-[preprocessing]
-mean = [1.0, 2.0]
-std = [2.0, 4.0]
-
-[mlp]
-hidden = [3]
-"#;
+use common::tiny::{self, tensors, NAME, TOML};
+use common::{assert_mentions, score_rows};
+use surge_model::{load_model, spec, Device, Model, ModelError, Proof};
 
 const GOLDEN: &str = r#"
 [golden]
@@ -35,25 +18,6 @@ expected = "golden/expected.csv"
 /// Golden inputs: columns in another order than model.toml, plus an id column.
 const ROWS: [[f32; 2]; 4] = [[3.0, 6.0], [1.0, 2.0], [-1.0, 2.0], [5.0, -2.0]];
 
-fn tensor(values: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::from_slice(values, shape, &Device::Cpu).unwrap()
-}
-
-fn tensors() -> HashMap<String, Tensor> {
-    HashMap::from([
-        (
-            "layers.0.weight".to_string(),
-            tensor(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]),
-        ),
-        ("layers.0.bias".to_string(), tensor(&[0.0, 0.0, -1.0], &[3])),
-        (
-            "layers.1.weight".to_string(),
-            tensor(&[1.0, -1.0, 2.0], &[1, 3]),
-        ),
-        ("layers.1.bias".to_string(), tensor(&[0.5], &[1])),
-    ])
-}
-
 /// A models directory whose `tiny` folder has golden rows written by the correct model
 /// (the "training code"), then `toml` as its model.toml.
 struct Folder {
@@ -63,18 +27,15 @@ struct Folder {
 impl Folder {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("tiny");
-        std::fs::create_dir_all(dir.join("golden")).unwrap();
-        std::fs::write(dir.join("model.toml"), TOML).unwrap();
-        candle_core::safetensors::save(&tensors(), dir.join("model.safetensors")).unwrap();
-        let truth = load_model(tmp.path(), "tiny", &Device::Cpu).unwrap();
+        let dir = tiny::write_folder(
+            &tmp.path().join(NAME),
+            TOML,
+            &tensors("layers.0", "layers.1"),
+        );
+        std::fs::create_dir(dir.join("golden")).unwrap();
+        let truth = load_model(tmp.path(), NAME, &Device::Cpu).unwrap();
         let flat: Vec<f32> = ROWS.iter().flatten().copied().collect();
-        let want = truth
-            .score(&Batch::Rows {
-                values: &flat,
-                dim: 2,
-            })
-            .unwrap();
+        let want = score_rows(truth.as_ref(), &flat, 2).unwrap();
         let mut inputs = "id,b,a\n".to_string();
         let mut expected = "p\n".to_string();
         for (i, [a, b]) in ROWS.iter().enumerate() {
@@ -87,25 +48,18 @@ impl Folder {
     }
 
     fn dir(&self) -> PathBuf {
-        self.tmp.path().join("tiny")
+        self.tmp.path().join(NAME)
     }
 
     fn load(&self, toml: &str) -> Result<Box<dyn Model>, ModelError> {
         std::fs::write(self.dir().join("model.toml"), toml).unwrap();
-        load_model(self.tmp.path(), "tiny", &Device::Cpu)
+        load_model(self.tmp.path(), NAME, &Device::Cpu)
     }
 
     fn load_err(&self, toml: &str) -> ModelError {
-        match self.load(toml) {
-            Ok(_) => panic!("the folder loaded but should have been refused"),
-            Err(e) => e,
-        }
-    }
-}
-
-fn assert_mentions(message: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(message.contains(part), "{part:?} missing from: {message}");
+        self.load(toml)
+            .err()
+            .expect("the folder loaded but should have been refused")
     }
 }
 

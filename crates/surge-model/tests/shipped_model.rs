@@ -2,10 +2,13 @@
 //! directory and scores its own `sample.csv` consistently: a row gives the same output
 //! alone as inside a batch, N rows give N probabilities.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::Device;
-use surge_model::{load_model, Batch, InputSpec, Model};
+use common::score_rows;
+use surge_model::{load_model, InputSpec, Model};
 use surge_protocol::Inputs;
 
 const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
@@ -67,12 +70,7 @@ fn sample_scores_the_same_in_a_batch_and_alone() {
     }
 
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let batch = model
-        .score(&Batch::Rows {
-            values: &flat,
-            dim: 30,
-        })
-        .unwrap();
+    let batch = score_rows(model.as_ref(), &flat, 30).unwrap();
     assert_eq!(batch.width, 1);
     assert_eq!(batch.len(), rows.len(), "N rows in must give N outputs");
     assert_eq!(batch.values.len(), rows.len());
@@ -83,12 +81,7 @@ fn sample_scores_the_same_in_a_batch_and_alone() {
             (0.0..=1.0).contains(&p),
             "row {i}: {p} is not a probability"
         );
-        let alone = model
-            .score(&Batch::Rows {
-                values: row,
-                dim: 30,
-            })
-            .unwrap();
+        let alone = score_rows(model.as_ref(), row, 30).unwrap();
         assert_eq!(alone.len(), 1);
         let q = alone.row(0)[0];
         assert!(

@@ -110,27 +110,19 @@ pub fn check_msgpack(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
             return Err(ScanError::Truncated { offset: buf.len() });
         }
         let available = buf.len() - pos;
+        // Payload bytes must be there; and every item takes at least one byte, so an
+        // item count above the bytes left is a lie told to make a decoder preallocate.
+        let (Next::Skip(n) | Next::Items(n)) = next;
+        if n > available as u64 {
+            return Err(ScanError::LengthBomb {
+                offset: start,
+                claimed: n,
+                available,
+            });
+        }
         match next {
-            Next::Skip(n) => {
-                if n > available as u64 {
-                    return Err(ScanError::LengthBomb {
-                        offset: start,
-                        claimed: n,
-                        available,
-                    });
-                }
-                pos += n as usize;
-            }
+            Next::Skip(n) => pos += n as usize,
             Next::Items(n) => {
-                // Every item takes at least one byte, so a count above the bytes left
-                // is a lie told to make a decoder preallocate.
-                if n > available as u64 {
-                    return Err(ScanError::LengthBomb {
-                        offset: start,
-                        claimed: n,
-                        available,
-                    });
-                }
                 if n > 0 {
                     if open.len() >= max_depth {
                         return Err(ScanError::TooDeep { max: max_depth });
@@ -164,25 +156,46 @@ pub fn check_msgpack(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
     }
 }
 
+/// Follows JSON strings byte by byte, escapes included, so that what they hold is
+/// passed over.
+#[derive(Default)]
+struct JsonStrings {
+    /// Inside a string.
+    open: bool,
+    /// The previous byte, inside a string, was an unescaped backslash.
+    escaped: bool,
+}
+
+impl JsonStrings {
+    /// Takes the next byte, `b`. True when it belongs to a string already open: its
+    /// content or its closing quote. False when it lies outside strings; a `"` there
+    /// opens one.
+    fn within(&mut self, b: u8) -> bool {
+        if !self.open {
+            self.open = b == b'"';
+            return false;
+        }
+        if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.open = false;
+        }
+        true
+    }
+}
+
 /// Checks that JSON brackets nest at most `max_depth` deep. Syntax is left to the JSON
 /// parser; this only makes sure the parser's recursion stays shallow.
 pub fn check_json_depth(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = JsonStrings::default();
     for &b in buf {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if strings.within(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max_depth {
@@ -206,8 +219,7 @@ pub fn check_json_depth(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
 pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(buf.len());
     let mut changed = false;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = JsonStrings::default();
     let mut depth = 0usize;
     // The last string that closed at depth 1 (a top-level key, or a value).
     let mut key_start = None;
@@ -217,13 +229,9 @@ pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < buf.len() {
         let b = buf[i];
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+        if strings.within(b) {
+            if !strings.open {
+                // The closing quote.
                 if let Some(start) = key_start.take() {
                     last_key = &buf[start..i];
                 }
@@ -233,12 +241,8 @@ pub fn json_non_finite_to_null(buf: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         match b {
-            b'"' => {
-                in_string = true;
-                if depth == 1 {
-                    key_start = Some(i + 1);
-                }
-            }
+            // A string opens: at depth 1 it may be a key.
+            b'"' if depth == 1 => key_start = Some(i + 1),
             b'[' | b'{' => {
                 depth += 1;
                 if depth == 2 && b == b'[' && last_key == b"inputs" && inputs_at.is_none() {

@@ -131,16 +131,23 @@ fn ten_thousand_random_byte_strings_are_errors_not_panics() {
     }
 }
 
-#[test]
-fn depth_bombs_are_refused_before_decoding() {
-    let limits = Limits::default();
-    // {"v":1,"model":"m","inputs":[[[[...]]]]} one million levels deep.
+/// `{"v":1,"model":"m","inputs":<inputs>}` in MessagePack, `inputs` as raw bytes.
+fn msgpack_job_with_inputs(inputs: &[u8]) -> Vec<u8> {
     let mut mp = vec![
         0x83, 0xa1, b'v', 0x01, 0xa5, b'm', b'o', b'd', b'e', b'l', 0xa1, b'm',
     ];
     mp.extend_from_slice(&[0xa6, b'i', b'n', b'p', b'u', b't', b's']);
-    mp.extend(std::iter::repeat_n(0x91u8, 1_000_000));
-    mp.push(0x01);
+    mp.extend_from_slice(inputs);
+    mp
+}
+
+#[test]
+fn depth_bombs_are_refused_before_decoding() {
+    let limits = Limits::default();
+    // {"v":1,"model":"m","inputs":[[[[...]]]]} one million levels deep.
+    let mut inputs = vec![0x91u8; 1_000_000];
+    inputs.push(0x01);
+    let mp = msgpack_job_with_inputs(&inputs);
     assert_eq!(
         decode_job(&mp, Encoding::Msgpack, &limits),
         Err(DecodeError::TooDeep { max: 16 })
@@ -160,11 +167,7 @@ fn depth_bombs_are_refused_before_decoding() {
 fn length_bombs_are_refused_without_allocating() {
     let limits = Limits::default();
     // inputs: array32 claiming 4,294,967,295 rows, in a 30-byte body.
-    let mut mp = vec![
-        0x83, 0xa1, b'v', 0x01, 0xa5, b'm', b'o', b'd', b'e', b'l', 0xa1, b'm',
-    ];
-    mp.extend_from_slice(&[0xa6, b'i', b'n', b'p', b'u', b't', b's']);
-    mp.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x90]);
+    let mp = msgpack_job_with_inputs(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x90]);
     let err = decode_job(&mp, Encoding::Msgpack, &limits).unwrap_err();
     assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
     assert!(err.to_string().contains("claims 4294967295"), "{err}");

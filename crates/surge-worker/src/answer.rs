@@ -113,22 +113,17 @@ fn dead_letter_props(
     queue: &str,
 ) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(
-        HEADER_REASON.into(),
-        AMQPValue::LongString(LongString::from(reason.to_string())),
-    );
-    headers.insert(
-        HEADER_ERROR_KIND.into(),
-        AMQPValue::LongString(LongString::from(kind.to_string())),
-    );
-    headers.insert(
-        HEADER_WORKER.into(),
-        AMQPValue::LongString(LongString::from(worker.to_string())),
-    );
-    headers.insert(
-        HEADER_SOURCE_QUEUE.into(),
-        AMQPValue::LongString(LongString::from(queue.to_string())),
-    );
+    for (name, value) in [
+        (HEADER_REASON, reason),
+        (HEADER_ERROR_KIND, kind),
+        (HEADER_WORKER, worker),
+        (HEADER_SOURCE_QUEUE, queue),
+    ] {
+        headers.insert(
+            name.into(),
+            AMQPValue::LongString(LongString::from(value.to_string())),
+        );
+    }
     props.with_headers(headers).with_delivery_mode(2)
 }
 

@@ -328,25 +328,20 @@ fn take_tensors(
     ];
     for l in 0..d.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        for (name, shape) in [
-            ("attention.self.query.weight", vec![h, h]),
-            ("attention.self.query.bias", vec![h]),
-            ("attention.self.key.weight", vec![h, h]),
-            ("attention.self.key.bias", vec![h]),
-            ("attention.self.value.weight", vec![h, h]),
-            ("attention.self.value.bias", vec![h]),
-            ("attention.output.dense.weight", vec![h, h]),
-            ("attention.output.dense.bias", vec![h]),
-            ("attention.output.LayerNorm.weight", vec![h]),
-            ("attention.output.LayerNorm.bias", vec![h]),
-            ("intermediate.dense.weight", vec![i, h]),
-            ("intermediate.dense.bias", vec![i]),
-            ("output.dense.weight", vec![h, i]),
-            ("output.dense.bias", vec![h]),
-            ("output.LayerNorm.weight", vec![h]),
-            ("output.LayerNorm.bias", vec![h]),
+        // Each a weight, then a bias as long as the weight's first dimension.
+        for (name, weight) in [
+            ("attention.self.query", vec![h, h]),
+            ("attention.self.key", vec![h, h]),
+            ("attention.self.value", vec![h, h]),
+            ("attention.output.dense", vec![h, h]),
+            ("attention.output.LayerNorm", vec![h]),
+            ("intermediate.dense", vec![i, h]),
+            ("output.dense", vec![h, i]),
+            ("output.LayerNorm", vec![h]),
         ] {
-            want.push((format!("{p}.{name}"), shape));
+            let bias = vec![weight[0]];
+            want.push((format!("{p}.{name}.weight"), weight));
+            want.push((format!("{p}.{name}.bias"), bias));
         }
     }
     let mut weights = Weights::open(path)?;

@@ -1,12 +1,31 @@
-//! Shared by the MiniLM tests: the model folder, the sentence-transformers fixture and
-//! the comparison.
+//! Shared by the model tests: scoring rows and checking error messages; the MiniLM
+//! model folder, the sentence-transformers fixture and the comparison; and [`tiny`],
+//! the small MLP folder the loading tests write.
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::path::PathBuf;
+pub mod tiny;
+
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use surge_model::{load_model, Batch, Device, Model};
+use surge_model::{load_model, Batch, Device, Model, ModelError, Scores};
+use tempfile::TempDir;
+
+/// Scores `values`, rows of `dim` numbers, with `model`.
+pub fn score_rows(model: &dyn Model, values: &[f32], dim: usize) -> Result<Scores, ModelError> {
+    model.score(&Batch::Rows { values, dim })
+}
+
+/// Asserts that `message` contains every one of `parts`.
+pub fn assert_mentions(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "error message should mention {part:?}: {message}"
+        );
+    }
+}
 
 pub const MODEL: &str = "all-minilm-l6-v2";
 pub const MIN_COSINE: f32 = 0.9999;
@@ -49,11 +68,74 @@ pub fn fixture() -> (Vec<String>, Vec<Vec<f32>>) {
     (texts, embeddings)
 }
 
+/// A copy of the MiniLM folder in a temporary models directory (the weights
+/// hard-linked where the filesystem allows), changed by `edit`, then loaded.
+pub fn copy_with(edit: impl FnOnce(&Path)) -> (TempDir, Result<Box<dyn Model>, ModelError>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = models_dir().join(MODEL);
+    let dst = tmp.path().join(MODEL);
+    std::fs::create_dir(&dst).unwrap();
+    for f in ["model.toml", "config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    // The weights are large: hard-link them when the filesystem allows (a symlink would
+    // rightly be refused as leaving the folder).
+    let (from, to) = (src.join("model.safetensors"), dst.join("model.safetensors"));
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).unwrap();
+    }
+    edit(&dst);
+    let r = load_model(tmp.path(), MODEL, &Device::Cpu);
+    (tmp, r)
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
+}
+
+/// Asserts that every row of `scores` has unit length.
+pub fn assert_unit_rows(scores: &Scores) {
+    for i in 0..scores.len() {
+        let norm: f32 = scores.row(i).iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "text {i}: norm {norm}");
+    }
+}
+
+/// The least cosine between row `i` of `got` and the `i`th of `want`, and its `i`.
+pub fn worst_cosine<'a>(got: &Scores, want: impl IntoIterator<Item = &'a [f32]>) -> (f32, usize) {
+    let mut worst = (1.0f32, 0usize);
+    for (i, want) in want.into_iter().enumerate() {
+        let c = cosine(got.row(i), want);
+        if c < worst.0 {
+            worst = (c, i);
+        }
+    }
+    worst
+}
+
+/// Asserts that the worst cosine, `(cosine, text index)`, is at least `min`, naming the
+/// text; `what` says which cosine it is.
+pub fn assert_worst(worst: (f32, usize), texts: &[String], min: f32, what: &str) {
+    assert!(
+        worst.0 >= min,
+        "text {} ({:?}): {what} {} < {min}",
+        worst.1,
+        texts[worst.1].chars().take(60).collect::<String>(),
+        worst.0
+    );
+}
+
+/// Asserts that a few fixture texts, scored alone by `model`, give the embeddings they
+/// got in `batched`: a text's embedding does not depend on its batch mates.
+pub fn assert_alone_as_in_batch(model: &dyn Model, texts: &[String], batched: &Scores) {
+    for i in [0, 20, 56, 59] {
+        let alone = model.score(&Batch::Texts(&texts[i..=i])).unwrap();
+        let c = cosine(alone.row(0), batched.row(i));
+        assert!(c >= 0.99999, "text {i}: alone vs batched cosine {c}");
+    }
 }
 
 /// Scores every fixture text in one batch and returns the embeddings with the worst
@@ -65,22 +147,8 @@ pub fn score_fixture(model: &dyn Model) -> (surge_model::Scores, f32, usize) {
     let scores = model.score(&Batch::Texts(&texts)).unwrap();
     assert_eq!(scores.width, 384);
     assert_eq!(scores.len(), texts.len());
-    let mut worst = (1.0f32, 0usize);
-    for (i, want) in reference.iter().enumerate() {
-        let got = scores.row(i);
-        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "text {i}: norm {norm}");
-        let c = cosine(got, want);
-        if c < worst.0 {
-            worst = (c, i);
-        }
-    }
-    assert!(
-        worst.0 >= MIN_COSINE,
-        "text {} ({:?}): cosine {} < {MIN_COSINE}",
-        worst.1,
-        texts[worst.1].chars().take(60).collect::<String>(),
-        worst.0
-    );
+    assert_unit_rows(&scores);
+    let worst = worst_cosine(&scores, reference.iter().map(Vec::as_slice));
+    assert_worst(worst, &texts, MIN_COSINE, "cosine");
     (scores, worst.0, worst.1)
 }
