@@ -222,13 +222,9 @@ async fn check_status_page(port: u16, poller: &StatusPoller) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_zero_to_several_workers_and_back_to_zero() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("autoscale");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 20_000);
+    let bed = Bed::new("autoscale", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(20_000);
     let port = free_port();
     let log = dir.path().join("autoscale.log");
     let child = Command::new(bin("surge"))

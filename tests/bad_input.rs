@@ -35,10 +35,8 @@ fn row(x: f32) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("bad");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("bad", &["breast-cancer"]).await;
+    let (conn, prefix, dir) = (&bed.conn, bed.prefix.clone(), &bed.dir);
     let mut w = WorkerProc::spawn(
         &prefix,
         "w-bad",
@@ -467,9 +465,8 @@ async fn every_bad_input_kind_gets_its_outcome_and_the_worker_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_queue_stops_the_worker_with_a_clear_error() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("conflict");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
+    let bed = Bed::new("conflict", &["breast-cancer"]).await;
+    let (conn, prefix) = (&bed.conn, bed.prefix.clone());
     let ch = conn.create_channel().await.unwrap();
     // A classic queue where Surge wants a quorum queue.
     let queue = format!("{prefix}.jobs.breast-cancer");

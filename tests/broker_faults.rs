@@ -110,9 +110,7 @@ async fn a_batch_held_past_consumer_timeout_is_redelivered_and_answered_once() {
     let env = [("AMQP_URL", url.as_str())];
     let prefix = "surge";
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 2_000);
+    let (input, output, rows) = rows_csv_in(dir.path(), 2_000);
     // A stuck worker: it takes 5 jobs and holds every batch for 8 s, past the 5 s
     // consumer_timeout. A healthy worker starts once the stuck one holds its jobs.
     let mut stuck = WorkerProc::spawn_with_env(

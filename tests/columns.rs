@@ -94,10 +94,8 @@ fn write_csv(path: &Path, header: &[String], records: &[Vec<String>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_order_extras_and_packing_never_change_a_score() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("cols");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("cols", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let sample = models_dir().join("breast-cancer/sample.csv");
     let original = read_csv(&sample);
     let (features, rows) = (&original.0, &original.1);
@@ -224,10 +222,8 @@ async fn column_order_extras_and_packing_never_change_a_score() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("missing");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("missing", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let (header, records) = read_csv(&models_dir().join("breast-cancer/sample.csv"));
     let gone = header
         .iter()
@@ -360,10 +356,8 @@ async fn a_missing_feature_is_named_and_a_bad_cell_fails_its_row_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_nobody_serves_is_reported_and_timeout_still_ends_the_run() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("idle");
-    let _cleanup = Cleanup::new(&prefix, &["nobody-serves-this"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("idle", &["nobody-serves-this"]).await;
+    let (conn, prefix, dir) = (&bed.conn, bed.prefix.clone(), &bed.dir);
     let output = dir.path().join("out.csv");
     let sample = models_dir().join("breast-cancer/sample.csv");
     let started = std::time::Instant::now();

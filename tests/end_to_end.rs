@@ -7,13 +7,9 @@ use surge_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rows_through_two_workers_exactly_once() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("e2e");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 10_000);
+    let bed = Bed::new("e2e", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(10_000);
     let expected = reference_scores(&rows);
 
     let mut a = WorkerProc::spawn(&prefix, "w-a", dir.path(), &["--model", "breast-cancer"]);
@@ -60,13 +56,9 @@ async fn ten_thousand_rows_through_two_workers_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_batch_waits_for_workers_that_start_later() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("late");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 500);
+    let bed = Bed::new("late", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(500);
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "20"]);
     // Jobs are published to a queue score-batch declared; nobody consumes yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -84,10 +76,8 @@ async fn score_batch_waits_for_workers_that_start_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_in_and_out() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("jsonl");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("jsonl", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let input = dir.path().join("rows.jsonl");
     let output = dir.path().join("scores.jsonl");
     let names = feature_names();
@@ -137,10 +127,8 @@ async fn json_lines_in_and_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_pika_clients_get_results_packed_and_listed() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("py");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("py", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let mut w = WorkerProc::spawn(&prefix, "w-py", dir.path(), &[]);
     w.wait_ready(Duration::from_secs(30)).await;
     let python = std::env::var("SURGE_PYTHON").unwrap_or_else(|_| "python3".into());

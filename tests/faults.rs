@@ -62,10 +62,8 @@ async fn finish_run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("kill10");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("kill10", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
     // Full: 100,000 rows in 1,000 jobs. Reduced: 20,000 rows in 1,000 jobs.
@@ -147,13 +145,9 @@ async fn sigkill_workers_ten_times_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_drains_gracefully() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("term");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 6_000);
+    let bed = Bed::new("term", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(6_000);
     let mut a = WorkerProc::spawn(&prefix, "w-term-a", dir.path(), SLOW);
     let mut b = WorkerProc::spawn(&prefix, "w-term-b", dir.path(), SLOW);
     a.wait_ready(Duration::from_secs(30)).await;
@@ -185,13 +179,9 @@ async fn sigterm_mid_run_drains_gracefully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_network_is_noticed_and_the_worker_recovers() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("freeze");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 4_000);
+    let bed = Bed::new("freeze", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(4_000);
     // The worker reaches the broker only through the proxy, with 2 s heartbeats and
     // 3 s broker timeouts.
     let proxy = FreezeProxy::start(5672);
@@ -278,13 +268,9 @@ fn job_body(x: f32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("poison");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 3_000);
+    let bed = Bed::new("poison", &["breast-cancer"]).await;
+    let (conn, prefix, dir) = (&bed.conn, bed.prefix.clone(), &bed.dir);
+    let (input, output, rows) = bed.rows_csv(3_000);
     let mut w = WorkerProc::spawn(&prefix, "w-poison", dir.path(), &[]);
     w.wait_ready(Duration::from_secs(30)).await;
 
@@ -334,7 +320,7 @@ async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
     assert!(confirm.is_ack());
     // Meanwhile an ordinary run goes through the same queue and the same worker.
     let sb = spawn_score_batch(&prefix, &input, &output, &["--rows-per-job", "10"]);
-    let dead = take(&conn, &topo.dead_queue(), 1, Duration::from_secs(60)).await;
+    let dead = take(conn, &topo.dead_queue(), 1, Duration::from_secs(60)).await;
     let d = &dead[0];
     assert_eq!(
         d.properties.message_id().as_ref().map(|s| s.as_str()),
@@ -353,16 +339,15 @@ async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
     )
     .await;
     assert_eq!(s.failed, 0);
-    assert_eq!(queue_len(&conn, &topo.job_queue("breast-cancer")).await, 0);
+    assert_eq!(queue_len(conn, &topo.job_queue("breast-cancer")).await, 0);
     assert_eq!(w.get("/healthz").await.map(|(s, _)| s), Some(200));
     w.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("ttl");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
+    let bed = Bed::new("ttl", &["breast-cancer"]).await;
+    let (conn, prefix) = (&bed.conn, bed.prefix.clone());
     let topo = Topology::new(&prefix);
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -408,8 +393,8 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = WorkerProc::spawn(&prefix, "w-ttl", dir.path(), &[]);
     w.wait_ready(Duration::from_secs(30)).await;
-    let answered = take(&conn, &replies, n, Duration::from_secs(30)).await;
-    let dead = take(&conn, &topo.dead_queue(), n, Duration::from_secs(30)).await;
+    let answered = take(conn, &replies, n, Duration::from_secs(30)).await;
+    let dead = take(conn, &topo.dead_queue(), n, Duration::from_secs(30)).await;
     for d in &answered {
         let id = d.properties.message_id().as_ref().unwrap().to_string();
         let i: usize = id.trim_start_matches("ttl-").parse().unwrap();
@@ -423,19 +408,19 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
     }
     // Nothing else: no extra answer, no extra dead letter.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let extra = queue_len(&conn, &replies).await;
+    let extra = queue_len(conn, &replies).await;
     if extra > 0 {
-        let more = take(&conn, &replies, extra as usize, Duration::from_secs(5)).await;
+        let more = take(conn, &replies, extra as usize, Duration::from_secs(5)).await;
         let ids: Vec<_> = more
             .iter()
             .map(|d| d.properties.message_id().clone())
             .collect();
         panic!("{extra} extra results: {ids:?}");
     }
-    let extra = queue_len(&conn, &topo.dead_queue()).await;
+    let extra = queue_len(conn, &topo.dead_queue()).await;
     if extra > 0 {
         let more = take(
-            &conn,
+            conn,
             &topo.dead_queue(),
             extra as usize,
             Duration::from_secs(5),
@@ -460,21 +445,7 @@ async fn jobs_whose_ttl_runs_out_in_the_queue_are_dead_lettered_as_expired() {
 async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
     let _conn = require_broker().await;
     // A vhost of the test's own, so its policy cannot touch anyone else's queues.
-    let owned = OwnedVhost {
-        vhost: unique_prefix("maxlen"),
-        users: Vec::new(),
-    };
-    rabbitmqctl(&["add_vhost", &owned.vhost]).await;
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &owned.vhost,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ])
-    .await;
+    let (owned, url) = OwnedVhost::for_guest("maxlen").await;
     rabbitmqctl(&[
         "set_policy",
         "-p",
@@ -486,12 +457,9 @@ async fn a_full_queue_refuses_jobs_and_the_producer_retries_them() {
         r#"{"max-length":50,"overflow":"reject-publish"}"#,
     ])
     .await;
-    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
     let env = [("AMQP_URL", url.as_str())];
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 3_000);
+    let (input, output, rows) = rows_csv_in(dir.path(), 3_000);
     // 300 jobs, no worker: 50 fit, the broker nacks the rest, score-batch retries.
     // One job in flight at a time: a quorum queue's length limit is soft, and a burst
     // published in one go may all get in before the queue starts refusing.

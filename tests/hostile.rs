@@ -227,9 +227,8 @@ fn message(i: usize, rng: &mut Rng) -> Msg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("hostile");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
+    let bed = Bed::new("hostile", &["breast-cancer"]).await;
+    let (conn, prefix) = (&bed.conn, bed.prefix.clone());
     let topo = Topology::new(&prefix);
     let total = figures::size(10_000, 2_000);
     let dir = tempfile::tempdir().unwrap();
@@ -406,7 +405,7 @@ async fn a_flood_of_hostile_messages_never_crashes_the_worker() {
     );
     // The queues are empty: nothing waits, nothing was left behind.
     assert_eq!(
-        figures::queue_len(&conn, &topo.job_queue("breast-cancer")).await,
+        figures::queue_len(conn, &topo.job_queue("breast-cancer")).await,
         0
     );
     w.stop(Duration::from_secs(30)).await;

@@ -19,10 +19,8 @@ fn copy_model(from: &Path, to: &Path, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_folder_dropped_into_a_running_worker_is_served() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("hot");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "breast-cancer-hot"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("hot", &["breast-cancer", "breast-cancer-hot"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
     copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
@@ -124,10 +122,8 @@ async fn a_model_folder_dropped_into_a_running_worker_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("hot-auto");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "breast-cancer-later"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("hot-auto", &["breast-cancer", "breast-cancer-later"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
     copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
@@ -217,10 +213,8 @@ async fn score_version(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_side_by_side_and_a_new_version_without_restart() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("versions");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("versions", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let models = dir.path().join("models");
     put_version(&models, "1.0.0");
     let mut worker = WorkerProc::spawn_in(
@@ -324,10 +318,8 @@ async fn refusals(worker: &WorkerProc, model: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_mixing_flat_and_versioned_layouts_is_refused_out_loud() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("mixed");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer", "mixed-start"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("mixed", &["breast-cancer", "mixed-start"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let models = dir.path().join("models");
     let shipped = models_dir().join("breast-cancer");
     copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");

@@ -139,12 +139,18 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs breast-cancer score-batch on input it must refuse: exit 2, before any broker
+/// work; returns its stderr.
+async fn refused(prefix: &str, input: &Path, output: &Path, extra: &[&str]) -> String {
+    let out = score_batch("breast-cancer", prefix, input, output, extra).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    stderr(&out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("pq");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("pq", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let p = |name: &str| dir.path().join(name);
     let (_, rows) = sample_rows();
     let expected = reference_scores(&rows);
@@ -160,50 +166,18 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
         })
     });
     let features = feature_names().join(",");
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &p("typed.parquet"),
-        &p("x.parquet"),
-        &["--columns", &features],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let x = p("x.parquet");
+    let err = refused(&prefix, &p("typed.parquet"), &x, &["--columns", &features]).await;
     assert!(
-        stderr(&out).contains("column \"mean_area\"") && stderr(&out).contains("Utf8"),
-        "a string column given as a feature is named with its type: {}",
-        stderr(&out)
+        err.contains("column \"mean_area\"") && err.contains("Utf8"),
+        "a string column given as a feature is named with its type: {err}"
     );
     std::fs::write(p("damaged.parquet"), b"PAR1 this is not parquet at all").unwrap();
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &p("damaged.parquet"),
-        &p("x.parquet"),
-        &[],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not a readable Parquet file"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&prefix, &p("damaged.parquet"), &x, &[]).await;
+    assert!(err.contains("not a readable Parquet file"), "{err}");
     std::fs::write(p("empty.parquet"), b"").unwrap();
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &p("empty.parquet"),
-        &p("x.parquet"),
-        &[],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not a readable Parquet file"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&prefix, &p("empty.parquet"), &x, &[]).await;
+    assert!(err.contains("not a readable Parquet file"), "{err}");
     write_parquet(
         &p("norows.parquet"),
         vec![(
@@ -211,16 +185,8 @@ async fn tabular_rows_in_and_out_of_parquet_and_bad_input_named() {
             Arc::new(Float64Array::from(Vec::<f64>::new())) as ArrayRef,
         )],
     );
-    let out = score_batch(
-        "breast-cancer",
-        &prefix,
-        &p("norows.parquet"),
-        &p("x.parquet"),
-        &[],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("holds no rows"), "{}", stderr(&out));
+    let err = refused(&prefix, &p("norows.parquet"), &x, &[]).await;
+    assert!(err.contains("holds no rows"), "{err}");
     assert!(!p("x.parquet").exists(), "no output for refused input");
 
     let mut w = WorkerProc::spawn(&prefix, "w-pq", dir.path(), &["--model", "breast-cancer"]);

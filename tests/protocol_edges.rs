@@ -31,26 +31,31 @@ const MODEL: &str = "breast-cancer";
 /// Where the clients put the bad value: row 1, feature 4 of the model.
 const BAD_AT: &str = "row 1, feature 4 (mean_smoothness)";
 
-/// A vhost of the test's own, guest allowed in, and its URL; deleted with everything
-/// in it when dropped.
-async fn own_vhost(test: &str) -> (OwnedVhost, String) {
-    let owned = OwnedVhost {
-        vhost: unique_prefix(test),
-        users: Vec::new(),
-    };
-    rabbitmqctl(&["add_vhost", &owned.vhost]).await;
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &owned.vhost,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ])
-    .await;
-    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
-    (owned, url)
+/// Publishes a persistent JSON job for the model to `surge.jobs`, mandatory, and
+/// waits for the broker's confirm (the channel is in confirm mode).
+async fn publish_json_job(
+    ch: &lapin::Channel,
+    body: &[u8],
+    id: &str,
+    reply_to: &str,
+) -> lapin::Result<Confirmation> {
+    ch.basic_publish(
+        "surge.jobs".into(),
+        MODEL.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        body,
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_reply_to(reply_to.into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2),
+    )
+    .await
+    .expect("publishing the job")
+    .await
 }
 
 /// A ready worker with the default prefix on the vhost of `url`.
@@ -268,31 +273,28 @@ async fn assert_edges(report: &Value, w: &WorkerProc, conn: &lapin::Connection) 
     assert!(problems.is_empty(), "{client} client: {problems:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_client_protocol_edges() {
+/// Runs one client's edge script (`program script url`) against a worker in a vhost of
+/// the test's own, then checks what the client reported and what the broker holds.
+async fn client_edges(
+    vhost_tag: &str,
+    worker_name: &str,
+    program: &str,
+    script: &Path,
+    hint: &str,
+) {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-node").await;
+    let (_vhost, url) = OwnedVhost::for_guest(vhost_tag).await;
     let conn = connect(&url).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
     let mut w = worker(
         &url,
-        "w-node",
+        worker_name,
         dir.path(),
         &["--max-rows-per-job", MAX_ROWS],
         &[],
     )
     .await;
-
-    let client = workspace().join("tests/clients/node");
-    assert!(
-        client.join("node_modules/amqplib").is_dir()
-            && client.join("node_modules/@msgpack/msgpack").is_dir(),
-        "{}/node_modules is missing: run `make node-client` (make test does)",
-        client.display()
-    );
-    let node = std::env::var("SURGE_NODE").unwrap_or_else(|_| "node".into());
-    let hint = "needs Node.js >= 20 and `make node-client`";
-    let (status, stdout, stderr) = run(&node, &client.join("edges.mjs"), &url, hint).await;
+    let (status, stdout, stderr) = run(program, script, &url, hint).await;
     let report = report(status, &stdout, &stderr, hint);
     assert_edges(&report, &w, &conn).await;
     assert!(status.success(), "exit {status}\n{stdout}\n{stderr}");
@@ -302,29 +304,31 @@ async fn node_client_protocol_edges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_protocol_edges() {
-    let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-py").await;
-    let conn = connect(&url).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = worker(
-        &url,
-        "w-py",
-        dir.path(),
-        &["--max-rows-per-job", MAX_ROWS],
-        &[],
+async fn node_client_protocol_edges() {
+    let client = workspace().join("tests/clients/node");
+    assert!(
+        client.join("node_modules/amqplib").is_dir()
+            && client.join("node_modules/@msgpack/msgpack").is_dir(),
+        "{}/node_modules is missing: run `make node-client` (make test does)",
+        client.display()
+    );
+    let node = std::env::var("SURGE_NODE").unwrap_or_else(|_| "node".into());
+    let hint = "needs Node.js >= 20 and `make node-client`";
+    client_edges(
+        "edges-node",
+        "w-node",
+        &node,
+        &client.join("edges.mjs"),
+        hint,
     )
     .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_protocol_edges() {
     let script = workspace().join("tests/clients/python/edges.py");
     let hint = "needs pika and msgpack: `make pyenv`, then SURGE_PYTHON=.venv/bin/python";
-    let (status, stdout, stderr) = run(&python(), &script, &url, hint).await;
-    let report = report(status, &stdout, &stderr, hint);
-    assert_edges(&report, &w, &conn).await;
-    assert!(status.success(), "exit {status}\n{stdout}\n{stderr}");
-
-    w.stop(Duration::from_secs(20)).await;
-    let _ = conn.close(200, "done".into()).await;
+    client_edges("edges-py", "w-py", &python(), &script, hint).await;
 }
 
 /// The text of the first fenced block of `lang` after `heading` in docs/PROTOCOL.md.
@@ -398,7 +402,7 @@ fn now_ms() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_md_examples_work_when_pasted() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-doc").await;
+    let (_vhost, url) = OwnedVhost::for_guest("edges-doc").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let mut w = worker(&url, "w-doc", dir.path(), &[], &[]).await;
@@ -525,7 +529,7 @@ fn has_byte_array(text: &str, n: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_and_size() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-unroutable").await;
+    let (_vhost, url) = OwnedVhost::for_guest("edges-unroutable").await;
     let conn = connect(&url).await;
     let dir = tempfile::tempdir().unwrap();
     // The default log filter, spelled out, so that RUST_LOG in the test's environment
@@ -548,25 +552,7 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
     let rows = vec![vec![1.5f32; 30]; 8];
     let body =
         serde_json::to_vec(&serde_json::json!({"v": 1, "model": MODEL, "inputs": rows})).unwrap();
-    let confirm = ch
-        .basic_publish(
-            "surge.jobs".into(),
-            MODEL.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &body,
-            BasicProperties::default()
-                .with_message_id(id.as_str().into())
-                .with_reply_to(missing.as_str().into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = publish_json_job(&ch, &body, &id, &missing).await.unwrap();
     assert!(
         matches!(confirm, Confirmation::Ack(None)),
         "the job was not accepted: {confirm:?}"
@@ -634,7 +620,7 @@ async fn a_result_for_a_missing_reply_queue_is_dead_lettered_and_logged_by_id_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_reply_to_result_whose_client_has_gone_is_dropped_and_its_job_acked() {
     let _broker = require_broker().await;
-    let (_vhost, url) = own_vhost("edges-gone").await;
+    let (_vhost, url) = OwnedVhost::for_guest("edges-gone").await;
     // Batches wait up to 2 s for company, so the client is gone before the answer.
     let dir = tempfile::tempdir().unwrap();
     let mut w = worker(&url, "w-gone", dir.path(), &["--max-wait-ms", "2000"], &[]).await;
@@ -661,22 +647,7 @@ async fn a_direct_reply_to_result_whose_client_has_gone_is_dropped_and_its_job_a
         &serde_json::json!({"v": 1, "model": MODEL, "inputs": [vec![1.5f32; 30]]}),
     )
     .unwrap();
-    let confirm = ch
-        .basic_publish(
-            "surge.jobs".into(),
-            MODEL.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &body,
-            BasicProperties::default()
-                .with_message_id(id.as_str().into())
-                .with_reply_to("amq.rabbitmq.reply-to".into())
-                .with_content_type("application/json".into()),
-        )
-        .await
-        .unwrap()
+    let confirm = publish_json_job(&ch, &body, &id, "amq.rabbitmq.reply-to")
         .await
         .unwrap();
     assert!(

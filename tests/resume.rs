@@ -92,10 +92,8 @@ async fn kill_when_written<F: std::future::Future<Output = ()>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused() {
-    let conn = require_broker().await;
-    let prefix = unique_prefix("resume");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("resume", &["breast-cancer"]).await;
+    let (conn, prefix, dir) = (&bed.conn, bed.prefix.clone(), &bed.dir);
     let input = dir.path().join("rows.csv");
     write_csv(&input, ROWS);
     // One job per batch: a row's score does not depend on which jobs share its batch.
@@ -132,7 +130,7 @@ async fn a_killed_run_resumes_to_the_same_bytes_and_a_changed_input_is_refused()
         let started = Instant::now();
         let (mut last, mut since) = (0, Instant::now());
         loop {
-            let n = queue_len(&conn, &reply).await;
+            let n = queue_len(conn, &reply).await;
             if n != last {
                 (last, since) = (n, Instant::now());
             }

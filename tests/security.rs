@@ -108,9 +108,7 @@ async fn amqps_with_a_private_ca_and_client_certificates() {
 
     // The binaries take the same files from the environment: a run over amqps://.
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 500);
+    let (input, output, rows) = rows_csv_in(dir.path(), 500);
     let env = [
         ("AMQP_URL", url.as_str()),
         ("AMQP_CACERT_FILE", c.ca.to_str().unwrap()),
@@ -203,9 +201,7 @@ async fn per_role_users_work_and_no_password_reaches_a_log() {
     // at debug level, with the role credentials.
     let url_file = dir.path().join("producer-url");
     std::fs::write(&url_file, format!("{producer_url}\n")).unwrap();
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 1_000);
+    let (input, output, rows) = rows_csv_in(dir.path(), 1_000);
     let mut w = WorkerProc::spawn_with_env(
         "surge",
         "w-roles",

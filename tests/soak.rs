@@ -50,9 +50,7 @@ async fn soak_at_half_capacity() {
     let pid = w.pid();
 
     // 1. Capacity: a score-batch run of 40,000 rows through this one worker.
-    let input = dir.path().join("rows.csv");
-    let output = dir.path().join("scores.csv");
-    let rows = write_rows_csv(&input, 40_000);
+    let (input, output, rows) = rows_csv_in(dir.path(), 40_000);
     let sb = spawn_score_batch(
         &prefix,
         &input,

@@ -35,10 +35,8 @@ fn write_big_csv(path: &Path, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
-    let _conn = require_broker().await;
-    let prefix = unique_prefix("stream");
-    let _cleanup = Cleanup::new(&prefix, &["breast-cancer"]);
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::new("stream", &["breast-cancer"]).await;
+    let (prefix, dir) = (bed.prefix.clone(), &bed.dir);
     let input = dir.path().join("rows.csv");
     let output = dir.path().join("scores.csv");
     const N: usize = 1_000_000;

@@ -1,7 +1,9 @@
 //! Declaring the v1 topology. Declares are idempotent: every process declares what it
 //! uses, so it does not matter whether workers or producers start first.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use surge_protocol::topology::ArgValue;
@@ -80,6 +82,24 @@ async fn declare_queue(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Opens the channel a producer publishes on (score-batch's jobs, a worker's results):
+/// in confirm mode, with the shared part of the topology declared ([`declare_base`]).
+pub async fn publishing_channel(
+    conn: &lapin::Connection,
+    topo: &Topology,
+    t: &Timeouts,
+) -> Result<Channel, BrokerError> {
+    let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
+    timed(
+        "confirm.select",
+        t.operation,
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    declare_base(&ch, topo, t).await?;
+    Ok(ch)
 }
 
 /// Declares the shared part: the jobs exchange, the dead-letter exchange and queue,

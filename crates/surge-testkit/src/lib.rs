@@ -303,6 +303,51 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// What an end-to-end test starts from: the broker (checked, so the test fails loudly
+/// when it is down), a prefix no other test uses, a scratch folder, and the [`Cleanup`]
+/// guard that deletes the prefix's queues and exchanges for `models` when the test ends.
+///
+/// `let bed = Bed::new("e2e", &["breast-cancer"]).await;`
+pub struct Bed {
+    /// A connection to the shared broker.
+    pub conn: lapin::Connection,
+    /// The test's unique prefix ([`unique_prefix`]).
+    pub prefix: String,
+    /// A scratch folder, removed with the bed.
+    pub dir: tempfile::TempDir,
+    /// Deletes the test's broker objects on drop.
+    pub cleanup: Cleanup,
+}
+
+impl Bed {
+    /// Checks the broker, makes the prefix from `test`, the folder and the guard.
+    pub async fn new(test: &str, models: &[&str]) -> Self {
+        let conn = require_broker().await;
+        let prefix = unique_prefix(test);
+        let cleanup = Cleanup::new(&prefix, models);
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        Self {
+            conn,
+            prefix,
+            dir,
+            cleanup,
+        }
+    }
+
+    /// Writes `n` breast-cancer rows ([`write_rows_csv`]) to `rows.csv` in the bed's
+    /// folder: `(that input, scores.csv beside it for the output, the rows written)`.
+    pub fn rows_csv(&self, n: usize) -> (PathBuf, PathBuf, Vec<Vec<f32>>) {
+        rows_csv_in(self.dir.path(), n)
+    }
+}
+
+/// [`Bed::rows_csv`] in any folder.
+pub fn rows_csv_in(dir: &Path, n: usize) -> (PathBuf, PathBuf, Vec<Vec<f32>>) {
+    let input = dir.join("rows.csv");
+    let rows = write_rows_csv(&input, n);
+    (input, dir.join("scores.csv"), rows)
+}
+
 /// A drop guard for a test's broker objects: when it goes out of scope, however the
 /// test ends (a failed assertion too), every queue and exchange of its topology is
 /// deleted (score-batch deletes its own reply queues).
@@ -592,6 +637,30 @@ pub struct OwnedVhost {
     pub vhost: String,
     /// Users to delete with it.
     pub users: Vec<String>,
+}
+
+impl OwnedVhost {
+    /// A vhost named after `test` ([`unique_prefix`]), guest allowed in, and its URL on
+    /// the shared broker; deleted with everything in it when dropped.
+    pub async fn for_guest(test: &str) -> (Self, String) {
+        let owned = Self {
+            vhost: unique_prefix(test),
+            users: Vec::new(),
+        };
+        rabbitmqctl(&["add_vhost", &owned.vhost]).await;
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &owned.vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ])
+        .await;
+        let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", owned.vhost);
+        (owned, url)
+    }
 }
 
 // Drop cannot await: plain blocking `rabbitmqctl` calls, each a second or two.

@@ -17,9 +17,7 @@ use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 use surge_broker::{timed, topology, BrokerError};
@@ -92,14 +90,7 @@ pub(crate) async fn run_session(
     let conn =
         surge_broker::connect(&cfg.url, &format!("surge-worker {}", shared.worker_id), t).await?;
     let result = async {
-        let publisher = timed("channel.open", t.operation, conn.create_channel()).await?;
-        timed(
-            "confirm.select",
-            t.operation,
-            publisher.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
-        topology::declare_base(&publisher, &cfg.topology, t).await?;
+        let publisher = topology::publishing_channel(&conn, &cfg.topology, t).await?;
         let names = shared.engine.model_names();
         let answered = Arc::new(Answered::default());
         let mut tasks = JoinSet::new();

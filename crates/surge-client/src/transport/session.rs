@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use surge_broker::{timed, topology, BrokerError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -44,16 +44,9 @@ impl RunCtx<'_> {
     ) -> Result<(), ClientError> {
         let cfg = self.cfg;
         let t = &cfg.timeouts;
-        let ch = timed("channel.open", t.operation, conn.create_channel()).await?;
-        timed(
-            "confirm.select",
-            t.operation,
-            ch.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
         // Declaring the model's queue here means jobs wait safely even when no worker
         // has started yet.
-        topology::declare_base(&ch, &cfg.topology, t).await?;
+        let ch = topology::publishing_channel(conn, &cfg.topology, t).await?;
         topology::declare_model(&ch, &cfg.topology, &cfg.model, t).await?;
         replies::declare(&ch, self.reply_queue, t).await?;
         let mut replies =
