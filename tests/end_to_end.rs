@@ -174,3 +174,45 @@ async fn python_pika_clients_get_results_packed_and_listed() {
     assert_eq!(both["outputs"].as_array().map(Vec::len), Some(8));
     w.stop(Duration::from_secs(20)).await;
 }
+
+/// Whether `queue` exists (a passive declare succeeds).
+async fn queue_exists(conn: &lapin::Connection, queue: &str) -> bool {
+    let ch = conn.create_channel().await.expect("opening a channel");
+    let opts = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), opts, lapin::types::FieldTable::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_beds_guard_deletes_the_tests_queues_when_dropped() {
+    let conn = require_broker().await;
+    let bed = Bed::new("guard", &["breast-cancer"]).await;
+    let topo = surge_protocol::Topology::new(&bed.prefix);
+    let t = surge_broker::Timeouts::default();
+    let ch = bed.conn.create_channel().await.expect("opening a channel");
+    surge_broker::topology::declare_base(&ch, &topo, &t)
+        .await
+        .expect("declaring the base topology");
+    surge_broker::topology::declare_model(&ch, &topo, "breast-cancer", &t)
+        .await
+        .expect("declaring the model's queue");
+    let queues = [
+        topo.job_queue("breast-cancer"),
+        topo.dead_queue(),
+        topo.results_queue(),
+    ];
+    for q in &queues {
+        assert!(queue_exists(&conn, q).await, "{q} was not declared");
+    }
+    drop(bed);
+    for q in &queues {
+        assert!(
+            !queue_exists(&conn, q).await,
+            "{q} outlived the test's guard"
+        );
+    }
+}

@@ -193,22 +193,29 @@ fn put_version(models: &Path, version: &str) {
     .unwrap();
 }
 
-/// Runs score-batch for `model` over `input` into `output`: (success, stderr, output).
-async fn score_version(
-    model: &str,
-    prefix: &str,
-    input: &Path,
-    output: PathBuf,
-) -> (bool, String, PathBuf) {
-    let o = spawn_score_batch_for(model, prefix, input, &output, &[], &[])
-        .wait_with_output()
-        .await
-        .expect("waiting for score-batch");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-        output,
-    )
+/// Scores one file with pinned versions of breast-cancer.
+struct Versions<'a> {
+    prefix: &'a str,
+    input: &'a Path,
+    dir: &'a Path,
+}
+
+impl Versions<'_> {
+    /// Runs score-batch for `breast-cancer@<version>` into `<dir>/<out>`: (success,
+    /// stderr, output path).
+    async fn score(&self, version: &str, out: &str) -> (bool, String, PathBuf) {
+        let output = self.dir.join(out);
+        let model = format!("breast-cancer@{version}");
+        let o = spawn_score_batch_for(&model, self.prefix, self.input, &output, &[], &[])
+            .wait_with_output()
+            .await
+            .expect("waiting for score-batch");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+            output,
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,35 +235,22 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
     let input = dir.path().join("in.csv");
     let rows = write_rows_csv(&input, 50);
     let expected = reference_scores(&rows);
-    let (ok, err, out) = score_version(
-        "breast-cancer@1.0.0",
-        &prefix,
-        &input,
-        dir.path().join("a.csv"),
-    )
-    .await;
+    let versions = Versions {
+        prefix: &prefix,
+        input: &input,
+        dir: dir.path(),
+    };
+    let (ok, err, out) = versions.score("1.0.0", "a.csv").await;
     assert!(ok, "{err}");
     assert_exactly_once_and_correct(&read_output(&out), &expected);
 
     put_version(&models, "1.1.0");
     let dropped = Instant::now();
     // Until the new version is served, asking for it is answered with an error; poll.
-    let (mut ok, mut err, mut out) = score_version(
-        "breast-cancer@1.1.0",
-        &prefix,
-        &input,
-        dir.path().join("b.csv"),
-    )
-    .await;
+    let (mut ok, mut err, mut out) = versions.score("1.1.0", "b.csv").await;
     while !ok && dropped.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        (ok, err, out) = score_version(
-            "breast-cancer@1.1.0",
-            &prefix,
-            &input,
-            dir.path().join("b.csv"),
-        )
-        .await;
+        (ok, err, out) = versions.score("1.1.0", "b.csv").await;
     }
     assert!(
         ok,
@@ -269,21 +263,9 @@ async fn versions_side_by_side_and_a_new_version_without_restart() {
         dropped.elapsed()
     );
     // The old version is still served beside it, and an unknown one is refused.
-    let (ok, err, _) = score_version(
-        "breast-cancer@1.0.0",
-        &prefix,
-        &input,
-        dir.path().join("c.csv"),
-    )
-    .await;
+    let (ok, err, _) = versions.score("1.0.0", "c.csv").await;
     assert!(ok, "{err}");
-    let (ok, err, out) = score_version(
-        "breast-cancer@9.9",
-        &prefix,
-        &input,
-        dir.path().join("d.csv"),
-    )
-    .await;
+    let (ok, err, out) = versions.score("9.9", "d.csv").await;
     assert!(!ok, "an unknown version must not be scored");
     // score-batch writes every row, with the error in its last column.
     let text = std::fs::read_to_string(&out).unwrap();

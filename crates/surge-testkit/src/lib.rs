@@ -364,12 +364,20 @@ impl Cleanup {
         Self::topology(Topology::new(prefix), models)
     }
 
-    /// Guards `topo` (with its shards) for `models`.
+    /// Guards `topo` (with its shards) for `models`, and for every shipped model too: a
+    /// worker that serves every folder declares a queue for each.
     pub fn topology(topo: Topology, models: &[&str]) -> Self {
-        Self {
-            topo,
-            models: models.iter().map(|m| m.to_string()).collect(),
+        let mut all: Vec<String> = models.iter().map(|m| m.to_string()).collect();
+        if let Ok(entries) = std::fs::read_dir(models_dir()) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    all.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
         }
+        all.sort();
+        all.dedup();
+        Self { topo, models: all }
     }
 }
 
@@ -387,10 +395,12 @@ impl Drop for Cleanup {
                 return;
             };
             let models: Vec<&str> = models.iter().map(String::as_str).collect();
-            let _ = rt.block_on(tokio::time::timeout(
-                Duration::from_secs(20),
-                delete_topology(&topo, &models),
-            ));
+            // The timeout is made inside the runtime: its timer needs one.
+            rt.block_on(async {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(20), delete_topology(&topo, &models))
+                        .await;
+            });
         });
         let _ = worker.join();
     }

@@ -60,7 +60,8 @@ pub async fn score_stream<T: Send>(
         "scoring"
     );
     let mut reconnects = 0u64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        surge_broker::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let ctx = RunCtx {
         cfg,
         columns: columns.as_deref(),
@@ -82,10 +83,10 @@ pub async fn score_stream<T: Send>(
             Ok(()) => break,
             Err(ClientError::Broker(e)) if e.is_connection_loss() => {
                 reconnects += 1;
-                warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "broker connection lost; reconnecting");
                 ctx.check_timeout(&run, &watch)?;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e),
         }
