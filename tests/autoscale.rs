@@ -269,22 +269,35 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         &output,
         &["--rows-per-job", "10", "--max-in-flight", "100000"],
     );
-    let (mut max_replicas, mut max_connected) = (0.0f64, 0.0f64);
-    let mut first_worker_at = None;
+    // Replicas are sampled by a task of their own, every 50 ms: the page check below
+    // takes seconds of Chromium, and a short burst can end inside it (a sampler in
+    // this loop then saw one worker where three had run).
+    // (most replicas, most connected, when the first worker started)
+    let seen = Arc::new(Mutex::new((0.0f64, 0.0f64, None::<Duration>)));
+    let sampler = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = replicas_at(port).await;
+                let c = metric_at(port, "surge_autoscale_connected_replicas")
+                    .await
+                    .unwrap_or(0.0);
+                {
+                    let mut s = seen.lock().expect("sampler lock");
+                    if r > 0.0 && s.2.is_none() {
+                        s.2 = Some(burst.elapsed());
+                    }
+                    s.0 = s.0.max(r);
+                    s.1 = s.1.max(c);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     let mut page_checked = false;
     let status = loop {
-        // Sampled before the exit check, so the last sample (after a slow page check)
-        // still counts.
         let done = sb.try_wait().unwrap();
         let r = auto.replicas().await;
-        let c = metric_at(port, "surge_autoscale_connected_replicas")
-            .await
-            .unwrap_or(0.0);
-        if r > 0.0 && first_worker_at.is_none() {
-            first_worker_at = Some(burst.elapsed());
-        }
-        max_replicas = max_replicas.max(r);
-        max_connected = max_connected.max(c);
         // Mid-burst, with workers running: the page must tell the truth.
         if !page_checked && r >= 1.0 {
             page_checked = true;
@@ -302,6 +315,13 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     };
     let took = burst.elapsed();
     drop(poller);
+    // Give the sampler a last look if it has not seen two workers connected yet.
+    let waited = Instant::now();
+    while seen.lock().expect("sampler lock").1 < 2.0 && waited.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sampler.abort();
+    let (max_replicas, max_connected, first_worker_at) = *seen.lock().expect("sampler lock");
     assert!(
         page_checked,
         "the burst ended before the status page was checked"

@@ -1,5 +1,5 @@
 //! Reading another process's `/metrics`: one bounded HTTP GET and one Prometheus text
-//! parser, used by the autoscaler and the bench.
+//! parser, used by the autoscaler, the bench and the test kit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +31,19 @@ pub fn sum_metric(text: &str, name: &str) -> f64 {
 /// GETs `path` from `addr` over HTTP/1.0 within `timeout`; returns the body of a 200
 /// answer, `None` on anything else (not up yet, refused, slow, not 200).
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
+    match http_get_status(addr, path, timeout).await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// [`http_get`] with the answer's status: `(status, body)` of any answer, `None` when
+/// nothing answered within `timeout` (for probes that tell 503 from no answer).
+pub async fn http_get_status(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
@@ -40,8 +53,8 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option
         (&mut s).take(8 << 20).read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8(raw).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?;
-        (status == "200").then(|| body.to_string())
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     };
     tokio::time::timeout(timeout, fetch).await.ok().flatten()
 }

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -267,40 +266,14 @@ pub async fn metric_at(port: u16, name: &str) -> Option<f64> {
     let (200, body) = http_get(port, "/metrics").await? else {
         return None;
     };
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(surge_ops::scrape::sum_metric(&body, name))
 }
 
-/// Minimal HTTP/1.0 GET on 127.0.0.1: `(status, body)`, `None` when nothing answers
-/// within 1 s to connect and 2 s to reply.
+/// HTTP GET on 127.0.0.1:`port`: `(status, body)`, `None` when nothing answers within
+/// 3 s.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        s.write_all(request.as_bytes()).await.ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        Some(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(3), exchange)
-        .await
-        .ok()??;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    surge_ops::scrape::http_get_status(addr, path, Duration::from_secs(3)).await
 }
 
 /// What an end-to-end test starts from: the broker (checked, so the test fails loudly
