@@ -5,23 +5,21 @@
 //! the same snapshot, and a screenshot goes to `out/status-page.png`.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use surge_testkit::*;
 
 struct Autoscaler {
-    child: Child,
+    proc: Proc,
     port: u16,
-    log: std::path::PathBuf,
 }
 
 impl Autoscaler {
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     /// Waits until `ok(port)` holds, panicking if the autoscaler exits first.
@@ -33,9 +31,7 @@ impl Autoscaler {
     ) {
         let start = Instant::now();
         while !ok(self.port).await {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("autoscaler exited with {status}; log:\n{}", self.log_text());
-            }
+            self.proc.assert_running();
             assert!(
                 start.elapsed() < within,
                 "{what}: not within {within:?}; log:\n{}",
@@ -227,8 +223,8 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     let (input, output, rows) = bed.rows_csv(20_000);
     let port = free_port();
     let log = dir.path().join("autoscale.log");
-    let child = Command::new(bin("surge"))
-        .arg("autoscale")
+    let mut cmd = Command::new(bin("surge"));
+    cmd.arg("autoscale")
         .args(["--prefix", &prefix, "--models-dir"])
         .arg(models_dir())
         .args(["--model", "breast-cancer", "--min", "0", "--max", "3"])
@@ -239,13 +235,11 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
         // Slow workers (50-row batches, 20 ms pause each: about 8 s for one worker
         // alone) so that the burst outlasts a worker's start and the pool must grow.
         .args(["--", "--max-batch-rows", "50", "--prefetch", "50"])
-        .args(["--batch-delay-ms", "20"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting surge autoscale");
-    let mut auto = Autoscaler { child, port, log };
+        .args(["--batch-delay-ms", "20"]);
+    let mut auto = Autoscaler {
+        proc: Proc::spawn("surge autoscale", &mut cmd, log),
+        port,
+    };
 
     auto.wait_for(
         "autoscaler ready at zero workers",
@@ -371,21 +365,5 @@ async fn from_zero_to_several_workers_and_back_to_zero() {
     assert!(billed > 0.0);
 
     // SIGTERM stops the autoscaler cleanly.
-    signal(auto.child.id().expect("the autoscaler is running"), "TERM").await;
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(s) = auto.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "autoscaler did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        exit.success(),
-        "autoscaler exit {exit}; log:\n{}",
-        auto.log_text()
-    );
+    auto.proc.stop(Duration::from_secs(30)).await;
 }

@@ -288,6 +288,9 @@ async fn a_job_that_always_fails_reaches_the_dead_letters_and_others_flow() {
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
+    // Nobody consumes it, so auto-delete never fires: it expires 10 min after the
+    // test instead.
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
     ch.queue_declare(
         full.as_str().into(),
         QueueDeclareOptions {

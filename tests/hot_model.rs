@@ -3,7 +3,6 @@
 //! served keeps answering without interruption.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
@@ -129,18 +128,14 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
     copy_model(&shipped, &models.join("breast-cancer"), "breast-cancer");
     let port = free_port();
     let log = dir.path().join("autoscale.log");
-    let mut auto = Command::new(bin("surge"))
-        .arg("autoscale")
+    let mut cmd = Command::new(bin("surge"));
+    cmd.arg("autoscale")
         .args(["--prefix", &prefix, "--models-dir"])
         .arg(&models)
         .args(["--cooldown-s", "1", "--scale-down-window-s", "1"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    let mut auto = Proc::spawn("surge autoscale", &mut cmd, log);
+    let log_text = || auto.log_text();
     let start = Instant::now();
     while !matches!(http_get(port, "/readyz").await, Some((200, _))) {
         assert!(
@@ -172,13 +167,7 @@ async fn the_autoscaler_scales_a_model_folder_added_while_it_runs() {
         dropped.elapsed()
     );
     assert!(log_text().contains("new model folder; scaling its queue too"));
-    signal(auto.id().expect("the autoscaler is running"), "TERM").await;
-    let status = auto.wait().await.unwrap();
-    assert!(
-        status.success(),
-        "autoscaler exit {status}:\n{}",
-        log_text()
-    );
+    auto.stop(Duration::from_secs(30)).await;
 }
 
 fn put_version(models: &Path, version: &str) {

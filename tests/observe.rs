@@ -18,9 +18,8 @@
 //! Missing tools fail the test loudly: it never skips.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
@@ -72,91 +71,6 @@ async fn run_ok(cmd: &mut Command) -> String {
         out.status
     );
     text
-}
-
-/// A child process killed (then reaped) when dropped, whose log is a file.
-struct Proc {
-    child: Child,
-    pid: u32,
-    log: PathBuf,
-    what: &'static str,
-}
-
-impl Proc {
-    fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let pid = child.id().unwrap_or_default();
-        Self {
-            child,
-            pid,
-            log,
-            what,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited with {status}; log:\n{}",
-                self.what,
-                self.log_text()
-            );
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit (the autoscaler drains its own workers).
-    async fn stop(&mut self, within: Duration) {
-        signal(self.pid, "TERM").await;
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "{} exit {status}; log:\n{}",
-                    self.what,
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(
-                start.elapsed() < within,
-                "{} did not stop within {within:?}; log:\n{}",
-                self.what,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    /// On a failed test: SIGTERM first (the autoscaler then stops the worker it started;
-    /// SIGKILL would orphan it), SIGKILL after 15 s.
-    // Drop cannot await: plain blocking waits, bounded by the 15 s deadline.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &self.pid.to_string()])
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.start_kill();
-        }
-    }
 }
 
 /// Percent-encodes a PromQL query for a URL.

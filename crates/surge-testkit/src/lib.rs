@@ -248,6 +248,96 @@ impl WorkerProc {
     }
 }
 
+/// A long-running child (an autoscaler, Prometheus) whose stderr goes to a log file.
+/// Dropped while running (a failed test), it gets SIGTERM first, so an autoscaler stops
+/// the workers it started (SIGKILL would orphan them), then SIGKILL after 15 s.
+pub struct Proc {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+    what: &'static str,
+}
+
+impl Proc {
+    /// Starts `cmd` as `what` (for messages), its stderr to `log`.
+    pub fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("creating the log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let pid = child.id().unwrap_or_default();
+        Self {
+            child,
+            pid,
+            log,
+            what,
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics, with the log, when the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                self.what,
+                self.log_text()
+            );
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (the autoscaler drains its own workers).
+    pub async fn stop(&mut self, within: Duration) {
+        signal(self.pid, "TERM").await;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "{} exit {status}; log:\n{}",
+                    self.what,
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} did not stop within {within:?}; log:\n{}",
+                self.what,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    /// On a failed test: SIGTERM first (the autoscaler then stops the worker it started;
+    /// SIGKILL would orphan it), SIGKILL after 15 s.
+    // Drop cannot await: plain blocking waits, bounded by the 15 s deadline.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
 /// Sends signal `sig` (`TERM`, `KILL`, `STOP`, `CONT`) to process `pid`, asserting
 /// that `kill` succeeds.
 pub async fn signal(pid: u32, sig: &str) {
