@@ -91,12 +91,22 @@ pub struct PrivateNode {
     babysitter: Option<Child>,
 }
 
-/// A port below Linux's ephemeral range (32768+), free now, and not RabbitMQ's usual
-/// 5672/25672: a port in the ephemeral range can be taken by an outgoing connection
+/// Where a node's distribution port is picked. RabbitMQ's CLI tools (`rabbitmqctl`
+/// run with the node's environment) listen 10000 to 10010 ports above it, here in
+/// 30000..32010, so no listener port is ever picked there: one node's `rabbitmqctl
+/// wait` could take another node's AMQP port as it boots (seen once: `eaddrinuse` on
+/// 31292, the CLI port of a node whose distribution port was 21292).
+const DIST_PORTS: std::ops::Range<u16> = 20_000..22_000;
+/// Where AMQP and AMQPS listener ports are picked (RabbitMQ's usual 25672 excluded).
+const LISTENER_PORTS: std::ops::Range<u16> = 22_000..30_000;
+
+/// A port of `range` (below Linux's ephemeral range, 32768+), free now, not in
+/// `avoid`: a port in the ephemeral range can be taken by an outgoing connection
 /// between our check and the node's bind.
-fn quiet_port(avoid: &[u16]) -> u16 {
+fn quiet_port(range: std::ops::Range<u16>, avoid: &[u16]) -> u16 {
+    let width = u128::from(range.end - range.start);
     for _ in 0..200 {
-        let p = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        let p = range.start + (uuid::Uuid::new_v4().as_u128() % width) as u16;
         if p == 25_672 || avoid.contains(&p) {
             continue;
         }
@@ -106,7 +116,7 @@ fn quiet_port(avoid: &[u16]) -> u16 {
             return p;
         }
     }
-    panic!("no free port found in 20000..32000");
+    panic!("no free port found in {range:?}");
 }
 
 async fn openssl(dir: &Path, args: &[&str]) {
@@ -237,9 +247,9 @@ impl PrivateNode {
             .expect("creating a temporary directory");
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let name = format!("surge-t-{tag}-{suffix}@localhost");
-        let port = quiet_port(&[]);
-        let dist_port = quiet_port(&[port]);
-        let tls_port = opts.tls.then(|| quiet_port(&[port, dist_port]));
+        let port = quiet_port(LISTENER_PORTS, &[]);
+        let dist_port = quiet_port(DIST_PORTS, &[]);
+        let tls_port = opts.tls.then(|| quiet_port(LISTENER_PORTS, &[port]));
         let d = dir.path();
         // Our own cookie, written before anything starts: the node and rabbitmqctl
         // would otherwise race to create different ones.
