@@ -4,6 +4,8 @@
 # worker, against the in-memory throughput (`surge-bench throughput`) of the same rows
 # in the same run. The files go to $TMPDIR (default /tmp) and are removed on exit.
 # Peak RSS is score-batch's VmHWM, polled from /proc/<pid>/status while it runs.
+# Each output is checked (`surge-bench check-scores`: every row once, in order,
+# scored) before its figure is printed.
 # Release binaries come from ${CARGO_TARGET_DIR:-target}/release (bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,8 @@ run_batch() { # run_batch FORMAT
   kb=$(peak_kb "$pid")
   wait "$pid"
   t1=$(date +%s.%N)
+  # A figure counts only if the output holds every row once, in order, scored.
+  "$BIN/surge-bench" check-scores --rows "$ROWS" --file "$out" >/dev/null
   python3 -c 'import json,sys; f,rows,mb,kb,t0,t1=sys.argv[1:]; s=float(t1)-float(t0); print(json.dumps({"bench":"score_batch","format":f,"rows":int(rows),"rows_per_job":256,"input_mb":int(mb),"peak_rss_mb":round(int(kb)/1024,1),"wall_s":round(s,2),"wall_rows_per_s":round(int(rows)/s)}))' \
     "$fmt" "$ROWS" "$size_mb" "$kb" "$t0" "$t1" | tee -a "$RAW"
   rm -f "$in" "$out"

@@ -1,6 +1,7 @@
 //! `surge-bench gen-rows`: a file of breast-cancer rows of any length for the
 //! score-batch bench, written as it goes (CSV, or Parquet in row groups of 64 Ki rows):
-//! `row_id`, then the 30 features of the shipped dataset's rows in turn.
+//! `row_id`, then the 30 features of the shipped dataset's rows in turn; and
+//! `surge-bench check-scores`, which checks score-batch's output of such a file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -77,5 +80,66 @@ pub fn gen_rows(data: &Path, out: &Path, rows: usize) -> Result<()> {
         start = end;
     }
     w.close()?;
+    Ok(())
+}
+
+/// Checks that `file`, score-batch's output of a `gen-rows` file of `rows` rows,
+/// holds every row once, in order (`row_id` 0, 1, 2...), each with a score
+/// (`malignant_probability`) and no error; prints what it checked.
+pub fn check_scores(file: &Path, rows: usize) -> Result<()> {
+    let parquet = file.extension().is_some_and(|e| e == "parquet");
+    let mut seen = 0usize;
+    let mut row = |id: i64, scored: bool, error: bool| -> Result<()> {
+        if id != seen as i64 || !scored || error {
+            bail!(
+                "{}: row {seen} has row_id {id}, score present {scored}, error present {error}",
+                file.display()
+            );
+        }
+        seen += 1;
+        Ok(())
+    };
+    if parquet {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(file)?,
+        )?
+        .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .with_context(|| format!("no {name} column"))
+            };
+            let ids = col("row_id")?.as_primitive::<Int64Type>();
+            let scores = col("malignant_probability")?.as_primitive::<Float32Type>();
+            let errors = col("error")?;
+            for i in 0..batch.num_rows() {
+                row(ids.value(i), scores.is_valid(i), errors.is_valid(i))?;
+            }
+        }
+    } else {
+        let mut rdr = csv::Reader::from_path(file)?;
+        let header = rdr.headers()?.clone();
+        let at = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .with_context(|| format!("no {name} column"))
+        };
+        let (id, score, error) = (at("row_id")?, at("malignant_probability")?, at("error")?);
+        let mut rec = csv::ByteRecord::new();
+        while rdr.read_byte_record(&mut rec)? {
+            let id: i64 = std::str::from_utf8(&rec[id])?.parse()?;
+            row(id, !rec[score].is_empty(), !rec[error].is_empty())?;
+        }
+    }
+    if seen != rows {
+        bail!("{}: {seen} rows, {rows} expected", file.display());
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "check_scores", "file": file.display().to_string(), "rows": seen, "ok": true})
+    );
     Ok(())
 }

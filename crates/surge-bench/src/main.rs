@@ -51,6 +51,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Checks a score-batch output of `gen-rows` input (CSV, or Parquet by
+    /// extension): `rows` rows, `row_id` 0, 1, 2... in order, a score and no error in
+    /// every row. A bench figure counts only when its output passes.
+    CheckScores {
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
     /// Writes a file of `rows` breast-cancer rows (CSV, or Parquet by extension) for
     /// the score-batch bench.
     GenRows {
@@ -390,6 +399,7 @@ async fn main() -> Result<()> {
     let pack = !cli.no_pack;
     match cli.cmd {
         Cmd::GenRows { rows, out, data } => genrows::gen_rows(&data, &out, rows),
+        Cmd::CheckScores { rows, file } => genrows::check_scores(&file, rows),
         Cmd::Throughput { rows, rows_per_job } => {
             throughput(&cli.prefix, pack, rows, rows_per_job).await
         }

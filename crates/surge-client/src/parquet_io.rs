@@ -21,7 +21,8 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, LargeStringArray,
+    PrimitiveArray, RecordBatch, StringArray, StringViewArray,
 };
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -39,10 +40,18 @@ const WRITE_BATCH: usize = 8192;
 /// Rows per row group written: what bounds the writer's memory.
 const ROW_GROUP: usize = 65_536;
 
-/// The rows of a Parquet file, a record batch at a time.
+/// The rows of a Parquet file, a record batch at a time: handed on as rows of values
+/// ([`ParquetRows::next`]) or as slices of record batches ([`ParquetRows::next_slice`],
+/// the columnar path, which never turns a cell into a value).
 pub(crate) struct ParquetRows {
     reader: ParquetRecordBatchReader,
+    /// Batches read and not yet handed on: rows `pos..` of the front one come next.
+    queue: VecDeque<RecordBatch>,
+    pos: usize,
+    /// The rest of a batch as values, while rows are taken one at a time.
     pending: VecDeque<Vec<Value>>,
+    /// True once the reader has given its last batch.
+    ended: bool,
     /// Rows read from the file so far.
     read: usize,
     path: String,
@@ -73,7 +82,10 @@ pub(crate) fn open(path: &Path) -> Result<(Vec<String>, Vec<DataType>, ParquetRo
         types,
         ParquetRows {
             reader,
+            queue: VecDeque::new(),
+            pos: 0,
             pending: VecDeque::new(),
+            ended: false,
             read: 0,
             path: shown,
         },
@@ -81,22 +93,87 @@ pub(crate) fn open(path: &Path) -> Result<(Vec<String>, Vec<DataType>, ParquetRo
 }
 
 impl ParquetRows {
-    /// The next row, its cells in column order.
-    pub(crate) fn next(&mut self) -> Result<Option<Vec<Value>>, ClientError> {
-        while self.pending.is_empty() {
-            match self.reader.next() {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(ClientError::Input(format!(
-                        "{}: reading the rows after row {}: {e} (is the file damaged?)",
-                        self.path, self.read
-                    )))
-                }
-                Some(Ok(batch)) => self.pending = rows_of(&batch).into(),
+    /// Reads one more batch into the queue; false at the end of the file.
+    fn read_batch(&mut self) -> Result<bool, ClientError> {
+        if self.ended {
+            return Ok(false);
+        }
+        match self.reader.next() {
+            None => {
+                self.ended = true;
+                Ok(false)
+            }
+            Some(Err(e)) => Err(ClientError::Input(format!(
+                "{}: reading the rows after row {}: {e} (is the file damaged?)",
+                self.path, self.read
+            ))),
+            Some(Ok(batch)) => {
+                self.read += batch.num_rows();
+                self.queue.push_back(batch);
+                Ok(true)
             }
         }
-        self.read += 1;
+    }
+
+    /// The first `n` rows not yet handed on, as values, without handing them on
+    /// (the sample that decides the columns); fewer when the file has fewer.
+    pub(crate) fn peek(&mut self, n: usize) -> Result<Vec<Vec<Value>>, ClientError> {
+        let mut rows: Vec<Vec<Value>> = self.pending.iter().take(n).cloned().collect();
+        let mut k = 0;
+        let mut pos = self.pos;
+        while rows.len() < n {
+            if k == self.queue.len() && !self.read_batch()? {
+                break;
+            }
+            let b = &self.queue[k];
+            let take = (b.num_rows() - pos).min(n - rows.len());
+            rows.extend(rows_of(&b.slice(pos, take)));
+            k += 1;
+            pos = 0;
+        }
+        Ok(rows)
+    }
+
+    /// True when every row of the file is read (none is left in the reader).
+    pub(crate) fn all_read(&self) -> bool {
+        self.ended
+    }
+
+    /// The next row, its cells in column order.
+    pub(crate) fn next(&mut self) -> Result<Option<Vec<Value>>, ClientError> {
+        if self.pending.is_empty() {
+            let Some(batch) = self.next_slice(usize::MAX)? else {
+                return Ok(None);
+            };
+            self.pending = rows_of(&batch).into();
+        }
         Ok(self.pending.pop_front())
+    }
+
+    /// The next rows, at most `max` of them, as a slice of the batch they were read
+    /// in (fewer than `max` where that batch ends); `None` at the end of the file.
+    /// Not to be mixed with [`next`](Self::next) within a run.
+    pub(crate) fn next_slice(&mut self, max: usize) -> Result<Option<RecordBatch>, ClientError> {
+        debug_assert!(self.pending.is_empty(), "rows and slices mixed");
+        loop {
+            match self.queue.front() {
+                Some(b) if self.pos < b.num_rows() => {
+                    let take = (b.num_rows() - self.pos).min(max.max(1));
+                    let slice = b.slice(self.pos, take);
+                    self.pos += take;
+                    return Ok(Some(slice));
+                }
+                Some(_) => {
+                    self.queue.pop_front();
+                    self.pos = 0;
+                }
+                None => {
+                    if !self.read_batch()? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -119,73 +196,186 @@ fn rows_of(batch: &RecordBatch) -> Vec<Vec<Value>> {
     let mut rows: Vec<Vec<Value>> = (0..n)
         .map(|_| Vec::with_capacity(batch.num_columns()))
         .collect();
-    macro_rules! ints {
-        ($col:expr, $t:ty) => {{
-            let a = $col.as_primitive::<$t>();
-            push_cells(&mut rows, a, |i| Value::from(a.value(i)));
-        }};
-    }
     for col in batch.columns() {
-        match col.data_type() {
-            DataType::Int8 => ints!(col, Int8Type),
-            DataType::Int16 => ints!(col, Int16Type),
-            DataType::Int32 => ints!(col, Int32Type),
-            DataType::Int64 => ints!(col, Int64Type),
-            DataType::UInt8 => ints!(col, UInt8Type),
-            DataType::UInt16 => ints!(col, UInt16Type),
-            DataType::UInt32 => ints!(col, UInt32Type),
-            DataType::UInt64 => ints!(col, UInt64Type),
-            DataType::Float32 => {
-                let a = col.as_primitive::<Float32Type>();
-                push_cells(&mut rows, a, |i| {
-                    let x = a.value(i);
-                    float(x as f64, x.to_string())
-                });
-            }
-            DataType::Float64 => {
-                let a = col.as_primitive::<Float64Type>();
-                push_cells(&mut rows, a, |i| {
-                    let x = a.value(i);
-                    // A finite f64 is its own shortest decimal: no text round
-                    // trip (formatting every cell was a quarter of the run's CPU).
-                    serde_json::Number::from_f64(x)
-                        .map_or_else(|| Value::String(x.to_string()), Value::Number)
-                });
-            }
-            DataType::Boolean => {
-                let a = col.as_boolean();
-                push_cells(&mut rows, a, |i| Value::Bool(a.value(i)));
-            }
-            DataType::Utf8 => {
-                let a = col.as_string::<i32>();
-                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
-            }
-            DataType::LargeUtf8 => {
-                let a = col.as_string::<i64>();
-                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
-            }
-            DataType::Utf8View => {
-                let a = col.as_string_view();
-                push_cells(&mut rows, a, |i| Value::String(a.value(i).to_string()));
-            }
-            other => {
-                let shown = Value::String(format!("<{other} value>"));
-                push_cells(&mut rows, col, |_| shown.clone());
-            }
+        for (row, cell) in rows.iter_mut().zip(column_values(col.as_ref())) {
+            row.push(cell);
         }
     }
     rows
 }
 
-/// Appends the cells of column `col` to `rows`, one per row: null where the column
-/// holds a null, else `cell(i)` for row `i`.
-fn push_cells<A: Array + ?Sized>(
-    rows: &mut [Vec<Value>],
-    col: &A,
-    mut cell: impl FnMut(usize) -> Value,
-) {
-    for (i, row) in rows.iter_mut().enumerate() {
-        row.push(if col.is_null(i) { Value::Null } else { cell(i) });
+/// Cell `i` of `col` as the row path sees it (what an error about it shows).
+pub(crate) fn cell_value(col: &dyn Array, i: usize) -> Value {
+    column_values(col.slice(i, 1).as_ref())
+        .pop()
+        .unwrap_or(Value::Null)
+}
+
+/// The cells of `col` as JSON values: null where it holds a null; integers and
+/// floats as numbers (a float that is not finite as its text, so that sending it is
+/// refused by name); strings and booleans as themselves; anything else as
+/// `<type value>`.
+pub(crate) fn column_values(col: &dyn Array) -> Vec<Value> {
+    macro_rules! cells {
+        ($a:expr, $cell:expr) => {{
+            let a = $a;
+            (0..a.len())
+                .map(|i| {
+                    if a.is_null(i) {
+                        Value::Null
+                    } else {
+                        $cell(a, i)
+                    }
+                })
+                .collect()
+        }};
+    }
+    macro_rules! ints {
+        ($t:ty) => {
+            cells!(col.as_primitive::<$t>(), |a: &PrimitiveArray<$t>, i| {
+                Value::from(a.value(i))
+            })
+        };
+    }
+    match col.data_type() {
+        DataType::Int8 => ints!(Int8Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int64 => ints!(Int64Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => ints!(UInt64Type),
+        DataType::Float32 => cells!(
+            col.as_primitive::<Float32Type>(),
+            |a: &PrimitiveArray<Float32Type>, i| {
+                let x = a.value(i);
+                float(x as f64, x.to_string())
+            }
+        ),
+        // A finite f64 is its own shortest decimal: no text round trip (formatting
+        // every cell was a quarter of the run's CPU).
+        DataType::Float64 => cells!(
+            col.as_primitive::<Float64Type>(),
+            |a: &PrimitiveArray<Float64Type>, i| {
+                let x = a.value(i);
+                serde_json::Number::from_f64(x)
+                    .map_or_else(|| Value::String(x.to_string()), Value::Number)
+            }
+        ),
+        DataType::Boolean => cells!(col.as_boolean(), |a: &BooleanArray, i| Value::Bool(
+            a.value(i)
+        )),
+        DataType::Utf8 => cells!(col.as_string::<i32>(), |a: &StringArray, i| {
+            Value::String(a.value(i).to_string())
+        }),
+        DataType::LargeUtf8 => cells!(col.as_string::<i64>(), |a: &LargeStringArray, i| {
+            Value::String(a.value(i).to_string())
+        }),
+        DataType::Utf8View => cells!(col.as_string_view(), |a: &StringViewArray, i| {
+            Value::String(a.value(i).to_string())
+        }),
+        other => {
+            let shown = Value::String(format!("<{other} value>"));
+            cells!(col, |_, _| shown.clone())
+        }
+    }
+}
+
+/// Writes the cells of feature column `col` into `values` (rows of `width` floats)
+/// at position `j` of each row, read as the row path reads them (an integer through
+/// f64, a Float64 rounded to f32); calls `bad(i)` for row `i` instead where the cell
+/// is null or not a finite f32. False when `col` is not a numeric column.
+pub(crate) fn scatter_features(
+    col: &dyn Array,
+    j: usize,
+    width: usize,
+    values: &mut [f32],
+    mut bad: impl FnMut(usize),
+) -> bool {
+    macro_rules! scatter {
+        ($t:ty, $conv:expr) => {{
+            let a = col.as_primitive::<$t>();
+            let nulls = a.null_count() > 0;
+            for (i, &x) in a.values().iter().enumerate() {
+                let v: f32 = $conv(x);
+                if (nulls && a.is_null(i)) || !v.is_finite() {
+                    bad(i);
+                } else if let Some(slot) = values.get_mut(i * width + j) {
+                    *slot = v;
+                }
+            }
+        }};
+    }
+    match col.data_type() {
+        DataType::Int8 => scatter!(Int8Type, |x: i8| x as f32),
+        DataType::Int16 => scatter!(Int16Type, |x: i16| x as f32),
+        DataType::Int32 => scatter!(Int32Type, |x: i32| x as f64 as f32),
+        DataType::Int64 => scatter!(Int64Type, |x: i64| x as f64 as f32),
+        DataType::UInt8 => scatter!(UInt8Type, |x: u8| x as f32),
+        DataType::UInt16 => scatter!(UInt16Type, |x: u16| x as f32),
+        DataType::UInt32 => scatter!(UInt32Type, |x: u32| x as f64 as f32),
+        DataType::UInt64 => scatter!(UInt64Type, |x: u64| x as f64 as f32),
+        DataType::Float32 => scatter!(Float32Type, |x: f32| x),
+        DataType::Float64 => scatter!(Float64Type, |x: f64| x as f32),
+        _ => return false,
+    }
+    true
+}
+
+/// True for the Arrow types a kept column may have on the columnar path (the
+/// others are written as text through the row path).
+pub(crate) fn keeps_columnar(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Float32
+                | DataType::Float64
+                | DataType::Boolean
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+        )
+}
+
+/// Kept column `col` as the output writes it (`kept_type` of its type): integers
+/// as Int64 (a UInt64 past i64's range as null, as on the row path), text as Utf8,
+/// floats and booleans as they are.
+fn kept_array(col: &ArrayRef, t: &DataType) -> ArrayRef {
+    macro_rules! int64 {
+        ($t:ty) => {
+            Arc::new(
+                col.as_primitive::<$t>()
+                    .iter()
+                    .map(|v| v.and_then(|x| i64::try_from(x).ok()))
+                    .collect::<Int64Array>(),
+            ) as ArrayRef
+        };
+    }
+    match (col.data_type(), t) {
+        (a, b) if a == b => col.clone(),
+        (DataType::Int8, _) => int64!(Int8Type),
+        (DataType::Int16, _) => int64!(Int16Type),
+        (DataType::Int32, _) => int64!(Int32Type),
+        (DataType::UInt8, _) => int64!(UInt8Type),
+        (DataType::UInt16, _) => int64!(UInt16Type),
+        (DataType::UInt32, _) => int64!(UInt32Type),
+        (DataType::UInt64, _) => int64!(UInt64Type),
+        (DataType::LargeUtf8, _) => {
+            Arc::new(col.as_string::<i64>().iter().collect::<StringArray>())
+        }
+        (DataType::Utf8View, _) => Arc::new(col.as_string_view().iter().collect::<StringArray>()),
+        // Not reached: `keeps_columnar` admits no other type.
+        _ => Arc::new(
+            column_values(col.as_ref())
+                .into_iter()
+                .map(|v| match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(s),
+                    other => Some(other.to_string()),
+                })
+                .collect::<StringArray>(),
+        ),
     }
 }
 
@@ -205,25 +395,41 @@ pub(crate) fn kept_type(input: Option<&DataType>) -> DataType {
     }
 }
 
-/// One row waiting to be written.
-struct Row {
-    kept: Vec<Value>,
-    outputs: Option<Vec<f32>>,
-    error: Option<String>,
+/// The outputs of the rows waiting to be written, built as they come.
+enum OutputCols {
+    /// One Float32 column per output name.
+    Named(Vec<Float32Builder>),
+    /// One `embedding` column of `dim` floats.
+    Embedding(FixedSizeListBuilder<Float32Builder>, usize),
 }
 
-/// Writes rows to a Parquet file, a batch at a time.
+/// Writes rows to a Parquet file, a batch at a time: the kept cells of each row
+/// (as values, or as slices of the input's columns on the columnar path), its
+/// outputs, its error.
 pub(crate) struct ParquetOut<W: Write + Send> {
     writer: ArrowWriter<W>,
     schema: Arc<Schema>,
     kept_types: Vec<DataType>,
-    names: Vec<String>,
-    dim: usize,
-    rows: Vec<Row>,
+    /// Kept cells of rows pushed one at a time.
+    kept_rows: Vec<Vec<Value>>,
+    /// Kept columns of rows pushed a job at a time: one list of arrays per column.
+    kept_arrays: Vec<Vec<ArrayRef>>,
+    outputs: OutputCols,
+    errors: StringBuilder,
+    /// Rows waiting.
+    rows: usize,
 }
 
 fn out_err(e: impl std::fmt::Display) -> ClientError {
     ClientError::Output(e.to_string())
+}
+
+fn embedding_builder(dim: usize) -> FixedSizeListBuilder<Float32Builder> {
+    FixedSizeListBuilder::new(Float32Builder::new(), dim as i32).with_field(Arc::new(Field::new(
+        "item",
+        DataType::Float32,
+        true,
+    )))
 }
 
 impl<W: Write + Send> ParquetOut<W> {
@@ -236,21 +442,24 @@ impl<W: Write + Send> ParquetOut<W> {
         names: Vec<String>,
         dim: usize,
     ) -> Result<Self, ClientError> {
+        let dim = dim.max(1);
         let mut fields: Vec<Field> = kept
             .iter()
             .zip(&kept_types)
             .map(|(n, t)| Field::new(n, t.clone(), true))
             .collect();
-        if names.is_empty() {
+        let outputs = if names.is_empty() {
             let item = Arc::new(Field::new("item", DataType::Float32, true));
             fields.push(Field::new(
                 "embedding",
-                DataType::FixedSizeList(item, dim.max(1) as i32),
+                DataType::FixedSizeList(item, dim as i32),
                 true,
             ));
+            OutputCols::Embedding(embedding_builder(dim), dim)
         } else {
             fields.extend(names.iter().map(|n| Field::new(n, DataType::Float32, true)));
-        }
+            OutputCols::Named(names.iter().map(|_| Float32Builder::new()).collect())
+        };
         fields.push(Field::new("error", DataType::Utf8, true));
         let schema = Arc::new(Schema::new(fields));
         let props = WriterProperties::builder()
@@ -261,47 +470,88 @@ impl<W: Write + Send> ParquetOut<W> {
         Ok(Self {
             writer,
             schema,
+            kept_arrays: vec![Vec::new(); kept_types.len()],
             kept_types,
-            names,
-            dim: dim.max(1),
-            rows: Vec::with_capacity(WRITE_BATCH),
+            kept_rows: Vec::new(),
+            outputs,
+            errors: StringBuilder::new(),
+            rows: 0,
         })
     }
 
-    /// Adds a row: its kept cells, and its outputs or its error.
+    /// Adds the kept columns of the next rows (one array per kept column, each as
+    /// long as the rows then pushed with [`push`](Self::push) and `kept: None`).
+    pub(crate) fn push_kept_columns(&mut self, columns: Vec<ArrayRef>) {
+        for (list, col) in self.kept_arrays.iter_mut().zip(columns) {
+            list.push(col);
+        }
+    }
+
+    /// Adds a row: its kept cells (`None` when they came with
+    /// [`push_kept_columns`](Self::push_kept_columns)), and its outputs or its error.
     pub(crate) fn push(
         &mut self,
-        kept: Vec<Value>,
+        kept: Option<Vec<Value>>,
         outputs: Option<&[f32]>,
         error: Option<&str>,
-    ) -> Result<(), ClientError> {
-        self.rows.push(Row {
-            kept,
-            outputs: outputs.map(<[f32]>::to_vec),
-            error: error.map(str::to_string),
-        });
-        if self.rows.len() >= WRITE_BATCH {
+    ) {
+        if let Some(kept) = kept {
+            self.kept_rows.push(kept);
+        }
+        match &mut self.outputs {
+            OutputCols::Named(cols) => {
+                for (k, b) in cols.iter_mut().enumerate() {
+                    b.append_option(outputs.and_then(|v| v.get(k).copied()));
+                }
+            }
+            OutputCols::Embedding(b, dim) => match outputs {
+                Some(v) if v.len() == *dim => {
+                    b.values().append_slice(v);
+                    b.append(true);
+                }
+                _ => {
+                    b.values().append_nulls(*dim);
+                    b.append(false);
+                }
+            },
+        }
+        self.errors.append_option(error);
+        self.rows += 1;
+    }
+
+    /// Writes the rows waiting once they make a batch: called between jobs, so that
+    /// a batch never cuts the kept columns of a job.
+    pub(crate) fn end_job(&mut self) -> Result<(), ClientError> {
+        if self.rows >= WRITE_BATCH {
             self.flush_batch()?;
         }
         Ok(())
     }
 
     fn flush_batch(&mut self) -> Result<(), ClientError> {
-        if self.rows.is_empty() {
+        if self.rows == 0 {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.rows);
+        self.rows = 0;
+        let rows = std::mem::take(&mut self.kept_rows);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (j, t) in self.kept_types.iter().enumerate() {
-            let cells = rows.iter().map(|r| r.kept.get(j).unwrap_or(&Value::Null));
+            let arrays = std::mem::take(&mut self.kept_arrays[j]);
+            if !arrays.is_empty() {
+                let parts: Vec<ArrayRef> = arrays.iter().map(|a| kept_array(a, t)).collect();
+                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                columns.push(arrow_select::concat::concat(&refs).map_err(out_err)?);
+                continue;
+            }
+            let cells = rows.iter().map(|r| r.get(j).unwrap_or(&Value::Null));
             columns.push(match t {
                 DataType::Int64 => Arc::new(cells.map(Value::as_i64).collect::<Int64Array>()),
                 DataType::Float32 => Arc::new(
                     cells
-                        .map(|v| v.as_f64().map(|x| x as f32))
+                        .map(|v| float_of(v).map(|x| x as f32))
                         .collect::<Float32Array>(),
                 ),
-                DataType::Float64 => Arc::new(cells.map(Value::as_f64).collect::<Float64Array>()),
+                DataType::Float64 => Arc::new(cells.map(float_of).collect::<Float64Array>()),
                 DataType::Boolean => Arc::new(cells.map(Value::as_bool).collect::<BooleanArray>()),
                 _ => {
                     let mut b = StringBuilder::new();
@@ -316,38 +566,13 @@ impl<W: Write + Send> ParquetOut<W> {
                 }
             });
         }
-        if self.names.is_empty() {
-            let mut b = FixedSizeListBuilder::new(Float32Builder::new(), self.dim as i32)
-                .with_field(Arc::new(Field::new("item", DataType::Float32, true)));
-            for r in &rows {
-                match &r.outputs {
-                    Some(v) if v.len() == self.dim => {
-                        b.values().append_slice(v);
-                        b.append(true);
-                    }
-                    _ => {
-                        for _ in 0..self.dim {
-                            b.values().append_null();
-                        }
-                        b.append(false);
-                    }
-                }
+        match &mut self.outputs {
+            OutputCols::Named(cols) => {
+                columns.extend(cols.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
             }
-            columns.push(Arc::new(b.finish()));
-        } else {
-            for k in 0..self.names.len() {
-                let mut b = Float32Builder::with_capacity(rows.len());
-                for r in &rows {
-                    b.append_option(r.outputs.as_ref().and_then(|v| v.get(k).copied()));
-                }
-                columns.push(Arc::new(b.finish()));
-            }
+            OutputCols::Embedding(b, _) => columns.push(Arc::new(b.finish())),
         }
-        let mut b = StringBuilder::new();
-        for r in &rows {
-            b.append_option(r.error.as_deref());
-        }
-        columns.push(Arc::new(b.finish()));
+        columns.push(Arc::new(self.errors.finish()));
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(out_err)?;
         self.writer.write(&batch).map_err(out_err)
     }
@@ -357,4 +582,11 @@ impl<W: Write + Send> ParquetOut<W> {
         self.flush_batch()?;
         self.writer.into_inner().map_err(out_err)
     }
+}
+
+/// A kept float cell: a number, or a float that is not finite (kept as its text by
+/// the reader: "NaN", "inf", "-inf").
+fn float_of(v: &Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()))
 }

@@ -213,7 +213,9 @@ async fn run(cli: Cli) -> Result<i32> {
     }
     let keep = table.keep(&cli.keep)?;
     let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
-    let kept_types = types.map(|t| keep.iter().map(|&k| t[k].clone()).collect());
+    let kept_types = types
+        .as_ref()
+        .map(|t| keep.iter().map(|&k| t[k].clone()).collect());
     let total_rows = source.exhausted().then_some(table.records.len());
     // The rows read ahead travel in `source` too: the table keeps only the names.
     table.records = Vec::new();
@@ -342,7 +344,7 @@ async fn run(cli: Cli) -> Result<i32> {
         table,
         selection,
         keep,
-        (kept, kept_types),
+        (kept, kept_types, types),
         source,
         total_rows,
         columns,
@@ -418,7 +420,7 @@ async fn pipeline(
     table: Table,
     selection: Selection,
     keep: Vec<usize>,
-    (kept, kept_types): (Vec<String>, Option<Vec<DataType>>),
+    (kept, kept_types, types): (Vec<String>, Option<Vec<DataType>>, Option<Vec<DataType>>),
     source: surge_client::stream::RowSource,
     total_rows: Option<usize>,
     columns: Option<Vec<String>>,
@@ -429,10 +431,16 @@ async fn pipeline(
     let (src_tx, src_rx) = mpsc::channel::<Result<SourceJob<RowBytes>, ClientError>>(16);
     let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
     let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
+        .with_input_types(types.as_deref())
         .skipping(from.as_ref().map_or(0, |f| f.rows));
+    // Named threads, so that a profile tells reading from writing.
+    let thread = |name: &str| std::thread::Builder::new().name(name.to_string());
+    let no_thread = |e: std::io::Error| ClientError::Output(format!("starting a thread: {e}"));
     // Not joined: it ends at its next job once the run has stopped listening.
-    std::thread::spawn(move || encoder.run(source, src_tx));
-    let writer = std::thread::spawn(move || -> Result<usize, ClientError> {
+    thread("sb-read")
+        .spawn(move || encoder.run(source, src_tx))
+        .map_err(no_thread)?;
+    let writer = thread("sb-write").spawn(move || -> Result<usize, ClientError> {
         let out = std::io::BufWriter::with_capacity(1 << 20, out);
         let mut w = match from {
             Some(f) => OutputWriter::resumed(out, out_format, kept, f),
@@ -463,6 +471,7 @@ async fn pipeline(
         w.finish()?;
         Ok(bad_rows)
     });
+    let writer = writer.map_err(no_thread)?;
     let scored = score_stream(cfg, columns, total_rows, src_rx, sink_tx).await;
     // The sink is closed now (score_stream owned it): the writer ends.
     let written = tokio::task::spawn_blocking(move || writer.join())

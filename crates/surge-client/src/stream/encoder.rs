@@ -3,12 +3,16 @@
 //! A cell that is not a finite number fails its row, not the run: the row goes out
 //! as zeros and carries its error to the writer.
 
+use arrow_schema::DataType;
+use arrow_select::concat::concat_batches;
+use csv::ByteRecord;
 use serde_json::Value;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
 use super::source::{Record, RowSource};
 use super::{csv_field, RowBytes, INVALID_INPUT};
+use crate::parquet_io;
 use crate::table::{cell_from_csv, csv_cell, Cell, Format, Selection, Table};
 use crate::{ClientError, SourceJob};
 
@@ -33,6 +37,9 @@ pub struct Encoder {
     json_keys: Vec<Vec<u8>>,
     /// Rows to read past before the first job (written by the run resumed).
     skip: usize,
+    /// Parquet in and out with plain column types: jobs are cut from record batches
+    /// column by column, and no cell becomes a value ([`Encoder::with_input_types`]).
+    columnar: bool,
 }
 
 impl Encoder {
@@ -62,7 +69,36 @@ impl Encoder {
             rows_per_job: rows_per_job.max(1),
             json_keys,
             skip: 0,
+            columnar: false,
         }
+    }
+
+    /// The Arrow type of each input column (for a Parquet input): when the output
+    /// is Parquet too, the features are numeric and the kept columns are integers,
+    /// floats, booleans or text, jobs take the columnar path, which reads each cell
+    /// as the row path does but never turns it into a value.
+    pub fn with_input_types(mut self, types: Option<&[DataType]>) -> Self {
+        let Some(types) = types else { return self };
+        let typed = |c: usize, ok: fn(&DataType) -> bool| types.get(c).is_some_and(ok);
+        let sent = match &self.selection {
+            Selection::Features { cols, .. } => {
+                cols.iter().all(|&c| typed(c, parquet_io::is_numeric))
+            }
+            Selection::Text(c) => *c < types.len(),
+        };
+        self.columnar = self.out == Format::Parquet
+            && self.table.format == Format::Parquet
+            && sent
+            && self
+                .keep
+                .iter()
+                .all(|&k| typed(k, parquet_io::keeps_columnar));
+        self
+    }
+
+    /// True when jobs take the columnar path (see [`Encoder::with_input_types`]).
+    pub fn is_columnar(&self) -> bool {
+        self.columnar
     }
 
     /// Reads past the first `rows` rows (already written by the run being resumed).
@@ -81,9 +117,16 @@ impl Encoder {
         tx: mpsc::Sender<Result<SourceJob<RowBytes>, ClientError>>,
     ) {
         let mut row_no = 0usize;
+        let columnar = self.columnar && src.is_parquet();
         while row_no < self.skip {
-            match src.next() {
-                Ok(Some(_)) => row_no += 1,
+            let read = if columnar {
+                src.next_slice(self.skip - row_no)
+                    .map(|b| b.map(|b| b.num_rows()))
+            } else {
+                src.next().map(|r| r.map(|_| 1))
+            };
+            match read {
+                Ok(Some(rows)) => row_no += rows,
                 Ok(None) => return,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
@@ -91,8 +134,15 @@ impl Encoder {
                 }
             }
         }
+        // One record read into again and again: no allocation per CSV row.
+        let mut rec = Record::Csv(ByteRecord::new());
         loop {
-            match self.job(&mut src, &mut row_no) {
+            let job = if columnar {
+                self.columnar_job(&mut src, &mut row_no)
+            } else {
+                self.job(&mut src, &mut rec, &mut row_no)
+            };
+            match job {
                 Ok(Some(job)) => {
                     if tx.blocking_send(Ok(job)).is_err() {
                         return;
@@ -110,22 +160,26 @@ impl Encoder {
     fn job(
         &self,
         src: &mut RowSource,
+        rec: &mut Record,
         row_no: &mut usize,
     ) -> Result<Option<SourceJob<RowBytes>>, ClientError> {
         let mut rows = RowBytes::default();
         let mut values = Vec::new();
         let mut texts = Vec::new();
         while rows.len() < self.rows_per_job {
-            let Some(rec) = src.next()? else { break };
+            if !src.next_into(rec)? {
+                break;
+            }
+            let rec = &*rec;
             *row_no += 1;
             match &self.selection {
                 Selection::Features { cols, .. } => {
                     let row_start = values.len();
                     for &c in cols {
-                        match self.number(&rec, c) {
+                        match self.number(rec, c) {
                             Some(x) => values.push(x),
                             None => {
-                                let v = self.value(&rec, c);
+                                let v = self.value(rec, c);
                                 let why = self.table.cell_error(&self.selection, *row_no, c, &v);
                                 values.truncate(row_start);
                                 values.resize(row_start + cols.len(), 0.0);
@@ -147,9 +201,9 @@ impl Encoder {
                 }),
             }
             if self.out == Format::Parquet {
-                rows.cells.push(self.kept_cells(&rec));
+                rows.cells.push(self.kept_cells(rec));
             } else {
-                self.write_kept(&rec, &mut rows.bytes)?;
+                self.write_kept(rec, &mut rows.bytes)?;
             }
             rows.ends.push(rows.bytes.len());
         }
@@ -167,6 +221,89 @@ impl Encoder {
                 Inputs::Rows(r) => r.len() * 4 * self.width(),
                 Inputs::Texts(t) => t.iter().map(String::len).sum(),
             };
+        Ok(Some(SourceJob {
+            inputs,
+            payload: rows,
+            bytes,
+        }))
+    }
+
+    /// The next job on the columnar path: up to `rows_per_job` rows cut from the
+    /// input's record batches; the features scattered into packed rows column by
+    /// column, a null or non-finite cell failing its row with the row path's words.
+    fn columnar_job(
+        &self,
+        src: &mut RowSource,
+        row_no: &mut usize,
+    ) -> Result<Option<SourceJob<RowBytes>>, ClientError> {
+        let mut parts = Vec::new();
+        let mut n = 0;
+        while n < self.rows_per_job {
+            let Some(b) = src.next_slice(self.rows_per_job - n)? else {
+                break;
+            };
+            n += b.num_rows();
+            parts.push(b);
+        }
+        let batch = match parts.len() {
+            0 => return Ok(None),
+            1 => parts.swap_remove(0),
+            _ => concat_batches(&parts[0].schema(), &parts)
+                .map_err(|e| ClientError::Input(format!("joining record batches: {e}")))?,
+        };
+        let first = *row_no + 1;
+        *row_no += n;
+        let mut rows = RowBytes::default();
+        let inputs = match &self.selection {
+            Selection::Features { cols, .. } => {
+                let width = cols.len();
+                let mut values = vec![0f32; n * width];
+                // The first bad column of each row, in the order the row path checks.
+                let mut bad: Vec<Option<usize>> = Vec::new();
+                for (j, &c) in cols.iter().enumerate() {
+                    let scattered =
+                        parquet_io::scatter_features(batch.column(c), j, width, &mut values, |i| {
+                            if bad.is_empty() {
+                                bad.resize(n, None);
+                            }
+                            bad[i].get_or_insert(c);
+                        });
+                    if !scattered {
+                        return Err(ClientError::Input(format!(
+                            "column {:?} is not numeric",
+                            self.table.columns[c]
+                        )));
+                    }
+                }
+                for (i, c) in bad.iter().enumerate() {
+                    let Some(c) = *c else { continue };
+                    values[i * width..(i + 1) * width].fill(0.0);
+                    let v = parquet_io::cell_value(batch.column(c).as_ref(), i);
+                    let why = self.table.cell_error(&self.selection, first + i, c, &v);
+                    rows.bad.push((i, invalid_input(&why)));
+                }
+                Inputs::Rows(Rows::from_flat(values, width))
+            }
+            Selection::Text(c) => Inputs::Texts(
+                parquet_io::column_values(batch.column(*c).as_ref())
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            ),
+        };
+        let kept: Vec<_> = self.keep.iter().map(|&k| batch.column(k).clone()).collect();
+        let bytes = kept
+            .iter()
+            .map(|a| a.to_data().get_slice_memory_size().unwrap_or(0))
+            .sum::<usize>()
+            + match &inputs {
+                Inputs::Rows(r) => r.len() * 4 * self.width(),
+                Inputs::Texts(t) => t.iter().map(String::len).sum(),
+            };
+        rows.columns = Some((n, kept));
         Ok(Some(SourceJob {
             inputs,
             payload: rows,
@@ -219,6 +356,18 @@ impl Encoder {
     fn write_kept(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), ClientError> {
         let json = |e: serde_json::Error| ClientError::Output(e.to_string());
         match self.out {
+            // The common case: no cell of the record needs quoting (one SIMD scan of
+            // the record's bytes says so), so the cells are copied as they are.
+            Format::Csv if matches!(rec, Record::Csv(r) if !super::needs_quoting(r.as_slice())) => {
+                if let Record::Csv(r) = rec {
+                    for (i, &k) in self.keep.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(r.get(k).unwrap_or_default());
+                    }
+                }
+            }
             Format::Csv => {
                 for (i, &k) in self.keep.iter().enumerate() {
                     if i > 0 {

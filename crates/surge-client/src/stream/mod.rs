@@ -15,6 +15,7 @@ mod encoder;
 mod source;
 mod writer;
 
+use arrow_array::ArrayRef;
 use serde_json::Value;
 
 pub use encoder::Encoder;
@@ -35,6 +36,10 @@ pub struct RowBytes {
     /// For Parquet output: each row's kept cells as values (CSV cells as text), handed
     /// to the Parquet writer as they are; `bytes` is then empty.
     cells: Vec<Vec<Value>>,
+    /// On the columnar path (Parquet in and out): the job's rows, and its kept
+    /// columns as slices of the input's arrays; `bytes`, `ends` and `cells` are then
+    /// empty.
+    columns: Option<(usize, Vec<ArrayRef>)>,
 }
 
 impl RowBytes {
@@ -53,7 +58,10 @@ impl RowBytes {
 
     /// Rows held.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        match &self.columns {
+            Some((n, _)) => *n,
+            None => self.ends.len(),
+        }
     }
 
     /// About how much memory the kept cells of a Parquet output hold.
@@ -75,19 +83,21 @@ impl RowBytes {
 
     /// True when no row is held.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 }
 
 /// The error kind of a row whose cell is not a finite number.
 pub const INVALID_INPUT: &str = "invalid_input";
 
+/// True when `bytes` hold a byte that a CSV field must be quoted for.
+fn needs_quoting(bytes: &[u8]) -> bool {
+    memchr::memchr3(b',', b'"', b'\n', bytes).is_some() || memchr::memchr(b'\r', bytes).is_some()
+}
+
 /// Writes `field` as a CSV field, quoted when it must be (as the `csv` crate does).
 fn csv_field(out: &mut Vec<u8>, field: &[u8]) {
-    if field
-        .iter()
-        .any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
-    {
+    if needs_quoting(field) {
         out.push(b'"');
         for &b in field {
             if b == b'"' {
@@ -160,5 +170,156 @@ mod tests {
             k += 1;
         }
         String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    /// A Parquet file of `n` rows: `id` (Int32), `f1` (Float32, NaN at row 12,345),
+    /// `f2` (Float64, null at row 9,000), `name` (Utf8View).
+    fn parquet_input(path: &std::path::Path, n: usize) {
+        use arrow_array::{Float32Array, Float64Array, Int32Array, RecordBatch, StringViewArray};
+        use std::sync::Arc;
+        let f1: Float32Array = (0..n)
+            .map(|i| {
+                Some(if i == 12_344 {
+                    f32::NAN
+                } else {
+                    i as f32 * 0.25
+                })
+            })
+            .collect();
+        let f2: Float64Array = (0..n)
+            .map(|i| (i != 8_999).then_some(i as f64 / 3.0))
+            .collect();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int32Array::from_iter_values(0..n as i32)) as ArrayRef,
+            ),
+            ("f1", Arc::new(f1) as ArrayRef),
+            ("f2", Arc::new(f2) as ArrayRef),
+            (
+                "name",
+                Arc::new(StringViewArray::from_iter_values(
+                    (0..n).map(|i| format!("n{i}")),
+                )),
+            ),
+        ])
+        .unwrap();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Scores `path` (Parquet) to Parquet through an encoder on the columnar path
+    /// (`columnar`) or the row path, every job scoring each row as the sum of its
+    /// values; returns the jobs' inputs, their bad rows, and the output's bytes.
+    fn parquet_run(
+        path: &std::path::Path,
+        columnar: bool,
+    ) -> (Vec<surge_protocol::Inputs>, Vec<String>, Vec<u8>) {
+        use surge_protocol::Inputs;
+        let (table, src, types) = open_parquet(path, 100).unwrap();
+        let sel = table.select(&["f1".into(), "f2".into()], None).unwrap();
+        let keep = table.keep(&[]).unwrap();
+        let kept: Vec<String> = keep.iter().map(|&k| table.columns[k].clone()).collect();
+        let kept_types: Vec<_> = keep.iter().map(|&k| types[k].clone()).collect();
+        let enc = Encoder::new(table, sel, keep, Format::Parquet, 300)
+            .with_input_types(columnar.then_some(types.as_slice()));
+        assert_eq!(enc.is_columnar(), columnar);
+        let (tx, mut rx) = mpsc::channel(1000);
+        enc.run(src, tx);
+        let mut w =
+            OutputWriter::new(Vec::new(), Format::Parquet, kept).with_input_types(Some(kept_types));
+        let (mut inputs, mut bad, mut start) = (Vec::new(), Vec::new(), 0);
+        let mut k = 0;
+        while let Ok(job) = rx.try_recv() {
+            let job = job.unwrap();
+            let n = job.inputs.len();
+            bad.extend(
+                job.payload
+                    .bad
+                    .iter()
+                    .map(|(r, why)| format!("{}: {why}", start + r)),
+            );
+            let Inputs::Rows(rows) = &job.inputs else {
+                panic!("rows expected")
+            };
+            let id = format!("r-{k}");
+            let mut r = JobResult::failure(&id, "m", ErrorKind::Internal, "", "w");
+            r.status = surge_protocol::Status::Ok;
+            r.error = None;
+            r.output_names = vec!["p".into()];
+            r.outputs = (0..n).map(|i| vec![rows.row(i).iter().sum()]).collect();
+            inputs.push(job.inputs);
+            let job_rows = PlannedJob {
+                id,
+                start,
+                end: start + n,
+            };
+            w.write(DoneJob {
+                job: job_rows,
+                payload: job.payload,
+                result: r,
+            })
+            .unwrap();
+            start += n;
+            k += 1;
+        }
+        (inputs, bad, w.finish().unwrap())
+    }
+
+    #[test]
+    fn the_columnar_parquet_path_sends_and_writes_exactly_what_the_row_path_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.parquet");
+        // 20,000 rows: jobs of 300 straddle the reader's batches of 8,192.
+        parquet_input(&path, 20_000);
+        let (rows_in, rows_bad, rows_out) = parquet_run(&path, false);
+        let (cols_in, cols_bad, cols_out) = parquet_run(&path, true);
+        assert_eq!(rows_in.len(), 67);
+        assert_eq!(cols_in, rows_in, "the same jobs, value for value");
+        let fix = |c: &str| {
+            format!("every value sent to the model must be a number; fix the cell; or, if \"{c}\" is not one of the model's features, leave it out (--columns lists the columns to send)")
+        };
+        assert_eq!(
+            cols_bad,
+            vec![
+                format!("8999: invalid_input: row 9000, column \"f2\" is empty: {}", fix("f2")),
+                format!(
+                    "12344: invalid_input: row 12345, column \"f1\" holds \"NaN\", which is not a finite number: {}",
+                    fix("f1")
+                ),
+            ]
+        );
+        assert_eq!(cols_bad, rows_bad);
+        assert_eq!(cols_out, rows_out, "byte-identical Parquet output");
+        let written = dir.path().join("out.parquet");
+        std::fs::write(&written, cols_out).unwrap();
+        let out = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&written).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let batches: Vec<_> = out.map(Result::unwrap).collect();
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(n, 20_000, "every row written once");
+        let names: Vec<String> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{}:{}", f.name(), f.data_type()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "id:Int64",
+                "f1:Float32",
+                "f2:Float64",
+                "name:Utf8",
+                "p:Float32",
+                "error:Utf8"
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The rows of an input file, read incrementally ([`RowSource`]): CSV (as
 //! `csv::ByteRecord`s, no per-cell allocation), JSON Lines, or Parquet (a record
-//! batch at a time, through [`crate::parquet_io`]). The first rows (up to
+//! batch at a time, through [`crate::parquet_io`]: as rows of values, or as batch
+//! slices for the columnar path). The first rows (up to
 //! [`SAMPLE_ROWS`]) are read ahead into a [`Table`], which decides the columns sent
 //! and is checked before anything is published.
 
@@ -8,6 +9,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 use csv::ByteRecord;
 use serde_json::Value;
@@ -126,7 +128,11 @@ fn read_ahead(
         rows_read: 0,
     };
     let mut records = Vec::new();
-    while records.len() < sample.max(1) {
+    if let Inner::Parquet(rows) = &mut src.inner {
+        // Looked at, not taken: the batches stay queued for the columnar path.
+        records = rows.peek(sample.max(1))?;
+    }
+    while records.len() < sample.max(1) && !matches!(src.inner, Inner::Parquet(_)) {
         let Some(rec) = src.read()? else { break };
         records.push(match &rec {
             Record::Csv(r) => r
@@ -160,7 +166,30 @@ fn read_ahead(
 impl RowSource {
     /// True when the whole input was read ahead (its row count is known).
     pub fn exhausted(&self) -> bool {
-        self.exhausted
+        match &self.inner {
+            Inner::Parquet(rows) => self.rows_read == 0 && rows.all_read(),
+            _ => self.exhausted,
+        }
+    }
+
+    /// True for a Parquet input, whose rows can be taken a batch slice at a time
+    /// ([`next_slice`](Self::next_slice)).
+    pub(super) fn is_parquet(&self) -> bool {
+        matches!(self.inner, Inner::Parquet(_))
+    }
+
+    /// The next rows of a Parquet input, at most `max`, as a slice of a record batch
+    /// (fewer where a batch ends); `None` at the end, and for other formats. Not to
+    /// be mixed with [`next`](Self::next).
+    pub(super) fn next_slice(&mut self, max: usize) -> Result<Option<RecordBatch>, ClientError> {
+        let Inner::Parquet(rows) = &mut self.inner else {
+            return Ok(None);
+        };
+        let slice = rows.next_slice(max)?;
+        if let Some(b) = &slice {
+            self.rows_read += b.num_rows();
+        }
+        Ok(slice)
     }
 
     /// Data rows read from the file so far.
@@ -176,6 +205,38 @@ impl RowSource {
         }
     }
 
+    /// Reads the next row into `slot` (a CSV record is read into the one `slot`
+    /// holds, keeping its buffers); false at the end.
+    pub(super) fn next_into(&mut self, slot: &mut Record) -> Result<bool, ClientError> {
+        if let Some(r) = self.ahead.pop_front() {
+            *slot = r;
+            return Ok(true);
+        }
+        if let (Inner::Csv(rdr), Record::Csv(rec)) = (&mut self.inner, &mut *slot) {
+            if self.exhausted {
+                return Ok(false);
+            }
+            return match rdr.read_byte_record(rec) {
+                Ok(true) => {
+                    self.rows_read += 1;
+                    Ok(true)
+                }
+                Ok(false) => {
+                    self.exhausted = true;
+                    Ok(false)
+                }
+                Err(e) => Err(csv_error(self.rows_read, &e)),
+            };
+        }
+        match self.read()? {
+            Some(r) => {
+                *slot = r;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn read(&mut self) -> Result<Option<Record>, ClientError> {
         if self.exhausted {
             return Ok(None);
@@ -186,12 +247,7 @@ impl RowSource {
                 match rdr.read_byte_record(&mut rec) {
                     Ok(true) => Some(Record::Csv(rec)),
                     Ok(false) => None,
-                    Err(e) => {
-                        return Err(ClientError::Input(format!(
-                            "CSV record {}: {e}",
-                            self.rows_read + 1
-                        )))
-                    }
+                    Err(e) => return Err(csv_error(self.rows_read, &e)),
                 }
             }
             Inner::Parquet(rows) => rows.next()?.map(Record::Json),
@@ -220,4 +276,9 @@ impl RowSource {
             }
         }
     }
+}
+
+/// The error for a CSV record that cannot be read, after `rows_read` rows.
+fn csv_error(rows_read: usize, e: &csv::Error) -> ClientError {
+    ClientError::Input(format!("CSV record {}: {e}", rows_read + 1))
 }

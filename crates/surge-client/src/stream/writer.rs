@@ -184,9 +184,21 @@ impl<W: Write + Send> OutputWriter<W> {
 
     fn rows(&mut self, mut done: DoneJob<RowBytes>) -> Result<(), ClientError> {
         let mut cells = std::mem::take(&mut done.payload.cells);
+        let len = done.payload.len();
+        let columnar = done.payload.columns.take().map(|(_, cols)| cols);
+        let kept_whole = columnar.is_some();
+        match (self.parquet.as_mut(), columnar) {
+            (Some(pq), Some(cols)) => pq.push_kept_columns(cols),
+            (None, Some(_)) => {
+                return Err(ClientError::Output(
+                    "columnar rows reached a writer that is not Parquet".into(),
+                ))
+            }
+            (_, None) => {}
+        }
         let outcome = job_outcome(&done.job, &done.result);
         let names = self.names.clone().unwrap_or_default();
-        for r in 0..done.payload.len() {
+        for r in 0..len {
             let bad = done.payload.bad_row(r);
             if bad.is_some() && outcome.is_ok() {
                 self.bad_rows += 1;
@@ -198,8 +210,10 @@ impl<W: Write + Send> OutputWriter<W> {
                 .and_then(|()| done.result.outputs.get(r));
             let error = bad.or_else(|| outcome.as_ref().err().map(|(_, msg)| msg.as_str()));
             if let Some(pq) = self.parquet.as_mut() {
-                let kept = cells.get_mut(r).map(std::mem::take).unwrap_or_default();
-                pq.push(kept, outputs.map(Vec::as_slice), error)?;
+                // None on the columnar path, whose kept columns came whole above.
+                let kept =
+                    (!kept_whole).then(|| cells.get_mut(r).map(std::mem::take).unwrap_or_default());
+                pq.push(kept, outputs.map(Vec::as_slice), error);
                 continue;
             }
             let mut line = std::mem::take(&mut self.line);
@@ -209,8 +223,11 @@ impl<W: Write + Send> OutputWriter<W> {
             self.write_out(&line)?;
             self.line = line;
         }
+        if let Some(pq) = self.parquet.as_mut() {
+            pq.end_job()?;
+        }
         self.written.jobs += 1;
-        self.written.rows += done.payload.len();
+        self.written.rows += len;
         Ok(())
     }
 
@@ -236,31 +253,34 @@ impl<W: Write + Send> OutputWriter<W> {
         let embedding = names.is_empty();
         match self.format {
             Format::Csv => {
-                let mut sep = !self.kept.is_empty();
-                let mut field = |line: &mut Vec<u8>, bytes: &[u8]| {
-                    if sep {
+                let mut first = self.kept.is_empty();
+                let mut sep = |line: &mut Vec<u8>| {
+                    if !first {
                         line.push(b',');
                     }
-                    sep = true;
-                    csv_field(line, bytes);
+                    first = false;
                 };
                 match outputs {
                     Some(values) if embedding => {
                         let text = serde_json::to_vec(values).map_err(json)?;
-                        field(line, &text);
+                        sep(line);
+                        csv_field(line, &text);
                     }
                     Some(values) => {
+                        // A number needs no quoting: written in place, no allocation.
                         for v in values {
-                            field(line, v.to_string().as_bytes());
+                            sep(line);
+                            let _ = write!(line, "{v}");
                         }
                     }
                     None => {
                         for _ in 0..names.len().max(1) {
-                            field(line, b"");
+                            sep(line);
                         }
                     }
                 }
-                field(line, error.unwrap_or("").as_bytes());
+                sep(line);
+                csv_field(line, error.unwrap_or("").as_bytes());
                 line.push(b'\n');
             }
             Format::JsonLines | Format::Parquet => {

@@ -37,6 +37,9 @@ impl Table {
 
 /// A CSV cell, as far as sending it as a number goes.
 pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
+    if let Some(x) = plain_decimal(bytes) {
+        return Cell::Number(x);
+    }
     let Ok(s) = std::str::from_utf8(bytes) else {
         return Cell::Other;
     };
@@ -49,6 +52,81 @@ pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
         Ok(x) if x.is_finite() => Cell::Number(x),
         _ => Cell::Other,
     }
+}
+
+/// `bytes` as an f32 when it is a plain decimal (`-12.5`, `0.07871`, `1.095e-05`)
+/// whose digits make an integer of at most 2^24 and whose power of ten is within
+/// ±10: both are then exact f32s, and one multiplication or division rounds
+/// correctly, to the f32 that `str::parse` gives (Clinger's fast path, which
+/// skips UTF-8 checking, trimming and the general algorithm). `None` for anything
+/// else, which then goes the general way.
+fn plain_decimal(bytes: &[u8]) -> Option<f32> {
+    const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+    let (negative, mut i) = match bytes.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
+    };
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    let mut exp: i32 = 0;
+    let mut fraction = false;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'0'..=b'9' => {
+                // More digits than a u64 holds for sure: the general way.
+                if digits == 19 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                digits += 1;
+                exp -= i32::from(fraction);
+            }
+            b'.' if !fraction => fraction = true,
+            _ => break,
+        }
+        i += 1;
+    }
+    if digits == 0 {
+        return None;
+    }
+    if let Some(b'e' | b'E') = bytes.get(i) {
+        i += 1;
+        let negative_exp = match bytes.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        let mut e: i32 = 0;
+        while let Some(&b) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
+            if i - start == 4 {
+                return None;
+            }
+            e = e * 10 + i32::from(b - b'0');
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exp += if negative_exp { -e } else { e };
+    }
+    if i != bytes.len() || mantissa > 1 << 24 || !(-10..=10).contains(&exp) {
+        return None;
+    }
+    let m = mantissa as f32;
+    let x = if exp >= 0 {
+        m * POW10[exp as usize]
+    } else {
+        m / POW10[(-exp) as usize]
+    };
+    Some(if negative { -x } else { x })
 }
 
 /// A CSV cell as a JSON value, for JSON Lines output: integers stay integers (so ids
@@ -194,5 +272,67 @@ mod tests {
                 "{err}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    #[test]
+    fn plain_decimals_read_exactly_as_str_parse_reads_them() {
+        let cells = [
+            "0",
+            "-0",
+            "17.99",
+            "0.07871",
+            "1.095e-05",
+            "1001.0",
+            "2019",
+            "+3.5",
+            "-12.25e+3",
+            ".5",
+            "5.",
+            "16777216",
+            "16777217",
+            "0.1",
+            "0.2",
+            "0.3",
+            "3.4028235e38",
+            "1e-45",
+            "1e11",
+            "1e-11",
+            "123456789",
+            "0.000001234",
+            "9999999e10",
+            "1E5",
+        ];
+        for c in cells {
+            let want: f32 = c.parse().unwrap();
+            let got = match csv_cell(c.as_bytes()) {
+                Cell::Number(x) => x,
+                other => panic!("{c}: {other:?}"),
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "{c}");
+        }
+        // Every short decimal of the sweep, against the general algorithm.
+        for m in (0..20_000_000u32).step_by(997) {
+            for e in -12..=12 {
+                let c = format!("{m}e{e}");
+                let want: f32 = c.parse().unwrap();
+                if let Some(x) = plain_decimal(c.as_bytes()) {
+                    assert_eq!(x.to_bits(), want.to_bits(), "{c}");
+                }
+            }
+        }
+        for c in [
+            "", "-", ".", "e5", "1e", "1e+", "1.2.3", " 1", "1 ", "nan", "inf", "1x", "--1",
+        ] {
+            assert_eq!(plain_decimal(c.as_bytes()), None, "{c:?}");
+        }
+        assert_eq!(csv_cell(b" 2.5 "), Cell::Number(2.5));
+        assert_eq!(csv_cell(b"   "), Cell::Empty);
+        assert_eq!(csv_cell(b"NaN"), Cell::Other);
+        assert_eq!(csv_cell(b"1e39"), Cell::Other);
     }
 }
