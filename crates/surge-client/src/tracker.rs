@@ -53,6 +53,8 @@ pub enum JobState {
     /// Not yet confirmed by the broker (never published, or published on a connection
     /// that was lost before the confirm).
     Unpublished,
+    /// Published on the current connection, its confirm not yet in.
+    Sent,
     /// Confirmed by the broker at this instant; awaiting its result.
     Published(Instant),
     /// Answered.
@@ -352,6 +354,36 @@ impl<T> Window<T> {
         }
     }
 
+    /// Marks job `i` as published and awaiting its confirm (unless already answered).
+    pub fn sent(&mut self, i: usize) {
+        self.set_state(i, |s| !matches!(s, JobState::Done(_)), JobState::Sent);
+    }
+
+    /// Marks job `i`, sent and refused by the broker (nacked), as unpublished: it goes
+    /// again on the next tick.
+    pub fn refused(&mut self, i: usize) {
+        self.set_state(i, |s| matches!(s, JobState::Sent), JobState::Unpublished);
+    }
+
+    /// Marks every job whose confirm was still awaited as unpublished: after a lost
+    /// connection it must go again (republishing a job that did arrive is harmless:
+    /// results deduplicate).
+    pub fn sent_to_unpublished(&mut self) {
+        for s in &mut self.slots {
+            if matches!(s.state, JobState::Sent) {
+                s.state = JobState::Unpublished;
+            }
+        }
+    }
+
+    fn set_state(&mut self, i: usize, when: impl Fn(&JobState) -> bool, to: JobState) {
+        if let Some(s) = i.checked_sub(self.base).and_then(|k| self.slots.get_mut(k)) {
+            if when(&s.state) {
+                s.state = to;
+            }
+        }
+    }
+
     /// Indices of the window's jobs never confirmed.
     pub fn unpublished(&self) -> Vec<usize> {
         self.filter(|s| matches!(s, JobState::Unpublished))
@@ -548,5 +580,40 @@ mod tests {
             w.overdue(t0 + Duration::from_secs(9), Duration::from_secs(5)),
             vec![2]
         );
+    }
+
+    #[test]
+    fn a_sent_job_is_neither_republished_nor_overdue_until_its_confirm_or_a_lost_session() {
+        use surge_protocol::Rows;
+        let rows = || Inputs::Rows(Rows::from_flat(vec![1.0], 1));
+        let mut w: Window<()> = Window::new("r");
+        let (a, b, c) = (w.push(rows(), ()), w.push(rows(), ()), w.push(rows(), ()));
+        for i in [a, b, c] {
+            w.sent(i);
+        }
+        let long_ago = Instant::now();
+        let later = long_ago + Duration::from_secs(3600);
+        assert!(
+            w.unpublished().is_empty(),
+            "sent jobs are not published again"
+        );
+        assert!(w.overdue(later, Duration::from_secs(1)).is_empty());
+        // a is confirmed, b refused (nacked), c's confirm is lost with its session.
+        w.published(a, long_ago);
+        w.refused(b);
+        assert_eq!(w.unpublished(), vec![b], "a refused job goes again");
+        assert_eq!(w.overdue(later, Duration::from_secs(1)), vec![a]);
+        w.sent_to_unpublished();
+        assert_eq!(w.unpublished(), vec![b, c]);
+        // A result may come before its confirm: the job is answered, and the late
+        // confirm changes nothing.
+        w.sent(b);
+        assert_eq!(w.record(result("r-1")), Recorded::New);
+        w.published(b, later);
+        w.refused(b);
+        assert!(matches!(
+            w.slot(b).map(|s| &s.state),
+            Some(JobState::Done(_))
+        ));
     }
 }

@@ -120,7 +120,8 @@ struct Cli {
     /// Queue names.
     #[command(flatten)]
     topology: surge_cli::TopologyArgs,
-    /// Jobs in flight before their publisher confirms are awaited.
+    /// Publishes whose confirm may be outstanding at once. Confirms are taken as they
+    /// come, alongside reading and collecting: publishing pauses only at this many.
     #[arg(long, default_value_t = 1000)]
     publish_window: usize,
     /// No progress bar and no summary.

@@ -10,7 +10,10 @@ use surge_broker::{timed, topology, BrokerError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use futures_util::StreamExt;
+
 use super::hints::Watches;
+use super::publish::Confirms;
 use super::replies::{self, Incoming, Replies};
 use super::RunCtx;
 use crate::run::Run;
@@ -94,7 +97,11 @@ impl RunCtx<'_> {
             run.collect_first = false;
             self.collect_waiting(run, rx).await?;
         }
-        self.publish(ch, run, run.window.unpublished()).await?;
+        // Publishes of a lost session that were never confirmed go again.
+        run.window.sent_to_unpublished();
+        let mut confirms = Confirms::new();
+        self.publish(ch, run, run.window.unpublished(), &mut confirms)
+            .await?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         // The consumer count is read a few times per hint period, at most every 2 s.
         let probe_every = (self.cfg.idle_hint_after / 4)
@@ -120,11 +127,14 @@ impl RunCtx<'_> {
                         }
                     }
                     if !fresh.is_empty() {
-                        self.publish(ch, run, fresh).await?;
+                        self.publish(ch, run, fresh, &mut confirms).await?;
                     }
                     if run.source_done {
                         self.bar.set_length(run.window.pushed_rows() as u64);
                     }
+                }
+                Some((i, id, said)) = confirms.next(), if !confirms.is_empty() => {
+                    self.confirmed(run, i, &id, said)?;
                 }
                 msg = rx.recv() => match msg {
                     Some(Incoming::Result(r)) => {
@@ -159,11 +169,11 @@ impl RunCtx<'_> {
                             "results overdue; publishing those jobs again (if this repeats, look for them in the dead-letter queue and check the worker logs)"
                         );
                         run.window.republished += overdue.len() as u64;
-                        self.publish(ch, run, overdue).await?;
+                        self.publish(ch, run, overdue, &mut confirms).await?;
                     }
                     let unpublished = run.window.unpublished();
                     if !unpublished.is_empty() {
-                        self.publish(ch, run, unpublished).await?;
+                        self.publish(ch, run, unpublished, &mut confirms).await?;
                     }
                 }
             }
