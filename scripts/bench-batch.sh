@@ -2,7 +2,8 @@
 # score-batch at scale: peak RSS and wall rows/s for a CSV and a Parquet file of
 # SURGE_BATCH_ROWS rows (default 10,000,000) at 256 rows per job through one release
 # worker, against the in-memory throughput (`surge-bench throughput`) of the same rows
-# in the same run. The files go to $TMPDIR (default /tmp) and are removed on exit.
+# in the same run (SURGE_BATCH_ROUNDS rounds, default 1). The files go to $TMPDIR
+# (default /tmp) and are removed on exit.
 # Peak RSS is score-batch's VmHWM, polled from /proc/<pid>/status while it runs.
 # Each output is checked (`surge-bench check-scores`: every row once, in order,
 # scored) before its figure is printed.
@@ -50,6 +51,11 @@ run_batch() { # run_batch FORMAT
   rm -f "$in" "$out"
 }
 
-run_batch csv
-run_batch parquet
-bench throughput --rows "$ROWS" --rows-per-job "$PER_JOB"
+# Rounds alternate CSV, Parquet and the in-memory baseline: this host's speed drifts
+# between runs, so each file figure is compared with the baseline of its own round.
+for round in $(seq 1 "${SURGE_BATCH_ROUNDS:-1}"); do
+  echo "round $round" >&2
+  run_batch csv
+  run_batch parquet
+  bench throughput --rows "$ROWS" --rows-per-job "$PER_JOB"
+done
