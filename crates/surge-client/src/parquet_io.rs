@@ -365,17 +365,9 @@ fn kept_array(col: &ArrayRef, t: &DataType) -> ArrayRef {
             Arc::new(col.as_string::<i64>().iter().collect::<StringArray>())
         }
         (DataType::Utf8View, _) => Arc::new(col.as_string_view().iter().collect::<StringArray>()),
-        // Not reached: `keeps_columnar` admits no other type.
-        _ => Arc::new(
-            column_values(col.as_ref())
-                .into_iter()
-                .map(|v| match v {
-                    Value::Null => None,
-                    Value::String(s) => Some(s),
-                    other => Some(other.to_string()),
-                })
-                .collect::<StringArray>(),
-        ),
+        // Not reached: `keeps_columnar` admits no other type (were one let through, the
+        // written batch would be refused for its type, not silently converted).
+        _ => col.clone(),
     }
 }
 

@@ -347,11 +347,11 @@ impl<T> Window<T> {
 
     /// Marks job `i` as confirmed by the broker at `at` (unless already answered).
     pub fn published(&mut self, i: usize, at: Instant) {
-        if let Some(s) = i.checked_sub(self.base).and_then(|k| self.slots.get_mut(k)) {
-            if !matches!(s.state, JobState::Done(_)) {
-                s.state = JobState::Published(at);
-            }
-        }
+        self.set_state(
+            i,
+            |s| !matches!(s, JobState::Done(_)),
+            JobState::Published(at),
+        );
     }
 
     /// Marks job `i` as published and awaiting its confirm (unless already answered).

@@ -51,7 +51,7 @@ impl RunCtx<'_> {
                 let Some((j, id, said)) = confirms.next().await else {
                     break;
                 };
-                self.confirmed(run, j, &id, said)?;
+                self.take_confirm(run, j, &id, said)?;
             }
             let Some(slot) = run.window.slot(i) else {
                 continue;
@@ -118,7 +118,7 @@ impl RunCtx<'_> {
     /// Takes what the broker said of job `i`'s publish: confirmed, it is published
     /// (its result is now awaited); refused, it goes again on the next tick; any
     /// other failure ends the session.
-    pub(super) fn confirmed<T>(
+    pub(super) fn take_confirm<T>(
         &self,
         run: &mut Run<T>,
         i: usize,

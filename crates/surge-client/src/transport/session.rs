@@ -134,7 +134,7 @@ impl RunCtx<'_> {
                     }
                 }
                 Some((i, id, said)) = confirms.next(), if !confirms.is_empty() => {
-                    self.confirmed(run, i, &id, said)?;
+                    self.take_confirm(run, i, &id, said)?;
                 }
                 msg = rx.recv() => match msg {
                     Some(Incoming::Result(r)) => {
