@@ -14,8 +14,8 @@
 # batch, tokenised inside the timing; the model exported by torch.onnx), Surge in process
 # (embed_bench) at BENCH_THREADS and at 1 thread, and Surge through the queue
 # (score-batch → RabbitMQ → `surge worker`). On a CPU with AVX-512 it adds AVX2 rows for
-# both sides: Surge with SURGE_CPU_ISA=avx2 (its fused kernels; the GEMM library keeps
-# its AVX-512 kernels, see BENCHMARKS.md), PyTorch with ATEN_CPU_CAPABILITY=avx2,
+# both sides: Surge with SURGE_CPU_ISA=avx2 (its GEMM and fused kernels; the int8 GEMM
+# is AVX2 on every x86 CPU), PyTorch with ATEN_CPU_CAPABILITY=avx2,
 # ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2. Every row names the CPU and
 # its ISA flags. Worker RSS and cold start to the first result are measured once.
 #

@@ -78,7 +78,7 @@ pub(crate) fn use_avx512() -> bool {
 
 /// `a · b + c`, fused where the vector unit has FMA.
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -119,29 +119,45 @@ fn small_gemm<const ROWS: usize, const FMA: bool>(
         let live = ROWS.min(m - i0);
         let (panel, _) = panel.as_chunks_mut::<ROWS>();
         for (r, row) in a[i0 * lda..].chunks(lda).take(live).enumerate() {
-            for (p, &x) in panel.iter_mut().zip(&row[..depth]) {
-                p[r] = x;
-            }
+            put_lane(panel, r, &row[..depth]);
         }
         for p in panel.iter_mut() {
             p[live..].fill(0.0);
         }
+        let panel = &*panel;
         for col in (0..n).step_by(LANES) {
-            let mut acc = [[0f32; LANES]; ROWS];
-            for (xs, bk) in panel.iter().zip(b[col..].chunks(ldb)) {
-                let (bk, _) = bk.as_chunks::<LANES>();
-                let bk = &bk[0];
-                for (acc, &x) in acc.iter_mut().zip(xs) {
-                    for l in 0..LANES {
-                        acc[l] = madd::<FMA>(x, bk[l], acc[l]);
-                    }
-                }
+            if live == ROWS {
+                super::gemm::tile::<ROWS>(panel, &b[col..], ldb, &mut c[i0 * n + col..], n, false);
+                continue;
             }
-            for (r, acc) in acc.iter().enumerate().take(live) {
+            let mut part = [[0f32; LANES]; ROWS];
+            super::gemm::tile::<ROWS>(panel, &b[col..], ldb, part.as_flattened_mut(), LANES, false);
+            for (r, part) in part.iter().enumerate().take(live) {
                 let at = (i0 + r) * n + col;
-                c[at..at + LANES].copy_from_slice(acc);
+                c[at..at + LANES].copy_from_slice(part);
             }
         }
+    }
+}
+
+// The two strided copies below are functions of their own, never inlined, so they are
+// compiled for the baseline target and not inside the AVX-512 builds of their callers:
+// there LLVM turned them into scatter instructions, which AMD's Zen 4 runs in microcode.
+// Attention ran three times slower with its AVX-512 build than with its AVX2 build.
+
+/// `panel[i][lane] = row[i]` for every `i` of `row` (one row into a transposed panel).
+#[inline(never)]
+pub(super) fn put_lane<const ROWS: usize>(panel: &mut [[f32; ROWS]], lane: usize, row: &[f32]) {
+    for (p, &x) in panel.iter_mut().zip(row) {
+        p[lane] = x;
+    }
+}
+
+/// `dst[i * stride + at] = src[i] + bias[i]` for every `i` of `src` (a column).
+#[inline(never)]
+fn put_column(dst: &mut [f32], stride: usize, at: usize, src: &[f32], bias: &[f32]) {
+    for ((col, x), b) in dst.chunks_exact_mut(stride).zip(src).zip(bias) {
+        col[at] = x + b;
     }
 }
 
@@ -198,7 +214,11 @@ fn sum(xs: &[f32]) -> f32 {
 }
 
 /// The contiguous f32 values of a CPU tensor.
-fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32s<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op} takes f32");
     };
@@ -211,78 +231,6 @@ fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::
 /// Whether to split work over the pool: one thread, or too little work, runs inline.
 fn parallel(values: usize) -> bool {
     candle_core::utils::get_num_threads() > 1 && values >= 1 << 14
-}
-
-/// `x [m, k] × w [k, n]`, both row-major, on the CPU. Candle's matmul hands the whole
-/// product to one multi-threaded GEMM call, whose threads meet at barriers inside it;
-/// here the rows of `x` are cut into a few slices per thread, each one single-threaded
-/// GEMM, so threads never wait on each other until the end (and a slow thread's share
-/// is picked up by the others). Each slice packs `w` again: about `k · n` copies, next
-/// to `rows · k · n` multiply-adds.
-pub(super) struct MatMul;
-
-impl CustomOp2 for MatMul {
-    fn name(&self) -> &'static str {
-        "bert-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?);
-        let (m, k) = l1.shape().dims2()?;
-        let (k2, n) = l2.shape().dims2()?;
-        if k != k2 || x.len() != m * k || w.len() != k * n {
-            candle_core::bail!("bert-matmul: [{m}, {k}] × [{k2}, {n}] do not fit");
-        }
-        let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
-        }
-        let threads = candle_core::utils::get_num_threads();
-        // Slices of a multiple of 16 rows (the microkernel's height), two per thread.
-        let rows = m.div_ceil(2 * threads).next_multiple_of(16).max(16);
-        let work = |(o, a): (&mut [f32], &[f32])| {
-            let r = o.len() / n;
-            // SAFETY: `a` is `r × k`, `w` is `k × n` and `o` is `r × n`, all row-major and
-            // in bounds (checked above: slices of whole rows); `o` is not aliased.
-            unsafe {
-                gemm::gemm(
-                    r,
-                    n,
-                    k,
-                    o.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
-        };
-        if threads > 1 && m > rows {
-            out.par_chunks_mut(rows * n)
-                .zip(x.par_chunks(rows * k))
-                .for_each(work);
-        } else {
-            work((&mut out, x));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
 }
 
 /// Self-attention of `lengths.len()` sequences padded to `len` tokens, from the QKV
@@ -342,9 +290,7 @@ simd! {
                 for ((o, x), b) in vt.iter_mut().zip(&row[vc..vc + hd]).zip(vb) {
                     *o = x + b;
                 }
-                for ((col, x), b) in kt.chunks_exact_mut(rp).zip(&row[kc..kc + hd]).zip(kb) {
-                    col[t] = x + b;
-                }
+                put_column(kt, rp, t, &row[kc..kc + hd], kb);
             }
             // Scores [real, rp] = Q Kᵀ (the scale is folded into Q's weights).
             small_gemm::<ROWS, FMA>(real, rp, hd, q, hd, kt, rp, p, panel);
@@ -710,12 +656,13 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_textbook_product() {
-        // Rows that do not split evenly over threads or into 16-row slices.
+        // The packed GEMM as a Candle op; rows that do not split evenly over threads or
+        // into 12-row tiles.
         for (m, k, n) in [(1, 3, 5), (37, 20, 7), (300, 17, 33)] {
             let (a, b) = (values(m * k, 8), values(k * n, 9));
             let at = Tensor::from_vec(a.clone(), (m, k), &Device::Cpu).unwrap();
-            let bt = Tensor::from_vec(b.clone(), (k, n), &Device::Cpu).unwrap();
-            let got = at.apply_op2_no_bwd(&bt, &MatMul).unwrap();
+            let w = super::super::gemm::PackedWeights::new(&b, k, n);
+            let got = at.apply_op1_no_bwd(&w).unwrap();
             assert_eq!(got.dims(), &[m, n]);
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let want: Vec<f32> = (0..m * n)

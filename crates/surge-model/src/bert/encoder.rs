@@ -82,6 +82,11 @@ impl Encoder {
         d: &Dims,
         int8: bool,
     ) -> Result<Self, ModelError> {
+        // The fused CPU path packs its f32 weights once for its own GEMM ([`super::gemm`]).
+        let packed = !generic_only()
+            && t.values()
+                .next()
+                .is_some_and(|x| x.device().is_cpu() && x.dtype() == DType::F32);
         let mut take = |name: &str| {
             t.remove(name).ok_or_else(|| {
                 ModelError::Inference(format!("tensor {name} vanished after checking (a bug)"))
@@ -109,7 +114,7 @@ impl Encoder {
                 ],
                 0,
             )?;
-            let tr = |x: Tensor| Linear::new(x.t()?.contiguous()?, int8);
+            let tr = |x: Tensor| Linear::new(x.t()?.contiguous()?, int8, packed);
             let mut layer = Layer {
                 qkv_w: tr(qkv_w)?,
                 qkv_b,
@@ -194,17 +199,17 @@ impl Encoder {
             heads: self.heads,
             head_dim: self.head_dim,
         };
-        let context = l.qkv_w.forward_cpu(x)?.apply_op1_no_bwd(&attention)?;
+        let context = l.qkv_w.forward(x)?.apply_op1_no_bwd(&attention)?;
         let norm1 = cpu::AddNorm {
             bias: &h.out_b,
             weight: &h.ln1_w,
             norm_bias: &h.ln1_b,
             eps: self.eps,
         };
-        let x = l.out_w.forward_cpu(&context)?.apply_op2_no_bwd(x, &norm1)?;
+        let x = l.out_w.forward(&context)?.apply_op2_no_bwd(x, &norm1)?;
         let inner = l
             .ff1_w
-            .forward_cpu(&x)?
+            .forward(&x)?
             .apply_op1_no_bwd(&cpu::BiasGelu(&h.ff1_b))?;
         let norm2 = cpu::AddNorm {
             bias: &h.ff2_b,
@@ -212,7 +217,7 @@ impl Encoder {
             norm_bias: &h.ln2_b,
             eps: self.eps,
         };
-        l.ff2_w.forward_cpu(&inner)?.apply_op2_no_bwd(&x, &norm2)
+        l.ff2_w.forward(&inner)?.apply_op2_no_bwd(&x, &norm2)
     }
 
     /// One layer with Candle ops, on any device.

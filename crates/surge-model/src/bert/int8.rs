@@ -34,38 +34,37 @@ const WMAX: f32 = 127.0;
 /// sums could overflow (see [`QuantLinear::amax`]).
 const AMAX: f32 = 8191.0;
 
-/// A linear layer's weight `[in, out]`: f32 for Candle's matmul, or int8.
+/// A linear layer's weight `[in, out]`: f32 for Candle's matmul, f32 packed for the
+/// fused CPU path's own GEMM, or int8.
 pub(super) enum Linear {
-    /// Today's path: `x.matmul(w)`.
+    /// Candle's `x.matmul(w)`, on any device.
     F32(Tensor),
+    /// Packed once for [`super::gemm`] (CPU only).
+    Packed(super::gemm::PackedWeights),
     /// Quantized weights and the int8 GEMM.
     Int8(QuantLinear),
 }
 
 impl Linear {
-    /// Wraps the f32 weight `w` (`[in, out]`), quantizing it when `int8`.
-    pub(super) fn new(w: Tensor, int8: bool) -> candle_core::Result<Self> {
-        if !int8 {
+    /// Wraps the f32 weight `w` (`[in, out]`): quantized when `int8`, else packed for
+    /// the fused CPU path when `packed` (the tensor is then dropped).
+    pub(super) fn new(w: Tensor, int8: bool, packed: bool) -> candle_core::Result<Self> {
+        if !int8 && !packed {
             return Ok(Self::F32(w));
         }
         let (k, n) = w.dims2()?;
         let data = w.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::Int8(QuantLinear::new(&data, k, n)))
+        if int8 {
+            return Ok(Self::Int8(QuantLinear::new(&data, k, n)));
+        }
+        Ok(Self::Packed(super::gemm::PackedWeights::new(&data, k, n)))
     }
 
     /// `x · w` for `x` of shape `[rows, in]`: `[rows, out]`, no bias.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::F32(w) => x.matmul(w),
-            Self::Int8(q) => x.apply_op1_no_bwd(q),
-        }
-    }
-
-    /// `x · W` on the fused CPU path: f32 weights through the row-sliced GEMM
-    /// ([`super::cpu::MatMul`]), whose threads never wait on each other mid-product.
-    pub(super) fn forward_cpu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::F32(w) => x.apply_op2_no_bwd(w, &super::cpu::MatMul),
+            Self::Packed(p) => x.apply_op1_no_bwd(p),
             Self::Int8(q) => x.apply_op1_no_bwd(q),
         }
     }

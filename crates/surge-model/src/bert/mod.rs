@@ -56,6 +56,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 mod cpu;
 mod encoder;
+mod gemm;
 mod int8;
 
 use encoder::Encoder;
