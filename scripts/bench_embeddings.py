@@ -171,29 +171,44 @@ def sh(cmd):
         return "?"
 
 
-STEPS = """### What each step bought
+STEPS = """### Reading the table
 
-On the 2-core AMD EPYC (Zen 3, AVX2 + FMA, no AVX-512) of 2026-11-30, in process,
-2 threads, batch 64, each build alternating with the one before it (three rounds each,
-medians; this machine's speed drifts by ±10% between runs, so only same-run ratios count):
+One run of the sweep; these machines drift by ±10% between runs, so read the ratios in a
+row (measured minutes apart), not rows/s across runs.
+
+On this AVX-512 machine (AMD EPYC family 25, Zen 4), 2026-12-01, Surge fp32 is ahead of
+PyTorch in every bucket (1.07–1.48×) and level with ONNX Runtime up to 64 tokens
+(0.97–0.99×: under the ≥ 1.0× target, by less than the noise). Forced onto AVX2 it is
+ahead of PyTorch from 16 to 64 tokens (1.08–1.16×) and behind at 128–256 (0.87–0.98×);
+the ≥ 1.0× targets are not met there. 2 threads give 1.63–1.90× one thread (≥ 1.8× at 32
+and 128 tokens only). int8 (AVX2 integer GEMM, attention on the AVX-512 build) is
+1.50–2.08× PyTorch fp32.
+
+### What each step bought
+
+On the AVX-512 machine above (Zen 4), 2026-12-01, in process, 2 threads, batch 64, the
+builds alternating in one run (sentences/s):
 
 | step | 16 tokens | 64 tokens | 256 tokens |
 |---|---:|---:|---:|
-| attention blocked per ISA (6 rows × 16 lanes on AVX2, which spilled at 8), A panels packed (no bounds checks in the inner loop), a vectorised `exp` (libm's `expf` was 9% at 256 tokens), softmax sums applied to the context rows; linear layers as row slices of single-threaded GEMMs | +4% | +12% | +31% |
+| before (gemm crate; attention's AVX-512 build) | 248 | 47 | 6.0 |
+| attention's small products on a hand-written microkernel: LLVM had vectorised the AVX-512 build of the portable loop across rows with gather and scatter instructions, which Zen 4 runs in microcode (78% of the time at 256 tokens); the two strided copies kept out of the AVX-512 builds | 391 | 95 | 23.8 |
+| Surge's own GEMM (`bert/gemm.rs`): weights packed once at load, 12 × 16 AVX-512 and 6 × 16 AVX2 microkernels with intrinsics, 384-deep passes | 1.03–1.17× the gemm crate (three alternating rounds) | 1.02–1.07× (two rounds) | 0.96× (one round) |
 
-Earlier steps (AVX-512 machine, 2026-11-27): gemm's AVX-512 kernels (+43%), fused kernels
-between the GEMMs (2.1×), length sorting with dynamic-programming chunk cuts (+13–30%),
-2,048-token chunks, one 2-D GEMM per linear layer with query, key and value fused.
+The own GEMM is about level with the `gemm` crate on one core (88–104 against 104–109
+GFLOP/s on AVX-512, 94–100 on AVX2, `cargo test --release -p surge-model --lib
+gemm::speed -- --ignored --nocapture`). What it buys is that `SURGE_CPU_ISA=avx2` now moves
+every Surge kernel to AVX2, GEMM included, so the avx2 rows are AVX2 throughout (the
+`gemm` crate picks its kernels itself and kept AVX-512), and no weight packing per call.
 
-Where the time goes now (`perf record`, AVX2, 2 threads): at 16 tokens 66% the GEMM
-library's AVX2 microkernel and 6% its packing, 4% attention; at 256 tokens 63% GEMM,
-16% attention. The GEMM library (the `gemm` crate, through Candle) reaches 60–86 GFLOP/s
-on one core here against a measured FMA peak of 97; ONNX Runtime's MLAS is faster at
-short texts, which is why Surge trails it there.
+Earlier steps: on Zen 3 (AVX2), 2026-11-30: attention blocked per ISA, a vectorised `exp`,
+softmax sums applied to the context rows (+4% at 16 tokens, +31% at 256). On an AVX-512
+machine, 2026-11-27: gemm's AVX-512 kernels (+43%), fused kernels between the GEMMs
+(2.1×), length sorting with dynamic-programming chunk cuts (+13–30%), 2,048-token chunks,
+one 2-D GEMM per linear layer with query, key and value fused.
 
-`SURGE_CPU_ISA=avx2` moves Surge's own kernels (attention, layer norm, GELU) to their
-AVX2 build on an AVX-512 machine; the GEMM library picks its kernels itself and keeps
-AVX-512, so an AVX2 row measured that way is only partly AVX2.
+Where the time goes now (`perf record`, AVX-512, 2 threads, 16 tokens): 74% the GEMM
+microkernel, 4% packing activation panels, 4% attention, 3% zeroing buffers.
 """
 
 
@@ -255,7 +270,7 @@ def report(raw):
     w("Surge /s is the model runtime in process (`embed_bench`); through the queue is `score-batch` → RabbitMQ → "
       "`surge worker` with broker, worker and client on the same cores. On an AVX-512 machine the avx2 rows run "
       "PyTorch with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` and Surge with "
-      "`SURGE_CPU_ISA=avx2` (see the note below on its GEMMs).\n")
+      "`SURGE_CPU_ISA=avx2` (every Surge kernel, its GEMM included; the int8 GEMM is AVX2 on every x86 CPU).\n")
     for r in (r for r in rows if r["kind"] == "surge_worker_memory"):
         w(f"Worker with this model only, after the queue runs: RSS {r['rss_mb']:.0f} MB, peak RSS (VmHWM) "
           f"{r['hwm_mb']:.0f} MB (target ≤ 250 MB).\n")

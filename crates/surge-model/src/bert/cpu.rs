@@ -94,11 +94,11 @@ const LANES: usize = 16;
 /// `ROWS` rows of `a` at a time are first copied into `panel`, transposed (`[depth][ROWS]`,
 /// zeros past the last row), so the inner loop reads them at fixed offsets from one
 /// pointer with no bounds checks; then each 16-lane block of `b` is multiplied into
-/// `ROWS` accumulators kept in registers (a GEMM library's call overhead would dominate
-/// products this small).
+/// `ROWS` accumulators kept in registers by the GEMM's microkernel ([`super::gemm::tile`];
+/// a whole GEMM call's blocking would dominate products this small).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn small_gemm<const ROWS: usize, const FMA: bool>(
+fn small_gemm<const ROWS: usize>(
     m: usize,
     n: usize,
     depth: usize,
@@ -293,7 +293,7 @@ simd! {
                 put_column(kt, rp, t, &row[kc..kc + hd], kb);
             }
             // Scores [real, rp] = Q Kᵀ (the scale is folded into Q's weights).
-            small_gemm::<ROWS, FMA>(real, rp, hd, q, hd, kt, rp, p, panel);
+            small_gemm::<ROWS>(real, rp, hd, q, hd, kt, rp, p, panel);
             // Unnormalised softmax: each row's sum divides its context row below, a pass
             // over `hd` values instead of `real`.
             for (scores, total) in p.chunks_exact_mut(rp).zip(totals.iter_mut()) {
@@ -305,7 +305,7 @@ simd! {
                 *total = sum(scores);
             }
             // Context [real, hdp] = P V, over the real keys only.
-            small_gemm::<ROWS, FMA>(real, hdp, real, p, rp, v, hdp, c, panel);
+            small_gemm::<ROWS>(real, hdp, real, p, rp, v, hdp, c, panel);
             for ((t, ctx), total) in c.chunks_exact(hdp).enumerate().zip(totals.iter()) {
                 let inv = 1.0 / total;
                 let dst = &mut out[t * hidden + h * hd..t * hidden + (h + 1) * hd];

@@ -40,7 +40,8 @@
 //!   padded size stays under a token budget ([`CHUNK_TOKENS`]), so padding is not wasted
 //!   and each forward pass stays cache-sized; outputs come back in the caller's order;
 //! * every linear layer is one 2-D GEMM over all tokens of the chunk (`[tokens, in] ×
-//!   [in, out]`, weights transposed once at load), not one small GEMM per sequence;
+//!   [in, out]`), not one small GEMM per sequence; on CPU it is Surge's own ([`gemm`]),
+//!   its weights packed once at load for an AVX-512 or AVX2 microkernel;
 //! * query, key and value are one fused GEMM, with the `1/√d` attention scale folded
 //!   into the query weights at load, and one copy lays out all three heads-first;
 //! * on CPU, everything between the GEMMs is a fused kernel split over the thread pool
