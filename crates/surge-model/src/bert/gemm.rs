@@ -408,11 +408,6 @@ mod tests {
             }
         }
     }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
 
     #[test]
     #[ignore = "a measurement, not a check"]
