@@ -19,11 +19,10 @@
 //! panel, so its inner loop has no bounds checks.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::cpu::use_avx512;
-use super::cpu::{f32s, madd, put_lane};
+use super::cpu::{f32s, fill_new, madd, put_lane};
 
 /// Output columns per packed block: one AVX-512 register, two AVX2 ones.
 const NB: usize = 16;
@@ -60,22 +59,15 @@ impl PackedWeights {
     pub(super) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         debug_assert_eq!(x.len(), m * k);
-        let mut out = vec![0f32; m * n];
         if m == 0 || n == 0 || k == 0 {
-            return out;
+            return vec![0f32; m * n];
         }
         let rows = slice_rows(m);
-        let work = |panel: &mut Vec<f32>, (c, a): (&mut [f32], &[f32])| {
-            gemm_slice(a, a.len() / k, k, &self.packed, n, c, panel)
+        let work = |panel: &mut Vec<f32>, i: usize, c: &mut [f32]| {
+            let a = &x[i * rows * k..][..c.len() / n * k];
+            gemm_slice(a, c.len() / n, k, &self.packed, n, c, panel)
         };
-        if m > rows {
-            out.par_chunks_mut(rows * n)
-                .zip(x.par_chunks(rows * k))
-                .for_each_init(Vec::new, work);
-        } else {
-            work(&mut Vec::new(), (&mut out, x));
-        }
-        out
+        fill_new(m * n, rows * n, m > rows, Vec::new, work)
     }
 }
 

@@ -203,6 +203,31 @@ fn bad_file(path: &Path, message: impl Into<String>) -> ModelError {
     }
 }
 
+/// Tells glibc's allocator to keep freed buffers of up to 32 MB in the heap instead of
+/// returning them to the kernel. A forward pass allocates and frees a dozen activation
+/// buffers of 1–13 MB per layer; glibc's defaults gave them back (munmap, or a heap trim
+/// past 128 kB–64 MB), so each pass page-faulted them in again: 356,000 faults and
+/// 5% more CPU for 1,875 short texts on 2 threads, 46,000 with this. RSS stays near the
+/// forward pass's peak instead of falling between batches. Skipped when the user sets
+/// `GLIBC_TUNABLES` (their malloc settings win) and where the C library is not glibc.
+fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator parameters; both values are in
+            // range (the mmap threshold's maximum is 32 MB on 64-bit targets).
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+            }
+        });
+    }
+}
+
 /// Loads a BERT embedding model from its folder (registered in [`crate::ARCHITECTURES`]).
 pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
     let section: BertSection = ctx.section(NAME)?;
@@ -290,6 +315,9 @@ pub fn load(ctx: &LoadContext) -> Result<Box<dyn Model>, ModelError> {
             &format!("{NAME}.quantization"),
             "int8 runs on CPU only; leave quantization out to run on this device",
         ));
+    }
+    if ctx.device.is_cpu() {
+        keep_freed_buffers();
     }
     let tensors = take_tensors(&ctx.weights_path, &dims, &ctx.device)?;
     let encoder = Encoder::new(tensors, &dims, int8)?;
