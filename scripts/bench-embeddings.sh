@@ -104,6 +104,8 @@ for b in $BUCKETS; do
     [[ "$SKIP_REF" == 1 ]] || ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
       reference "$b" "$THREADS" avx2
     SURGE_CPU_ISA=avx2 surge "$b" "$THREADS" avx2
+    [[ "$THREADS" == 1 ]] || SURGE_CPU_ISA=avx2 surge "$b" 1 avx2
+    SURGE_CPU_ISA=avx2 surge_int8 "$b" "$THREADS" avx2
   fi
 done
 

@@ -270,7 +270,9 @@ def report(raw):
     w("Surge /s is the model runtime in process (`embed_bench`); through the queue is `score-batch` → RabbitMQ → "
       "`surge worker` with broker, worker and client on the same cores. On an AVX-512 machine the avx2 rows run "
       "PyTorch with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` and Surge with "
-      "`SURGE_CPU_ISA=avx2` (every Surge kernel, its GEMM included; the int8 GEMM is AVX2 on every x86 CPU).\n")
+      "`SURGE_CPU_ISA=avx2` (every Surge kernel, its GEMMs included: the int8 rows there are all AVX2; on the avx512 rows "
+      "int8's GEMM is still AVX2, its attention and the rest AVX-512). ONNX Runtime picks its kernels at run time and has no documented switch to hold it to AVX2: "
+      "its avx2 rows ran with the same variables, which it ignores, so they are its AVX-512 speed again.\n")
     for r in (r for r in rows if r["kind"] == "surge_worker_memory"):
         w(f"Worker with this model only, after the queue runs: RSS {r['rss_mb']:.0f} MB, peak RSS (VmHWM) "
           f"{r['hwm_mb']:.0f} MB (target ≤ 250 MB).\n")

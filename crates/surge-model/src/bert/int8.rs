@@ -151,9 +151,8 @@ impl QuantLinear {
     pub(super) fn matmul(&self, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
         let (k, n, groups) = (self.k, self.n, self.groups);
         debug_assert_eq!(x.len(), m * k);
-        let mut out = vec![0f32; m * n];
         if m == 0 || n == 0 || k == 0 {
-            return out;
+            return vec![0f32; m * n];
         }
         // Quantized rows, packed by tiles of MR rows: `[tile][pair][row]` (rows past
         // `m` hold zeros), so the kernel reads one sequential stream.
@@ -179,30 +178,28 @@ impl QuantLinear {
         let blocks = n.div_ceil(NR);
         let bstride = groups * NR * 2;
         let tstride = groups * MR;
-        out.par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(c, out)| {
-                let i0 = c * rows;
-                let mc = out.len() / n;
-                for block in 0..blocks {
-                    let j0 = block * NR;
-                    let width = NR.min(n - j0);
-                    let w = Weights {
-                        b: &self.packed[block * bstride..(block + 1) * bstride],
-                        scale: &self.scale[j0..j0 + NR],
+        let work = |_: &mut (), c: usize, out: &mut [f32]| {
+            let i0 = c * rows;
+            let mc = out.len() / n;
+            for block in 0..blocks {
+                let j0 = block * NR;
+                let width = NR.min(n - j0);
+                let w = Weights {
+                    b: &self.packed[block * bstride..(block + 1) * bstride],
+                    scale: &self.scale[j0..j0 + NR],
+                };
+                for t in (0..mc).step_by(MR) {
+                    let tile_at = (i0 + t) / MR;
+                    let a = Acts {
+                        q: &qa[tile_at * tstride..(tile_at + 1) * tstride],
+                        scale: &sa[tile_at * MR..(tile_at + 1) * MR],
                     };
-                    for t in (0..mc).step_by(MR) {
-                        let tile_at = (i0 + t) / MR;
-                        let a = Acts {
-                            q: &qa[tile_at * tstride..(tile_at + 1) * tstride],
-                            scale: &sa[tile_at * MR..(tile_at + 1) * MR],
-                        };
-                        let o = &mut out[t * n + j0..];
-                        tile(isa, &a, &w, o, n, MR.min(mc - t), width);
-                    }
+                    let o = &mut out[t * n + j0..];
+                    tile(isa, &a, &w, o, n, MR.min(mc - t), width);
                 }
-            });
-        out
+            }
+        };
+        super::cpu::fill_new(m * n, rows * n, true, || (), work)
     }
 }
 
