@@ -14,21 +14,26 @@
 # batch, tokenised inside the timing; the model exported by torch.onnx), Surge in process
 # (embed_bench) at BENCH_THREADS and at 1 thread, and Surge through the queue
 # (score-batch → RabbitMQ → `surge worker`). On a CPU with AVX-512 it adds AVX2 rows for
-# both sides: Surge with SURGE_CPU_ISA=avx2 (its GEMM and fused kernels; the int8 GEMM
-# is AVX2 on every x86 CPU), PyTorch with ATEN_CPU_CAPABILITY=avx2,
+# both sides: Surge with SURGE_CPU_ISA=avx2 (its GEMMs, int8 included, and fused
+# kernels), PyTorch with ATEN_CPU_CAPABILITY=avx2,
 # ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2. Every row names the CPU and
 # its ISA flags. Worker RSS and cold start to the first result are measured once.
 #
+# This host's speed drifts by ±10% from one minute to the next, so the in-process rows
+# are measured BENCH_ROUNDS times, every engine once per round in turn, and the report
+# gives each row's median (a single sweep had one row 25% off its repeats).
+#
 # PyTorch and ONNX Runtime go into a throwaway virtualenv (.cache/st-venv) made here and
 # never used by the tests. Knobs: BENCH_THREADS (2), BENCH_BUCKETS ("16 32 64 128 256"),
-# BENCH_TOKENS (30000), BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_REF=1 to
+# BENCH_TOKENS (15000), BENCH_ROUNDS (3), BENCH_BATCH (64), BENCH_ROWS_PER_JOB (64), BENCH_SKIP_REF=1 to
 # leave PyTorch and ONNX Runtime out, BENCH_PROFILE=dev to use the dev build,
 # BENCH_DEVICE=cuda for the GPU (BENCH_BIN_DIR points at a `--features cuda` build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${BENCH_THREADS:-2}
 BUCKETS=${BENCH_BUCKETS:-16 32 64 128 256}
-TOKENS=${BENCH_TOKENS:-30000}
+TOKENS=${BENCH_TOKENS:-15000}
+ROUNDS=${BENCH_ROUNDS:-3}
 BATCH=${BENCH_BATCH:-64}
 PER_JOB=${BENCH_ROWS_PER_JOB:-64}
 MODEL=all-minilm-l6-v2
@@ -93,20 +98,22 @@ surge_int8() { # bucket threads isa
 }
 
 ISA=$([[ $AVX512 == 1 ]] && echo avx512 || echo avx2)
-for b in $BUCKETS; do
-  echo "== bucket of about $b tokens: $THREADS threads, then 1"
-  [[ "$SKIP_REF" == 1 ]] || reference "$b" "$THREADS" "$ISA"
-  surge "$b" "$THREADS" "$ISA"
-  [[ "$THREADS" == 1 ]] || surge "$b" 1 "$ISA"
-  [[ "$DEVICE" != cpu ]] || surge_int8 "$b" "$THREADS" "$ISA"
-  if [[ $AVX512 == 1 && "$DEVICE" == cpu ]]; then
-    echo "== bucket of about $b tokens, AVX2 on this AVX-512 machine"
-    [[ "$SKIP_REF" == 1 ]] || ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-      reference "$b" "$THREADS" avx2
-    SURGE_CPU_ISA=avx2 surge "$b" "$THREADS" avx2
-    [[ "$THREADS" == 1 ]] || SURGE_CPU_ISA=avx2 surge "$b" 1 avx2
-    SURGE_CPU_ISA=avx2 surge_int8 "$b" "$THREADS" avx2
-  fi
+for round in $(seq "$ROUNDS"); do
+  for b in $BUCKETS; do
+    echo "== round $round/$ROUNDS, bucket of about $b tokens: $THREADS threads, then 1"
+    [[ "$SKIP_REF" == 1 ]] || reference "$b" "$THREADS" "$ISA"
+    surge "$b" "$THREADS" "$ISA"
+    [[ "$THREADS" == 1 ]] || surge "$b" 1 "$ISA"
+    [[ "$DEVICE" != cpu ]] || surge_int8 "$b" "$THREADS" "$ISA"
+    if [[ $AVX512 == 1 && "$DEVICE" == cpu ]]; then
+      echo "== bucket of about $b tokens, AVX2 on this AVX-512 machine"
+      [[ "$SKIP_REF" == 1 ]] || ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        reference "$b" "$THREADS" avx2
+      SURGE_CPU_ISA=avx2 surge "$b" "$THREADS" avx2
+      [[ "$THREADS" == 1 ]] || SURGE_CPU_ISA=avx2 surge "$b" 1 avx2
+      SURGE_CPU_ISA=avx2 surge_int8 "$b" "$THREADS" avx2
+    fi
+  done
 done
 
 PREFIX="bench-emb-$(date +%s)"

@@ -10,7 +10,7 @@
 All but `report` run with the throwaway venv's python (.cache/st-venv); the tests never
 use them.
 """
-import datetime, glob, json, os, platform, re, subprocess, sys, time
+import collections, datetime, glob, json, os, platform, re, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- embeddings:start -->", "<!-- embeddings:end -->"
@@ -226,12 +226,21 @@ def report(raw):
     gpu = sh("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1") or "no GPU"
 
     def pick(kind, bucket, isa, threads):
-        for r in rows:
-            if (r["kind"], r.get("bucket"), r.get("isa"), r.get("threads")) == (kind, bucket, isa, threads):
-                return r
-        return None
+        """The median of the rounds' measurements of one row (None if never measured)."""
+        got = sorted((r for r in rows
+                      if (r["kind"], r.get("bucket"), r.get("isa"), r.get("threads")) == (kind, bucket, isa, threads)),
+                     key=lambda r: r["per_s"])
+        if not got:
+            return None
+        mid = dict(got[len(got) // 2])
+        if len(got) % 2 == 0:
+            mid["per_s"] = (got[len(got) // 2 - 1]["per_s"] + got[len(got) // 2]["per_s"]) / 2
+        mid["rounds"] = len(got)
+        return mid
 
     threads = max((r["threads"] for r in rows if r["kind"] == "surge_in_process"), default=1)
+    rounds = max(collections.Counter((r["bucket"], r["isa"], r["threads"])
+                                     for r in rows if r["kind"] == "surge_in_process").values(), default=0)
     out = [START, "## Text embeddings (all-MiniLM-L6-v2)\n"]
     w = out.append
     versions = next((r.get("versions", "") for r in rows if r["kind"] == "sentence_transformers"), "")
@@ -241,7 +250,10 @@ def report(raw):
       f"References: {versions or 'PyTorch not run'}; {ort_v or 'ONNX Runtime not run'} (model exported by torch.onnx, fp32). "
       "Texts: English prose this repository did not write (Python's bundled documentation and the licence texts in "
       "/usr/share/common-licenses), cut into buckets by token count; every engine gets the same texts, batch 64, "
-      "in one invocation. Load average when the report was written: "
+      "in one invocation. Every in-process figure is the median of "
+      f"{rounds} "
+      "rounds, each round running every engine in turn (this host drifts ±10% within minutes); the ratios are "
+      "ratios of medians. Load average when the report was written: "
       f"{os.getloadavg()[0]:.1f}.\n")
     w(f"| bucket: tokens (min–max, mean) | ISA | threads | PyTorch /s | ONNX Runtime /s | Surge /s | Surge tokens/s "
       f"| × PyTorch | × ONNX Runtime | Surge 1 thread /s | {threads} threads ÷ 1 | Surge through the queue /s "
