@@ -173,16 +173,17 @@ def sh(cmd):
 
 STEPS = """### Reading the table
 
-One run of the sweep; these machines drift by ±10% between runs, so read the ratios in a
-row (measured minutes apart), not rows/s across runs.
+Each figure is the median of three rounds (engines alternating within a round); read the
+ratios in a row, not rows/s across runs: these machines drift by ±10% between runs.
 
 On this AVX-512 machine (AMD EPYC family 25, Zen 4), 2026-12-01, Surge fp32 is ahead of
-PyTorch in every bucket (1.07–1.48×) and level with ONNX Runtime up to 64 tokens
-(0.97–0.99×: under the ≥ 1.0× target, by less than the noise). Forced onto AVX2 it is
-ahead of PyTorch from 16 to 64 tokens (1.08–1.16×) and behind at 128–256 (0.87–0.98×);
-the ≥ 1.0× targets are not met there. 2 threads give 1.63–1.90× one thread (≥ 1.8× at 32
-and 128 tokens only). int8 (AVX2 integer GEMM, attention on the AVX-512 build) is
-1.50–2.08× PyTorch fp32.
+PyTorch in every bucket on both ISAs (AVX-512 1.23–1.42×, forced onto AVX2 1.16–1.32×)
+and ahead of ONNX Runtime up to 64 tokens (1.09–1.22×; 1.07–1.17× with Surge on AVX2
+against ONNX Runtime on AVX-512). 2 threads give 1.85–1.92× one thread on AVX-512, and
+1.86–1.95× on AVX2 except at 16 tokens (1.76×; the three rounds gave 1.73–1.86×): the
+≥ 1.8× target is not met there. int8 on AVX2 throughout is 1.51–1.84× PyTorch fp32 on
+AVX2 (1.51× at 256 tokens, where attention, still f32, takes the largest share). This
+machine is a Zen 4: an AVX2-only CPU (Zen 3) was not measured in this run.
 
 ### What each step bought
 
@@ -194,6 +195,8 @@ builds alternating in one run (sentences/s):
 | before (gemm crate; attention's AVX-512 build) | 248 | 47 | 6.0 |
 | attention's small products on a hand-written microkernel: LLVM had vectorised the AVX-512 build of the portable loop across rows with gather and scatter instructions, which Zen 4 runs in microcode (78% of the time at 256 tokens); the two strided copies kept out of the AVX-512 builds | 391 | 95 | 23.8 |
 | Surge's own GEMM (`bert/gemm.rs`): weights packed once at load, 12 × 16 AVX-512 and 6 × 16 AVX2 microkernels with intrinsics, 384-deep passes | 1.03–1.17× the gemm crate (three alternating rounds) | 1.02–1.07× (two rounds) | 0.96× (one round) |
+| output buffers zeroed by the threads that fill them, not by a serial `memset` on the calling thread (3% of all CPU time, while the other thread waited) | 410 → 433 (medians of six alternating runs) | | |
+| glibc told to keep freed buffers ≤ 32 MB (`mallopt`): each forward pass had page-faulted its activation buffers in again (356,000 faults for 1,875 texts, 46,000–68,000 after) | 433 → 474; 2 threads ÷ 1 thread 1.61 → 1.90 | | |
 
 The own GEMM is about level with the `gemm` crate on one core (88–104 against 104–109
 GFLOP/s on AVX-512, 94–100 on AVX2, `cargo test --release -p surge-model --lib
@@ -207,8 +210,14 @@ machine, 2026-11-27: gemm's AVX-512 kernels (+43%), fused kernels between the GE
 (2.1×), length sorting with dynamic-programming chunk cuts (+13–30%), 2,048-token chunks,
 one 2-D GEMM per linear layer with query, key and value fused.
 
-Where the time goes now (`perf record`, AVX-512, 2 threads, 16 tokens): 74% the GEMM
-microkernel, 4% packing activation panels, 4% attention, 3% zeroing buffers.
+Where the time goes now (`perf record`, AVX2 kernels, 2 threads, 16 tokens, per worker
+thread): 74% the GEMM microkernel, 4% packing activation panels, 3% attention, 3% bias +
+GELU; the calling thread's own work between the parallel steps (embeddings, pooling,
+tokenizing) is under 2% once the model is loaded. int8 at 256 tokens on AVX2: 57% the
+integer microkernel, 20% attention. The int8 GEMM reaches 136–152 GMAC/s on 2 threads
+against 100–106 for f32 (`cargo test --release -p surge-model --lib int8::tests::speed --
+--ignored --nocapture`): each step is a `vpmaddwd` and a `vpaddd`, as AVX2 has no fused
+integer multiply-add.
 """
 
 
