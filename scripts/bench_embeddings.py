@@ -197,6 +197,7 @@ builds alternating in one run (sentences/s):
 | Surge's own GEMM (`bert/gemm.rs`): weights packed once at load, 12 × 16 AVX-512 and 6 × 16 AVX2 microkernels with intrinsics, 384-deep passes | 1.03–1.17× the gemm crate (three alternating rounds) | 1.02–1.07× (two rounds) | 0.96× (one round) |
 | output buffers zeroed by the threads that fill them, not by a serial `memset` on the calling thread (3% of all CPU time, while the other thread waited) | 410 → 433 (medians of six alternating runs) | | |
 | glibc told to keep freed buffers ≤ 32 MB (`mallopt`): each forward pass had page-faulted its activation buffers in again (356,000 faults for 1,875 texts, 46,000–68,000 after) | 433 → 474; 2 threads ÷ 1 thread 1.61 → 1.90 | | |
+| a batch cut into about one chunk per thread, the chunks' forward passes run side by side (their own parallel steps borrow idle threads), instead of one pass at a time with every step split over the threads (medians of 3 alternating runs, AVX-512 / AVX2) | 418 → 476 / 463 → 489 | 110 → 111 / 97 → 108 | – / 25.4 → 26.7 |
 
 The own GEMM is about level with the `gemm` crate on one core (88–104 against 104–109
 GFLOP/s on AVX-512, 94–100 on AVX2, `cargo test --release -p surge-model --lib
