@@ -413,17 +413,18 @@ impl BertEmbedder {
 
     /// The token budget of a chunk for a batch of texts of `lengths` tokens:
     /// [`CHUNK_TOKENS`], and on a CPU with several threads small enough that each
-    /// thread gets about one chunk (not under [`MIN_SHARED_CHUNK`]). 64 texts of 16
+    /// thread gets about one chunk (not under [`MIN_SHARED_CHUNK`]), and that the passes
+    /// in flight together hold no more than one pass did (memory). 64 texts of 16
     /// tokens on 2 threads: 2 passes of about 512 tokens instead of 1 of 1,024.
     fn chunk_budget(&self, lengths: &[usize]) -> usize {
         let threads = candle_core::utils::get_num_threads().max(1);
         if !self.device.is_cpu() || threads == 1 {
             return CHUNK_TOKENS;
         }
+        // At most CHUNK_TOKENS in flight over all threads, as in one pass at a time.
+        let most = (CHUNK_TOKENS / threads).max(MIN_SHARED_CHUNK);
         let total: usize = lengths.iter().sum();
-        total
-            .div_ceil(threads)
-            .clamp(MIN_SHARED_CHUNK, CHUNK_TOKENS)
+        total.div_ceil(threads).clamp(MIN_SHARED_CHUNK, most)
     }
 
     /// Embeds texts of similar length in one forward pass: `[n, hidden]`, in order.
