@@ -424,7 +424,12 @@ impl BertEmbedder {
         // At most CHUNK_TOKENS in flight over all threads, as in one pass at a time.
         let most = (CHUNK_TOKENS / threads).max(MIN_SHARED_CHUNK);
         let total: usize = lengths.iter().sum();
-        total.div_ceil(threads).clamp(MIN_SHARED_CHUNK, most)
+        // Whole rounds of one chunk per thread (5 chunks on 2 threads would leave one
+        // thread a last chunk alone), with a tenth more for padding inside a chunk.
+        let rounds = total.div_ceil(threads * most).max(1);
+        (total + total / 10)
+            .div_ceil(threads * rounds)
+            .clamp(MIN_SHARED_CHUNK, most)
     }
 
     /// Embeds texts of similar length in one forward pass: `[n, hidden]`, in order.
