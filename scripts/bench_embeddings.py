@@ -176,19 +176,20 @@ STEPS = """### Reading the table
 Each figure is the median of three rounds (engines alternating within a round); read the
 ratios in a row, not rows/s across runs: these machines drift by ±10% between runs.
 
-On this AVX-512 machine (AMD EPYC family 25, Zen 4), 2026-12-01, Surge fp32 is ahead of
-PyTorch in every bucket on both ISAs (AVX-512 1.39–1.62×, forced onto AVX2 1.22–1.42×)
-and ahead of ONNX Runtime up to 64 tokens (1.14–1.28×; 1.07–1.18× with Surge on AVX2
-against ONNX Runtime on AVX-512). 2 threads give 1.83–2.11× one thread, except on AVX2 at
-64 tokens: 1.77× (rounds 1.96, 1.75, 1.76), under the ≥ 1.8× target. int8 held to AVX2
-is 1.61–1.90× PyTorch fp32 on AVX2. This machine is a Zen 4: an AVX2-only CPU (Zen 3)
-was not measured in this run.
+On this AVX-512 machine (AMD EPYC family 25, Zen 4), 2026-12-01 (`BENCH_TOKENS=10000 make
+bench-embeddings`), Surge fp32 is ahead of PyTorch in every bucket on both ISAs (AVX-512
+1.28–1.52×, forced onto AVX2 1.22–1.42×) and ahead of ONNX Runtime up to 64 tokens
+(1.10–1.35×; 1.06–1.23× with Surge on AVX2 against ONNX Runtime on AVX-512). 2 threads
+give 1.83–2.04× one thread (medians; every single round was ≥ 1.80×). int8 held to AVX2
+is 1.57–1.99× PyTorch fp32 on AVX2. The through-the-queue column is one run per bucket,
+and at 10,000 tokens a bucket lasts 2–3 s, so its start-up weighs on it (16 tokens: 306/s
+here, 360–400/s in longer runs). This machine is a Zen 4: an AVX2-only CPU (Zen 3) was
+not measured in this run.
 
-After this run the chunks running side by side were capped at 1,024 tokens each on 2
-threads (2,048 in flight, as one pass held before): the worker's peak RSS went from 225
-MB (the figure above) to 196 MB, measured as VmHWM of a `surge worker --threads 2` after
-`score-batch` ran the 256-token bucket through it; in process, 256 tokens ran at the same
-speed (medians of 3 alternating runs: 28.8 and 28.8 sentences/s).
+The run before it (2026-12-01, default 15,000 tokens, the build without the last two
+chunking changes) had 2 threads ÷ 1 at 1.77× on AVX2 at 64 tokens and a worker peak RSS
+of 225 MB; cutting chunks in whole rounds per thread and capping the tokens in flight at
+one pass's 2,048 moved them to 1.97× and 189 MB.
 
 ### What each step bought
 
@@ -203,6 +204,7 @@ builds alternating in one run (sentences/s):
 | output buffers zeroed by the threads that fill them, not by a serial `memset` on the calling thread (3% of all CPU time, while the other thread waited) | 410 → 433 (medians of six alternating runs) | | |
 | glibc told to keep freed buffers ≤ 32 MB (`mallopt`): each forward pass had page-faulted its activation buffers in again (356,000 faults for 1,875 texts, 46,000–68,000 after) | 433 → 474; 2 threads ÷ 1 thread 1.61 → 1.90 | | |
 | a batch cut into about one chunk per thread, the chunks' forward passes run side by side (their own parallel steps borrow idle threads), instead of one pass at a time with every step split over the threads (medians of 3 alternating runs, AVX-512 / AVX2) | 418 → 476 / 463 → 489 | 110 → 111 / 97 → 108 | – / 25.4 → 26.7 |
+| chunks cut in whole rounds of one per thread (5 chunks on 2 threads had left one thread a last chunk alone), at most 2,048 tokens in flight (3 alternating rounds, AVX2, 2 threads ÷ 1 thread at 64 tokens) | unchanged | 1.86–1.92 → 1.93–1.98 | unchanged |
 
 The own GEMM is about level with the `gemm` crate on one core (88–104 against 104–109
 GFLOP/s on AVX-512, 94–100 on AVX2, `cargo test --release -p surge-model --lib
