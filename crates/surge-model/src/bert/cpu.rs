@@ -231,8 +231,7 @@ pub(super) fn f32s<'a>(
 /// A new `len`-value buffer, cut into `chunk`-value pieces that `work(state, index,
 /// piece)` fills, on the pool when `par` (with one `init()` state per task run) or in
 /// order. Each piece is zeroed by the thread that fills it, just before: a `vec![0; len]`
-/// up front was a serial memset on the calling thread, 3% of all CPU time at 16 tokens
-/// while the other thread waited.
+/// up front was a serial memset on the calling thread while the pool waited.
 pub(super) fn fill_new<S>(
     len: usize,
     chunk: usize,
