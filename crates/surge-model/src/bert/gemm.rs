@@ -22,7 +22,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 #[cfg(target_arch = "x86_64")]
 use super::cpu::use_avx512;
-use super::cpu::{f32s, fill_new, madd, put_lane};
+use super::cpu::{f32s, madd, put_lane};
+use super::fill::fill_new;
 
 /// Output columns per packed block: one AVX-512 register, two AVX2 ones.
 const NB: usize = 16;

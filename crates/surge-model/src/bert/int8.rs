@@ -199,7 +199,7 @@ impl QuantLinear {
                 }
             }
         };
-        super::cpu::fill_new(m * n, rows * n, true, || (), work)
+        super::fill::fill_new(m * n, rows * n, true, || (), work)
     }
 }
 

@@ -58,6 +58,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 mod cpu;
 mod encoder;
+mod fill;
 mod gemm;
 mod int8;
 
@@ -213,7 +214,7 @@ fn bad_file(path: &Path, message: impl Into<String>) -> ModelError {
 /// returning them to the kernel. A forward pass allocates and frees a dozen activation
 /// buffers of 1–13 MB per layer; glibc's defaults gave them back (munmap, or a heap trim
 /// past 128 kB–64 MB), so each pass page-faulted them in again: 356,000 faults and
-/// 5% more CPU for 1,875 short texts on 2 threads, 46,000 with this. RSS stays near the
+/// 5% more CPU for 1,875 short texts on 2 threads, 46,000–68,000 with this. RSS stays near the
 /// forward pass's peak instead of falling between batches. Skipped when the user sets
 /// `GLIBC_TUNABLES` (their malloc settings win) and where the C library is not glibc.
 fn keep_freed_buffers() {
