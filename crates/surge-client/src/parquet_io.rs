@@ -26,8 +26,8 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
+use parquet::basic::{Compression, Type as PhysicalType};
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
@@ -454,10 +454,25 @@ impl<W: Write + Send> ParquetOut<W> {
         };
         fields.push(Field::new("error", DataType::Utf8, true));
         let schema = Arc::new(Schema::new(fields));
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP))
-            .build();
+            .set_max_row_group_row_count(Some(ROW_GROUP));
+        // Floats (features carried through, scores, embeddings) are written plain:
+        // hashing every value into a dictionary took ~20% of score-batch's CPU on
+        // Parquet output, and measured values rarely repeat. Other columns (text,
+        // ids, errors) keep the default dictionary.
+        let leaves = ArrowSchemaConverter::new()
+            .convert(&schema)
+            .map_err(out_err)?;
+        for col in leaves.columns() {
+            if matches!(
+                col.physical_type(),
+                PhysicalType::FLOAT | PhysicalType::DOUBLE
+            ) {
+                props = props.set_column_dictionary_enabled(col.path().clone(), false);
+            }
+        }
+        let props = props.build();
         let writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(out_err)?;
         Ok(Self {
             writer,

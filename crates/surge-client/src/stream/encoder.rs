@@ -5,11 +5,11 @@
 
 use arrow_schema::DataType;
 use arrow_select::concat::concat_batches;
-use csv::ByteRecord;
 use serde_json::Value;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
+use super::csv_reader::CsvRecord;
 use super::source::{Record, RowSource};
 use super::{csv_field, RowBytes, INVALID_INPUT};
 use crate::parquet_io;
@@ -35,6 +35,8 @@ pub struct Encoder {
     rows_per_job: usize,
     /// `"name":` of each kept column, for JSON output.
     json_keys: Vec<Vec<u8>>,
+    /// True when the columns kept are all of them, in order.
+    keeps_all: bool,
     /// Rows to read past before the first job (written by the run resumed).
     skip: usize,
     /// Parquet in and out with plain column types: jobs are cut from record batches
@@ -61,10 +63,12 @@ impl Encoder {
                 key
             })
             .collect();
+        let keeps_all = keep.iter().copied().eq(0..table.columns.len());
         Self {
             table,
             selection,
             keep,
+            keeps_all,
             out,
             rows_per_job: rows_per_job.max(1),
             json_keys,
@@ -135,7 +139,7 @@ impl Encoder {
             }
         }
         // One record read into again and again: no allocation per CSV row.
-        let mut rec = Record::Csv(ByteRecord::new());
+        let mut rec = Record::Csv(CsvRecord::default());
         loop {
             let job = if columnar {
                 self.columnar_job(&mut src, &mut row_no)
@@ -206,6 +210,14 @@ impl Encoder {
                 self.write_kept(rec, &mut rows.bytes)?;
             }
             rows.ends.push(rows.bytes.len());
+            if rows.ends.len() == 1 {
+                // Room for the job at the first row's size (capped): growing by
+                // doubling copied each job's bytes about twice over.
+                let room = rows.bytes.len().saturating_mul(self.rows_per_job - 1);
+                rows.bytes.reserve(room.min(8 << 20));
+                rows.ends.reserve(self.rows_per_job.min(1 << 16));
+                values.reserve((values.len() * self.rows_per_job).min(2 << 20));
+            }
         }
         if rows.is_empty() {
             return Ok(None);
@@ -358,7 +370,14 @@ impl Encoder {
         match self.out {
             // The common case: no cell of the record needs quoting (one SIMD scan of
             // the record's bytes says so), so the cells are copied as they are.
-            Format::Csv if matches!(rec, Record::Csv(r) if !super::needs_quoting(r.as_slice())) => {
+            // A line read as it is (no quote, nothing to quote) is written back in one
+            // copy when every column is kept, in order.
+            Format::Csv if matches!(rec, Record::Csv(r) if r.line().is_some() && self.keeps_all) => {
+                if let Record::Csv(r) = rec {
+                    out.extend_from_slice(r.line().unwrap_or_default());
+                }
+            }
+            Format::Csv if matches!(rec, Record::Csv(r) if r.line().is_some() || !super::needs_quoting(r.as_slice())) => {
                 if let Record::Csv(r) = rec {
                     for (i, &k) in self.keep.iter().enumerate() {
                         if i > 0 {

@@ -11,6 +11,7 @@
 //! that is not a number fails its row (written with an [`INVALID_INPUT`] error naming
 //! its row and column), not the run.
 
+mod csv_reader;
 mod encoder;
 mod source;
 mod writer;

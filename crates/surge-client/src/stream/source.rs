@@ -11,9 +11,9 @@ use std::path::Path;
 
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
-use csv::ByteRecord;
 use serde_json::Value;
 
+use super::csv_reader::{CsvError, CsvReader, CsvRecord};
 use crate::parquet_io::{self, ParquetRows};
 use crate::table::{Format, JsonShape, ReadOptions, Table};
 use crate::ClientError;
@@ -25,14 +25,14 @@ pub const SAMPLE_ROWS: usize = 10_000;
 /// A row as the file holds it.
 pub(super) enum Record {
     /// A CSV record: its cells as the file's bytes.
-    Csv(ByteRecord),
+    Csv(CsvRecord),
     /// A JSON Lines or Parquet row: its cells as values, in column order.
     Json(Vec<Value>),
 }
 
 /// The reader under a [`RowSource`], by format.
 enum Inner {
-    Csv(csv::Reader<Box<dyn Read + Send>>),
+    Csv(Box<CsvReader>),
     Parquet(ParquetRows),
     Json {
         lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
@@ -63,13 +63,12 @@ pub fn open(
     let named;
     let inner = match format {
         Format::Csv => {
-            let mut rdr = csv::ReaderBuilder::new()
-                .has_headers(options.header)
-                .from_reader(reader);
+            let mut rdr = Box::new(CsvReader::new(reader));
             if options.header {
-                columns = rdr
-                    .byte_headers()
-                    .map_err(|e| ClientError::Input(format!("reading the CSV header: {e}")))?
+                let mut header = CsvRecord::default();
+                rdr.read(&mut header)
+                    .map_err(|e| ClientError::Input(format!("reading the CSV header: {e}")))?;
+                columns = header
                     .iter()
                     .map(|c| String::from_utf8_lossy(c).into_owned())
                     .collect();
@@ -216,7 +215,7 @@ impl RowSource {
             if self.exhausted {
                 return Ok(false);
             }
-            return match rdr.read_byte_record(rec) {
+            return match rdr.read(rec) {
                 Ok(true) => {
                     self.rows_read += 1;
                     Ok(true)
@@ -243,8 +242,8 @@ impl RowSource {
         }
         let rec = match &mut self.inner {
             Inner::Csv(rdr) => {
-                let mut rec = ByteRecord::new();
-                match rdr.read_byte_record(&mut rec) {
+                let mut rec = CsvRecord::default();
+                match rdr.read(&mut rec) {
                     Ok(true) => Some(Record::Csv(rec)),
                     Ok(false) => None,
                     Err(e) => return Err(csv_error(self.rows_read, &e)),
@@ -279,6 +278,6 @@ impl RowSource {
 }
 
 /// The error for a CSV record that cannot be read, after `rows_read` rows.
-fn csv_error(rows_read: usize, e: &csv::Error) -> ClientError {
+fn csv_error(rows_read: usize, e: &CsvError) -> ClientError {
     ClientError::Input(format!("CSV record {}: {e}", rows_read + 1))
 }

@@ -60,39 +60,84 @@ pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
 /// correctly, to the f32 that `str::parse` gives (Clinger's fast path, which
 /// skips UTF-8 checking, trimming and the general algorithm). `None` for anything
 /// else, which then goes the general way.
+#[inline]
 fn plain_decimal(bytes: &[u8]) -> Option<f32> {
-    const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
-    let (negative, mut i) = match bytes.first() {
-        Some(b'-') => (true, 1),
-        Some(b'+') => (false, 1),
-        _ => (false, 0),
+    let (negative, s) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, bytes),
     };
-    let mut mantissa: u64 = 0;
-    let mut digits = 0;
-    let mut exp: i32 = 0;
-    let mut fraction = false;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'0'..=b'9' => {
-                // More digits than a u64 holds for sure: the general way.
-                if digits == 19 {
-                    return None;
-                }
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                digits += 1;
-                exp -= i32::from(fraction);
-            }
-            b'.' if !fraction => fraction = true,
-            _ => break,
-        }
-        i += 1;
+    if s.is_empty() || s.len() > 20 {
+        return with_exponent(bytes);
     }
-    if digits == 0 {
+    // Digits and at most one point, in one loop without a branch per byte (the
+    // lengths of numbers vary, and each mispredicted loop exit cost more than the
+    // digits): anything else (an exponent, a stray byte) goes the longer way.
+    let mut mantissa: u64 = 0;
+    let mut points = 0usize;
+    let mut point_at = 0usize;
+    let mut other = false;
+    for (i, &b) in s.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        let point = b == b'.';
+        other |= d > 9 && !point;
+        points += usize::from(point);
+        point_at = if point { i } else { point_at };
+        let next = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        mantissa = if point { mantissa } else { next };
+    }
+    if other || points > 1 {
+        return with_exponent(bytes);
+    }
+    let fraction = if points == 1 {
+        s.len() - point_at - 1
+    } else {
+        0
+    };
+    let digits = s.len() - points;
+    if digits == 0 || digits > 19 || mantissa > 1 << 24 || fraction > 10 {
         return None;
     }
-    if let Some(b'e' | b'E') = bytes.get(i) {
+    let x = mantissa as f32 / POW10[fraction];
+    Some(if negative { -x } else { x })
+}
+
+/// Powers of ten that are exact f32s.
+const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
+/// [`plain_decimal`] for the decimals with an exponent (and the rest, refused).
+fn with_exponent(bytes: &[u8]) -> Option<f32> {
+    let (negative, s) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, bytes),
+    };
+    // Digits accumulate with wrapping arithmetic: more than 19 of them (which a u64
+    // may not hold) are refused below, before the mantissa is used.
+    let mut mantissa: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
         i += 1;
-        let negative_exp = match bytes.get(i) {
+    }
+    let mut digits = i;
+    let mut exp: i32 = 0;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        digits += i - start;
+        exp = -((i - start).min(64) as i32);
+    }
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    if let Some(b'e' | b'E') = s.get(i) {
+        i += 1;
+        let negative_exp = match s.get(i) {
             Some(b'-') => {
                 i += 1;
                 true
@@ -105,7 +150,7 @@ fn plain_decimal(bytes: &[u8]) -> Option<f32> {
         };
         let start = i;
         let mut e: i32 = 0;
-        while let Some(&b) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
+        while let Some(&b) = s.get(i).filter(|b| b.is_ascii_digit()) {
             if i - start == 4 {
                 return None;
             }
@@ -117,7 +162,7 @@ fn plain_decimal(bytes: &[u8]) -> Option<f32> {
         }
         exp += if negative_exp { -e } else { e };
     }
-    if i != bytes.len() || mantissa > 1 << 24 || !(-10..=10).contains(&exp) {
+    if i != s.len() || mantissa > 1 << 24 || !(-10..=10).contains(&exp) {
         return None;
     }
     let m = mantissa as f32;
@@ -325,8 +370,22 @@ mod fast_path_tests {
                 }
             }
         }
+        // And with the point at every place, signed or not.
+        for m in (0..16_777_216u32).step_by(9973) {
+            let d = m.to_string();
+            for p in 0..=d.len() {
+                for sign in ["", "-", "+"] {
+                    let c = format!("{sign}{}.{}", &d[..p], &d[p..]);
+                    let want: f32 = c.parse().unwrap();
+                    let got = plain_decimal(c.as_bytes());
+                    assert_eq!(got.map(f32::to_bits), Some(want.to_bits()), "{c}");
+                }
+            }
+        }
+        assert_eq!(plain_decimal(b"12345678901234567890.5"), None);
         for c in [
-            "", "-", ".", "e5", "1e", "1e+", "1.2.3", " 1", "1 ", "nan", "inf", "1x", "--1",
+            "-.", "+", "1.-2", "1e-", "0x10", "1_0", "", "-", ".", "e5", "1e", "1e+", "1.2.3",
+            " 1", "1 ", "nan", "inf", "1x", "--1",
         ] {
             assert_eq!(plain_decimal(c.as_bytes()), None, "{c:?}");
         }
