@@ -17,6 +17,8 @@ use std::io::Read;
 
 use csv_core::ReadRecordResult;
 
+use crate::table::{padded_decimal, DECIMAL_PAD};
+
 /// Bytes read from the input at a time (a line longer than this grows the buffer).
 const BLOCK: usize = 256 << 10;
 
@@ -24,7 +26,11 @@ const BLOCK: usize = 256 << 10;
 /// verbatim.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CsvRecord {
+    /// The fields' bytes, then [`DECIMAL_PAD`] bytes of padding, so that a cell can
+    /// be read as one word ([`CsvRecord::number`]).
     bytes: Vec<u8>,
+    /// The length of `bytes` without the padding.
+    len: usize,
     /// `(start, end)` of each field in `bytes`.
     bounds: Vec<(usize, usize)>,
     /// True when `bytes` is the record's line as the file holds it (fields joined by
@@ -51,16 +57,25 @@ impl CsvRecord {
     /// The record's line when it is its fields joined by commas and no field needs
     /// quoting: written back as it is.
     pub(crate) fn line(&self) -> Option<&[u8]> {
-        self.verbatim.then_some(&self.bytes[..])
+        self.verbatim.then_some(&self.bytes[..self.len])
+    }
+
+    /// Field `i` as an f32 when it is a short plain decimal (see
+    /// [`padded_decimal`]); `None` leaves it to [`crate::table::csv_cell`].
+    #[inline]
+    pub(crate) fn number(&self, i: usize) -> Option<f32> {
+        let &(s, e) = self.bounds.get(i)?;
+        padded_decimal(&self.bytes[s..], e - s)
     }
 
     /// The bytes of every field (and, for a verbatim line, the commas between them).
     pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[..self.len]
     }
 
     fn clear(&mut self) {
         self.bytes.clear();
+        self.len = 0;
         self.bounds.clear();
         self.verbatim = false;
     }
@@ -69,8 +84,15 @@ impl CsvRecord {
     fn set_line(&mut self, line: &[u8]) {
         self.clear();
         self.bytes.extend_from_slice(line);
+        self.pad();
         split_commas(line, &mut self.bounds);
         self.verbatim = true;
+    }
+
+    /// Marks the end of the fields' bytes and pads them.
+    fn pad(&mut self) {
+        self.len = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; DECIMAL_PAD]);
     }
 }
 
@@ -343,6 +365,7 @@ impl CsvReader {
             }
         }
         rec.bytes.truncate(out_len);
+        rec.pad();
         let mut start = 0;
         for &end in &self.core_ends[..ends_len] {
             rec.bounds.push((start, end));

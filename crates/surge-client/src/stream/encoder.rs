@@ -332,10 +332,13 @@ impl Encoder {
 
     fn number(&self, rec: &Record, c: usize) -> Option<f32> {
         match rec {
-            Record::Csv(r) => match csv_cell(r.get(c).unwrap_or_default()) {
-                Cell::Number(x) => Some(x),
-                _ => None,
-            },
+            Record::Csv(r) => {
+                r.number(c)
+                    .or_else(|| match csv_cell(r.get(c).unwrap_or_default()) {
+                        Cell::Number(x) => Some(x),
+                        _ => None,
+                    })
+            }
             Record::Json(cells) => match cells.get(c) {
                 Some(Value::Number(n)) => n.as_f64().map(|x| x as f32).filter(|x| x.is_finite()),
                 _ => None,

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::ClientError;
 
-pub(crate) use cells::{cell_from_csv, csv_cell, Cell};
+pub(crate) use cells::{cell_from_csv, csv_cell, padded_decimal, Cell, DECIMAL_PAD};
 pub use select::Selection;
 
 /// A file format.
