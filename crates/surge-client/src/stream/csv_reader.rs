@@ -4,10 +4,10 @@
 //! made of ([`CsvReader`]).
 //!
 //! Why not `csv::Reader` alone: on a file of numbers, its byte-at-a-time state
-//! machine and the copy of every field were a quarter of `score-batch`'s CPU, and
+//! machine and the copy of every field were a sixth of `score-batch`'s CPU, and
 //! on a 2-core host that CPU is taken from the broker and the workers. A line with
 //! no `"` and no `\r` but its last byte cannot hold anything but fields split by
-//! commas, so such a line is split with a `memchr` scan and kept as it is (written
+//! commas, so such a line is split eight bytes at a time and kept as it is (written
 //! back in one copy, [`CsvRecord::line`]). Any other record, quoted fields spanning
 //! lines included, goes through `csv_core`, the `csv` crate's own parser, from the
 //! start of its line; a test holds the two paths to `csv::Reader` record for record
