@@ -87,12 +87,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a process started next to listen on (metrics,
+/// status pages). Picked below Linux's ephemeral range (32768+) and away from the
+/// private nodes' ports and RabbitMQ's own: a port the kernel handed out for
+/// `127.0.0.1:0` was once taken by an outgoing connection before the worker bound it
+/// ("Address already in use", shards test, CI on 7ef728d).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    node::quiet_port(10_000..20_000, &[15_672, 15_692])
 }
 
 /// The breast-cancer model's feature names.

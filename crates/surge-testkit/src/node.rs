@@ -103,7 +103,7 @@ const LISTENER_PORTS: std::ops::Range<u16> = 22_000..30_000;
 /// A port of `range` (below Linux's ephemeral range, 32768+), free now, not in
 /// `avoid`: a port in the ephemeral range can be taken by an outgoing connection
 /// between our check and the node's bind.
-fn quiet_port(range: std::ops::Range<u16>, avoid: &[u16]) -> u16 {
+pub(crate) fn quiet_port(range: std::ops::Range<u16>, avoid: &[u16]) -> u16 {
     let width = u128::from(range.end - range.start);
     for _ in 0..200 {
         let p = range.start + (uuid::Uuid::new_v4().as_u128() % width) as u16;
