@@ -371,22 +371,22 @@ impl Encoder {
     fn write_kept(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), ClientError> {
         let json = |e: serde_json::Error| ClientError::Output(e.to_string());
         match self.out {
-            // The common case: no cell of the record needs quoting (one SIMD scan of
-            // the record's bytes says so), so the cells are copied as they are.
-            // A line read as it is (no quote, nothing to quote) is written back in one
-            // copy when every column is kept, in order.
-            Format::Csv if matches!(rec, Record::Csv(r) if r.line().is_some() && self.keeps_all) => {
-                if let Record::Csv(r) = rec {
-                    out.extend_from_slice(r.line().unwrap_or_default());
-                }
-            }
+            // The common case: no cell of the record needs quoting (a line read as
+            // it is, or one SIMD scan of the record's bytes says so), so the cells are
+            // copied as they are; a verbatim line whose every column is kept, in
+            // order, in one copy.
             Format::Csv if matches!(rec, Record::Csv(r) if r.line().is_some() || !super::needs_quoting(r.as_slice())) => {
                 if let Record::Csv(r) = rec {
-                    for (i, &k) in self.keep.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
+                    match r.line() {
+                        Some(line) if self.keeps_all => out.extend_from_slice(line),
+                        _ => {
+                            for (i, &k) in self.keep.iter().enumerate() {
+                                if i > 0 {
+                                    out.push(b',');
+                                }
+                                out.extend_from_slice(r.get(k).unwrap_or_default());
+                            }
                         }
-                        out.extend_from_slice(r.get(k).unwrap_or_default());
                     }
                 }
             }

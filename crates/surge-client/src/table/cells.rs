@@ -54,54 +54,6 @@ pub(crate) fn csv_cell(bytes: &[u8]) -> Cell {
     }
 }
 
-/// `bytes` as an f32 when it is a plain decimal (`-12.5`, `0.07871`, `1.095e-05`)
-/// whose digits make an integer of at most 2^24 and whose power of ten is within
-/// ±10: both are then exact f32s, and one multiplication or division rounds
-/// correctly, to the f32 that `str::parse` gives (Clinger's fast path, which
-/// skips UTF-8 checking, trimming and the general algorithm). `None` for anything
-/// else, which then goes the general way.
-#[inline]
-fn plain_decimal(bytes: &[u8]) -> Option<f32> {
-    let (negative, s) = match bytes {
-        [b'-', rest @ ..] => (true, rest),
-        [b'+', rest @ ..] => (false, rest),
-        _ => (false, bytes),
-    };
-    if s.is_empty() || s.len() > 20 {
-        return with_exponent(bytes);
-    }
-    // Digits and at most one point, in one loop without a branch per byte (the
-    // lengths of numbers vary, and each mispredicted loop exit cost more than the
-    // digits): anything else (an exponent, a stray byte) goes the longer way.
-    let mut mantissa: u64 = 0;
-    let mut points = 0usize;
-    let mut point_at = 0usize;
-    let mut other = false;
-    for (i, &b) in s.iter().enumerate() {
-        let d = b.wrapping_sub(b'0');
-        let point = b == b'.';
-        other |= d > 9 && !point;
-        points += usize::from(point);
-        point_at = if point { i } else { point_at };
-        let next = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-        mantissa = if point { mantissa } else { next };
-    }
-    if other || points > 1 {
-        return with_exponent(bytes);
-    }
-    let fraction = if points == 1 {
-        s.len() - point_at - 1
-    } else {
-        0
-    };
-    let digits = s.len() - points;
-    if digits == 0 || digits > 19 || mantissa > 1 << 24 || fraction > 10 {
-        return None;
-    }
-    let x = mantissa as f32 / POW10[fraction];
-    Some(if negative { -x } else { x })
-}
-
 /// The bytes a [`padded_decimal`] caller must have readable past a field's start.
 pub(crate) const DECIMAL_PAD: usize = 9;
 
@@ -180,8 +132,13 @@ pub(crate) fn padded_decimal(at: &[u8], len: usize) -> Option<f32> {
 /// Powers of ten that are exact f32s.
 const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
 
-/// [`plain_decimal`] for the decimals with an exponent (and the rest, refused).
-fn with_exponent(bytes: &[u8]) -> Option<f32> {
+/// `bytes` as an f32 when it is a plain decimal (`-12.5`, `0.07871`, `1.095e-05`)
+/// whose digits make an integer of at most 2^24 and whose power of ten is within
+/// ±10: both are then exact f32s, and one multiplication or division rounds
+/// correctly, to the f32 that `str::parse` gives (Clinger's fast path, which
+/// skips UTF-8 checking, trimming and the general algorithm). `None` for anything
+/// else, which then goes the general way.
+fn plain_decimal(bytes: &[u8]) -> Option<f32> {
     let (negative, s) = match bytes {
         [b'-', rest @ ..] => (true, rest),
         [b'+', rest @ ..] => (false, rest),
