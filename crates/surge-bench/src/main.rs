@@ -31,7 +31,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use surge_broker::publish::{confirmed, publish_confirmed, start_publish};
 use surge_broker::{AmqpUrl, Timeouts};
-use surge_client::{score_jobs, ScoreConfig};
+use surge_client::{score_jobs, score_stream, DoneJob, ScoreConfig, SourceJob};
 use surge_protocol::codec::{encode, encode_job};
 use surge_protocol::{Encoding, Inputs, Job, Topology};
 
@@ -77,6 +77,11 @@ enum Cmd {
         rows: usize,
         #[arg(long)]
         rows_per_job: usize,
+        /// Hold at most this many jobs unanswered, as score-batch's `--max-in-flight`
+        /// does, instead of publishing every job at once: the rows still come from
+        /// memory, so a file run can be told apart from its window.
+        #[arg(long)]
+        window: Option<usize>,
     },
     /// The ceiling: answers the model's jobs with result-sized bodies, no model.
     NoopWorker {
@@ -159,13 +164,21 @@ fn jobs(rows: usize, per_job: usize) -> Vec<Inputs> {
         .collect()
 }
 
-async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Result<()> {
+async fn throughput(
+    prefix: &str,
+    pack: bool,
+    rows: usize,
+    per_job: usize,
+    window: Option<usize>,
+) -> Result<()> {
     let cfg = score_config(prefix, pack)?;
     let inputs = jobs(rows, per_job);
     let cpu0 = own_cpu_seconds();
-    let answered = score_jobs(&cfg, inputs).await?;
+    let s = match window {
+        None => score_jobs(&cfg, inputs).await?.into_scored().summary,
+        Some(w) => windowed(cfg, inputs, w).await?,
+    };
     let client_cpu_s = own_cpu_seconds() - cpu0;
-    let s = answered.into_scored().summary;
     if s.rows_ok != rows {
         bail!("only {} of {rows} rows scored: {:?}", s.rows_ok, s.failures);
     }
@@ -174,9 +187,41 @@ async fn throughput(prefix: &str, pack: bool, rows: usize, per_job: usize) -> Re
         "{}",
         serde_json::json!({"bench":"throughput","packed":pack,"rows_per_job":per_job,"rows":rows,"jobs":s.jobs,"secs":secs,
             "rows_per_s":rows as f64/secs,"jobs_per_s":s.jobs as f64/secs,"duplicates":s.duplicates,
-            "client_cpu_s":client_cpu_s})
+            "client_cpu_s":client_cpu_s,"window":window})
     );
     Ok(())
+}
+
+/// `inputs` through [`score_stream`] with at most `window` jobs unanswered (no byte
+/// bound): score-batch's flow with the rows already in memory.
+async fn windowed(
+    mut cfg: ScoreConfig,
+    inputs: Vec<Inputs>,
+    window: usize,
+) -> Result<surge_client::Summary> {
+    cfg.max_in_flight = window.max(1);
+    cfg.max_in_flight_bytes = usize::MAX;
+    let total: usize = inputs.iter().map(Inputs::len).sum();
+    let (src_tx, src_rx) = tokio::sync::mpsc::channel(16);
+    let feed = tokio::spawn(async move {
+        for inputs in inputs {
+            let job = SourceJob {
+                inputs,
+                payload: (),
+                bytes: 0,
+            };
+            if src_tx.send(Ok(job)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (sink_tx, mut sink_rx) = tokio::sync::mpsc::channel::<DoneJob<()>>(64);
+    // The run counts the rows scored; the answers themselves are dropped.
+    let drain = tokio::spawn(async move { while sink_rx.recv().await.is_some() {} });
+    let summary = score_stream(&cfg, None, Some(total), src_rx, sink_tx).await?;
+    feed.await?;
+    drain.await?;
+    Ok(summary)
 }
 
 async fn reply_channel(conn: &Connection, queue: &str) -> Result<(Channel, lapin::Consumer)> {
@@ -400,9 +445,11 @@ async fn main() -> Result<()> {
     match cli.cmd {
         Cmd::GenRows { rows, out, data } => genrows::gen_rows(&data, &out, rows),
         Cmd::CheckScores { rows, file } => genrows::check_scores(&file, rows),
-        Cmd::Throughput { rows, rows_per_job } => {
-            throughput(&cli.prefix, pack, rows, rows_per_job).await
-        }
+        Cmd::Throughput {
+            rows,
+            rows_per_job,
+            window,
+        } => throughput(&cli.prefix, pack, rows, rows_per_job, window).await,
         Cmd::Latency { samples } => latency(&cli.prefix, pack, samples).await,
         Cmd::NoopWorker {
             rows_per_job,
