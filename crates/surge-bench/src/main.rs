@@ -31,7 +31,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use surge_broker::publish::{confirmed, publish_confirmed, start_publish};
 use surge_broker::{AmqpUrl, Timeouts};
-use surge_client::{score_jobs, score_stream, DoneJob, ScoreConfig, SourceJob};
+use surge_client::{score_jobs, score_jobs_in_window, ScoreConfig};
 use surge_protocol::codec::{encode, encode_job};
 use surge_protocol::{Encoding, Inputs, Job, Topology};
 
@@ -174,10 +174,11 @@ async fn throughput(
     let cfg = score_config(prefix, pack)?;
     let inputs = jobs(rows, per_job);
     let cpu0 = own_cpu_seconds();
-    let s = match window {
-        None => score_jobs(&cfg, inputs).await?.into_scored().summary,
-        Some(w) => windowed(cfg, inputs, w).await?,
+    let answered = match window {
+        None => score_jobs(&cfg, inputs).await?,
+        Some(w) => score_jobs_in_window(&cfg, inputs, w).await?,
     };
+    let s = answered.into_scored().summary;
     let client_cpu_s = own_cpu_seconds() - cpu0;
     if s.rows_ok != rows {
         bail!("only {} of {rows} rows scored: {:?}", s.rows_ok, s.failures);
@@ -190,38 +191,6 @@ async fn throughput(
             "client_cpu_s":client_cpu_s,"window":window})
     );
     Ok(())
-}
-
-/// `inputs` through [`score_stream`] with at most `window` jobs unanswered (no byte
-/// bound): score-batch's flow with the rows already in memory.
-async fn windowed(
-    mut cfg: ScoreConfig,
-    inputs: Vec<Inputs>,
-    window: usize,
-) -> Result<surge_client::Summary> {
-    cfg.max_in_flight = window.max(1);
-    cfg.max_in_flight_bytes = usize::MAX;
-    let total: usize = inputs.iter().map(Inputs::len).sum();
-    let (src_tx, src_rx) = tokio::sync::mpsc::channel(16);
-    let feed = tokio::spawn(async move {
-        for inputs in inputs {
-            let job = SourceJob {
-                inputs,
-                payload: (),
-                bytes: 0,
-            };
-            if src_tx.send(Ok(job)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let (sink_tx, mut sink_rx) = tokio::sync::mpsc::channel::<DoneJob<()>>(64);
-    // The run counts the rows scored; the answers themselves are dropped.
-    let drain = tokio::spawn(async move { while sink_rx.recv().await.is_some() {} });
-    let summary = score_stream(&cfg, None, Some(total), src_rx, sink_tx).await?;
-    feed.await?;
-    drain.await?;
-    Ok(summary)
 }
 
 async fn reply_channel(conn: &Connection, queue: &str) -> Result<(Channel, lapin::Consumer)> {

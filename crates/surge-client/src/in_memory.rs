@@ -69,10 +69,31 @@ pub async fn score_jobs_with_columns(
     inputs: Vec<Inputs>,
     columns: Option<Vec<String>>,
 ) -> Result<Answered, ClientError> {
+    score_in_memory(cfg, inputs, columns, usize::MAX).await
+}
+
+/// [`score_jobs`] with at most `window` jobs unanswered at once, as a streaming run
+/// holds (score-batch's `--max-in-flight`), instead of all of them: the bench's way to
+/// tell what a file run's window costs from what its file costs.
+pub async fn score_jobs_in_window(
+    cfg: &ScoreConfig,
+    inputs: Vec<Inputs>,
+    window: usize,
+) -> Result<Answered, ClientError> {
+    score_in_memory(cfg, inputs, None, window.max(1)).await
+}
+
+/// Every job of `inputs` in the source at once, at most `window` of them in flight.
+async fn score_in_memory(
+    cfg: &ScoreConfig,
+    inputs: Vec<Inputs>,
+    columns: Option<Vec<String>>,
+    window: usize,
+) -> Result<Answered, ClientError> {
     let total_rows: usize = inputs.iter().map(Inputs::len).sum();
     let n = inputs.len();
     let mut cfg = cfg.clone();
-    cfg.max_in_flight = usize::MAX;
+    cfg.max_in_flight = window;
     cfg.max_in_flight_bytes = usize::MAX;
     let (src_tx, src_rx) = mpsc::channel(n.max(1));
     for inputs in inputs {

@@ -38,6 +38,8 @@ pub mod watch;
 pub use arrow_schema::DataType;
 pub use config::{new_run_id, ResumeFrom, ScoreConfig};
 pub use error::ClientError;
-pub use in_memory::{score_jobs, score_jobs_with_columns, score_table, Answered, Scored};
+pub use in_memory::{
+    score_jobs, score_jobs_in_window, score_jobs_with_columns, score_table, Answered, Scored,
+};
 pub use run::{job_outcome, DoneJob, SourceJob, Summary};
 pub use transport::score_stream;
