@@ -21,6 +21,10 @@ pub struct ResumeFrom {
     pub jobs: usize,
     /// Rows of those jobs.
     pub rows: usize,
+    /// True when an earlier process ran this run, so results may wait in its reply
+    /// queue (they are collected before anything is published); false for a new run
+    /// that only names its id (its queue is new: nothing to wait for).
+    pub resumed: bool,
 }
 
 /// How to run a scoring run.
@@ -54,8 +58,8 @@ pub struct ScoreConfig {
     /// Bytes held by those jobs (as their sources count them) at most; the window
     /// always holds at least one job.
     pub max_in_flight_bytes: usize,
-    /// Continue the run with this id after the jobs it already wrote (`None`: a new
-    /// run with a new id).
+    /// The run's id, and the jobs it already wrote when an earlier process ran it
+    /// (`None`: a new run with a new id).
     pub resume: Option<ResumeFrom>,
     /// Bounds on broker awaits.
     pub timeouts: Timeouts,

@@ -313,6 +313,7 @@ async fn run(cli: Cli) -> Result<i32> {
         run_id: st.run_id.clone(),
         jobs: st.jobs_written,
         rows: st.rows_written,
+        resumed: cli.resume,
     });
     if let Some(f) = &from {
         info!(
