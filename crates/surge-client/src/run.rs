@@ -141,18 +141,6 @@ impl<T> Run<T> {
             && (self.window.is_empty() || self.bytes < cfg.max_in_flight_bytes)
     }
 
-    /// True when the window has room for a burst of jobs: an eighth of both of its
-    /// bounds free (or it is empty). The loop waits for the source only then, and
-    /// then takes every job ready up to the full bounds ([`Run::has_room`]).
-    pub(crate) fn has_room_for_burst(&self, cfg: &ScoreConfig) -> bool {
-        let jobs = cfg.max_in_flight.max(1);
-        let bytes = cfg.max_in_flight_bytes;
-        !self.source_done
-            && (self.window.is_empty()
-                || (self.window.len() + (jobs / 8).max(1) <= jobs
-                    && self.bytes + bytes / 8 <= bytes))
-    }
-
     /// Takes a job read from the source into the window; returns its index.
     pub(crate) fn push(&mut self, job: SourceJob<T>) -> usize {
         self.bytes += job.bytes;
@@ -210,55 +198,14 @@ mod tests {
     use super::*;
     use crate::ResumeFrom;
 
-    fn cfg(max_in_flight: usize, max_in_flight_bytes: usize) -> ScoreConfig {
+    fn cfg() -> ScoreConfig {
         let url = surge_broker::AmqpUrl::new("amqp://127.0.0.1:5672/%2f").unwrap();
-        let mut cfg = ScoreConfig::new(url, "m");
-        cfg.max_in_flight = max_in_flight;
-        cfg.max_in_flight_bytes = max_in_flight_bytes;
-        cfg
-    }
-
-    fn job(bytes: usize) -> SourceJob<()> {
-        SourceJob {
-            inputs: Inputs::rows(&[vec![1.0]]),
-            payload: (),
-            bytes,
-        }
-    }
-
-    #[test]
-    fn the_source_is_waited_for_only_once_a_burst_fits_and_then_read_to_the_full_window() {
-        let cfg = cfg(16, 1 << 30);
-        let (_tx, rx) = mpsc::channel(1);
-        let (sink, _srx) = mpsc::channel(1);
-        let mut run = Run::new(&cfg, "r", rx, sink);
-        for _ in 0..15 {
-            assert!(run.has_room_for_burst(&cfg));
-            run.push(job(1));
-        }
-        // 15 of 16: room for one more job, not for a burst of two (an eighth).
-        assert!(run.has_room(&cfg));
-        assert!(!run.has_room_for_burst(&cfg));
-        run.push(job(1));
-        assert!(!run.has_room(&cfg));
-
-        // The byte bound counts as well.
-        let cfg = cfg_bytes(800);
-        let (_tx, rx) = mpsc::channel(1);
-        let (sink, _srx) = mpsc::channel(1);
-        let mut run = Run::new(&cfg, "r", rx, sink);
-        run.push(job(750));
-        assert!(run.has_room(&cfg));
-        assert!(!run.has_room_for_burst(&cfg));
-    }
-
-    fn cfg_bytes(bytes: usize) -> ScoreConfig {
-        cfg(1000, bytes)
+        ScoreConfig::new(url, "m")
     }
 
     #[test]
     fn only_a_resumed_run_waits_for_results_before_publishing() {
-        let mut cfg = cfg(16, 1 << 20);
+        let mut cfg = cfg();
         for (resumed, collects) in [(false, false), (true, true)] {
             cfg.resume = Some(ResumeFrom {
                 run_id: "r".into(),

@@ -108,10 +108,7 @@ impl RunCtx<'_> {
             .clamp(Duration::from_millis(250), Duration::from_secs(2));
         let mut last_probe: Option<Instant> = None;
         while !run.is_complete() {
-            // Wait for the source only once a burst fits: jobs published a few at a
-            // time as single results come back cost the broker more per job (its
-            // queue takes and delivers them one by one) than the same jobs in bursts.
-            let room = run.has_room_for_burst(self.cfg);
+            let room = run.has_room(self.cfg);
             tokio::select! {
                 item = run.source.recv(), if room => {
                     let mut fresh = Vec::new();
