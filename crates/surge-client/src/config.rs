@@ -1,5 +1,6 @@
-//! How to run a scoring run ([`ScoreConfig`]), and which run it is: a fresh run id
-//! ([`new_run_id`]) or the one a resumed run continues ([`ResumeFrom`]).
+//! How to run a scoring run ([`ScoreConfig`]), and which run it is: its id (a fresh
+//! one, [`new_run_id`], unless the caller names it) and, for a resumed run, where it
+//! picks up ([`ResumeFrom`]).
 
 use std::time::Duration;
 
@@ -11,20 +12,15 @@ pub fn new_run_id() -> String {
     format!("sb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Where a resumed run picks up: its id (so its reply queue and job ids are the
-/// killed run's), and the jobs and rows already written.
+/// Where a resumed run picks up (its id, the killed run's, is
+/// [`ScoreConfig::run_id`]): the jobs and rows already written. What waits in its
+/// reply queue is collected before anything is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeFrom {
-    /// The run's id.
-    pub run_id: String,
     /// Jobs written before the run stopped.
     pub jobs: usize,
     /// Rows of those jobs.
     pub rows: usize,
-    /// True when an earlier process ran this run, so results may wait in its reply
-    /// queue (they are collected before anything is published); false for a new run
-    /// that only names its id (its queue is new: nothing to wait for).
-    pub resumed: bool,
 }
 
 /// How to run a scoring run.
@@ -58,8 +54,10 @@ pub struct ScoreConfig {
     /// Bytes held by those jobs (as their sources count them) at most; the window
     /// always holds at least one job.
     pub max_in_flight_bytes: usize,
-    /// The run's id, and the jobs it already wrote when an earlier process ran it
-    /// (`None`: a new run with a new id).
+    /// The run's id, which names its reply queue and its job ids (`None`: a new one).
+    pub run_id: Option<String>,
+    /// Set when an earlier process ran this run (`run_id`) and was killed: the jobs it
+    /// already wrote (`None`: a new run, whose reply queue is new).
     pub resume: Option<ResumeFrom>,
     /// Bounds on broker awaits.
     pub timeouts: Timeouts,
@@ -89,6 +87,7 @@ impl ScoreConfig {
             publish_window: 1000,
             max_in_flight: 2048,
             max_in_flight_bytes: 64 << 20,
+            run_id: None,
             resume: None,
             timeouts: Timeouts::default(),
             progress: false,

@@ -124,7 +124,7 @@ impl<T> Run<T> {
                 }
                 None => Window::new(run_id),
             },
-            collect_first: cfg.resume.as_ref().is_some_and(|r| r.resumed),
+            collect_first: cfg.resume.is_some(),
             bytes: 0,
             source,
             source_done: false,
@@ -206,17 +206,16 @@ mod tests {
     #[test]
     fn only_a_resumed_run_waits_for_results_before_publishing() {
         let mut cfg = cfg();
-        for (resumed, collects) in [(false, false), (true, true)] {
-            cfg.resume = Some(ResumeFrom {
-                run_id: "r".into(),
-                jobs: 0,
-                rows: 0,
-                resumed,
-            });
+        // A new run that names its id (as score-batch does, for its state file), and
+        // the same run resumed.
+        cfg.run_id = Some("r".into());
+        for (resume, collects) in [(None, false), (Some(ResumeFrom { jobs: 0, rows: 0 }), true)] {
+            cfg.resume = resume;
             let (_tx, rx) = mpsc::channel::<Result<SourceJob<()>, ClientError>>(1);
             let (sink, _srx) = mpsc::channel(1);
             assert_eq!(Run::new(&cfg, "r", rx, sink).collect_first, collects);
         }
+        cfg.run_id = None;
         cfg.resume = None;
         let (_tx, rx) = mpsc::channel::<Result<SourceJob<()>, ClientError>>(1);
         let (sink, _srx) = mpsc::channel(1);

@@ -309,11 +309,12 @@ async fn run(cli: Cli) -> Result<i32> {
         }),
         _ => None,
     };
-    cfg.resume = state.as_ref().map(|st| ResumeFrom {
-        run_id: st.run_id.clone(),
-        jobs: st.jobs_written,
-        rows: st.rows_written,
-        resumed: cli.resume,
+    // Every run with a state file names its id (the state file keeps it); only a
+    // --resume run picks up where a killed one stopped.
+    cfg.run_id = state.as_ref().map(|st| st.run_id.clone());
+    cfg.resume = from.as_ref().map(|f| ResumeFrom {
+        jobs: f.jobs,
+        rows: f.rows,
     });
     if let Some(f) = &from {
         info!(

@@ -39,10 +39,7 @@ pub async fn score_stream<T: Send>(
     sink: mpsc::Sender<DoneJob<T>>,
 ) -> Result<Summary, ClientError> {
     let started = Instant::now();
-    let run_id = match &cfg.resume {
-        Some(r) => r.run_id.clone(),
-        None => new_run_id(),
-    };
+    let run_id = cfg.run_id.clone().unwrap_or_else(new_run_id);
     let reply_queue = format!("{}.reply.{run_id}", cfg.topology.prefix());
     let bar = match (cfg.progress, total_rows) {
         (true, Some(n)) => ProgressBar::new(n as u64),
