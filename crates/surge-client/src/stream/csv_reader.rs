@@ -22,6 +22,39 @@ use crate::table::{padded_decimal, DECIMAL_PAD};
 /// Bytes read from the input at a time (a line longer than this grows the buffer).
 const BLOCK: usize = 256 << 10;
 
+/// Bytes kept readable past the end of what the buffer holds, so that any field of
+/// a [`PlainLine`] can be loaded as one word ([`PlainLine::padded`]).
+pub(crate) const LINE_PAD: usize = 16;
+
+/// What [`CsvReader::read_next`] found.
+pub(crate) enum Next<'a> {
+    /// The end of the input.
+    End,
+    /// A record read into the caller's [`CsvRecord`].
+    Record,
+    /// A plain line, as it lies in the reader's buffer.
+    Plain(PlainLine<'a>),
+}
+
+/// A line with no `"` and no `\r`: fields split by commas, nothing else.
+pub(crate) struct PlainLine<'a> {
+    /// The line, then [`LINE_PAD`] bytes of whatever follows it.
+    pub(crate) padded: &'a [u8],
+    /// The line's length.
+    pub(crate) len: usize,
+    /// Its line number (1-based).
+    pub(crate) line: u64,
+    /// The first record's field count, once known.
+    pub(crate) fields: Option<usize>,
+}
+
+impl PlainLine<'_> {
+    /// The line without the padding.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.padded[..self.len]
+    }
+}
+
 /// One CSV record: its fields, and the line it came from when that is them
 /// verbatim.
 #[derive(Debug, Default, Clone)]
@@ -81,7 +114,7 @@ impl CsvRecord {
     }
 
     /// Takes `line` (no `"`, no `\r`, no `\n`) as the record's fields.
-    fn set_line(&mut self, line: &[u8]) {
+    pub(crate) fn set_line(&mut self, line: &[u8]) {
         self.clear();
         self.bytes.extend_from_slice(line);
         self.pad();
@@ -196,7 +229,7 @@ impl CsvReader {
         let _ = core.read_record(b"\n", &mut [], &mut []);
         Self {
             src,
-            buf: vec![0; block.max(1)],
+            buf: vec![0; block.max(1) + LINE_PAD],
             pos: 0,
             end: 0,
             eof: false,
@@ -211,6 +244,23 @@ impl CsvReader {
 
     /// Reads the next record into `rec`; false at the end.
     pub(crate) fn read(&mut self, rec: &mut CsvRecord) -> Result<bool, CsvError> {
+        match self.read_next(rec)? {
+            Next::End => Ok(false),
+            Next::Record => Ok(true),
+            Next::Plain(p) => {
+                let line = p.line;
+                rec.set_line(p.bytes());
+                self.check_fields(rec.len(), line)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The next record: a plain line (no `"`, no `\r`) handed out as it lies in the
+    /// buffer, not yet split, its field count not yet checked
+    /// ([`check_fields`](Self::check_fields)); any other record read into `rec` and
+    /// checked.
+    pub(crate) fn read_next(&mut self, rec: &mut CsvRecord) -> Result<Next<'_>, CsvError> {
         if !self.started {
             self.started = true;
             while self.end - self.pos < 3 && self.fill()? {}
@@ -221,45 +271,49 @@ impl CsvReader {
         loop {
             if self.done {
                 rec.clear();
-                return Ok(false);
+                return Ok(Next::End);
             }
             let line_start = self.line;
-            let got = match self.next_line()? {
-                None => {
-                    self.done = true;
-                    continue;
-                }
-                Some((start, stop, next)) => {
-                    let line = &self.buf[start..stop];
-                    if line.is_empty() {
-                        // A blank line: skipped, as csv_core does.
-                        self.pos = next;
-                        self.line += 1;
-                        continue;
-                    }
-                    if memchr::memchr2(b'"', b'\r', line).is_none() {
-                        rec.set_line(line);
-                        self.pos = next;
-                        self.line += 1;
-                        true
-                    } else {
-                        self.read_core(rec)?
-                    }
-                }
+            let Some((start, stop, next)) = self.next_line()? else {
+                self.done = true;
+                continue;
             };
-            if !got {
+            let line = &self.buf[start..stop];
+            if line.is_empty() {
+                // A blank line: skipped, as csv_core does.
+                self.pos = next;
+                self.line += 1;
                 continue;
             }
-            let expected = *self.fields.get_or_insert(rec.len());
-            if rec.len() != expected {
-                return Err(CsvError::Fields {
+            if memchr::memchr2(b'"', b'\r', line).is_none() {
+                self.pos = next;
+                self.line += 1;
+                return Ok(Next::Plain(PlainLine {
+                    padded: &self.buf[start..stop + LINE_PAD],
+                    len: stop - start,
                     line: line_start,
-                    found: rec.len(),
-                    expected,
-                });
+                    fields: self.fields,
+                }));
             }
-            return Ok(true);
+            if self.read_core(rec)? {
+                self.check_fields(rec.len(), line_start)?;
+                return Ok(Next::Record);
+            }
         }
+    }
+
+    /// Checks that the record on line `line` has as many fields as the first
+    /// (`found`; the first record sets the count).
+    pub(crate) fn check_fields(&mut self, found: usize, line: u64) -> Result<(), CsvError> {
+        let expected = *self.fields.get_or_insert(found);
+        if found != expected {
+            return Err(CsvError::Fields {
+                line,
+                found,
+                expected,
+            });
+        }
+        Ok(())
     }
 
     /// The next line in the buffer (reading more as needed): `(start, stop, next)`,
@@ -306,11 +360,12 @@ impl CsvReader {
             self.end -= self.pos;
             self.pos = 0;
         }
-        if self.end == self.buf.len() {
+        if self.end + LINE_PAD == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
+        let room = self.buf.len() - LINE_PAD;
         loop {
-            match self.src.read(&mut self.buf[self.end..]) {
+            match self.src.read(&mut self.buf[self.end..room]) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);

@@ -9,11 +9,11 @@ use serde_json::Value;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
-use super::csv_reader::CsvRecord;
+use super::csv_reader::{CsvRecord, Next, PlainLine};
 use super::source::{Record, RowSource};
 use super::{csv_field, RowBytes, INVALID_INPUT};
 use crate::parquet_io;
-use crate::table::{cell_from_csv, csv_cell, Cell, Format, Selection, Table};
+use crate::table::{cell_from_csv, csv_cell, padded_decimal, Cell, Format, Selection, Table};
 use crate::{ClientError, SourceJob};
 
 /// The `error` written for a row with a bad cell: the kind, as a worker would name it,
@@ -42,6 +42,11 @@ pub struct Encoder {
     /// Parquet in and out with plain column types: jobs are cut from record batches
     /// column by column, and no cell becomes a value ([`Encoder::with_input_types`]).
     columnar: bool,
+    /// CSV in and out, every column kept, features sent: the place of each field's
+    /// value in a sent row ([`NOT_SENT`] for the others), for reading plain lines
+    /// straight from the reader's buffer ([`parse_plain`]); `None` reads every row the
+    /// general way.
+    plain_slots: Option<Vec<u32>>,
 }
 
 impl Encoder {
@@ -64,7 +69,24 @@ impl Encoder {
             })
             .collect();
         let keeps_all = keep.iter().copied().eq(0..table.columns.len());
+        let plain_slots = match &selection {
+            Selection::Features { cols, .. }
+                if table.format == Format::Csv && out == Format::Csv && keeps_all =>
+            {
+                let mut slots = vec![NOT_SENT; table.columns.len()];
+                let mut distinct = true;
+                for (j, &c) in cols.iter().enumerate() {
+                    match slots.get_mut(c) {
+                        Some(s) if *s == NOT_SENT => *s = j as u32,
+                        _ => distinct = false,
+                    }
+                }
+                distinct.then_some(slots)
+            }
+            _ => None,
+        };
         Self {
+            plain_slots,
             table,
             selection,
             keep,
@@ -171,53 +193,42 @@ impl Encoder {
         let mut values = Vec::new();
         let mut texts = Vec::new();
         while rows.len() < self.rows_per_job {
-            if !src.next_into(rec)? {
+            if let (Some(slots), true) = (&self.plain_slots, src.reads_csv_directly()) {
+                if !matches!(rec, Record::Csv(_)) {
+                    *rec = Record::Csv(CsvRecord::default());
+                }
+                let Record::Csv(csv) = &mut *rec else {
+                    continue;
+                };
+                let row_start = values.len();
+                let line = match src.next_csv(csv)? {
+                    Next::End => break,
+                    Next::Record => None,
+                    Next::Plain(p) => {
+                        values.resize(row_start + self.width(), 0.0);
+                        if parse_plain(&p, slots, &mut values[row_start..]) {
+                            // Sent as parsed, and kept as it is: the whole line.
+                            *row_no += 1;
+                            rows.bytes.extend_from_slice(p.bytes());
+                            self.row_done(&mut rows, &mut values);
+                            continue;
+                        }
+                        // Anything else (a long or odd cell, a wrong field count)
+                        // takes the general way, which also words the errors.
+                        values.truncate(row_start);
+                        let line = p.line;
+                        csv.set_line(p.bytes());
+                        Some(line)
+                    }
+                };
+                if let Some(line) = line {
+                    src.check_csv_fields(csv.len(), line)?;
+                }
+            } else if !src.next_into(rec)? {
                 break;
             }
-            let rec = &*rec;
             *row_no += 1;
-            match &self.selection {
-                Selection::Features { cols, .. } => {
-                    let row_start = values.len();
-                    for &c in cols {
-                        match self.number(rec, c) {
-                            Some(x) => values.push(x),
-                            None => {
-                                let v = self.value(rec, c);
-                                let why = self.table.cell_error(&self.selection, *row_no, c, &v);
-                                values.truncate(row_start);
-                                values.resize(row_start + cols.len(), 0.0);
-                                rows.bad.push((rows.len(), invalid_input(&why)));
-                                break;
-                            }
-                        }
-                    }
-                }
-                Selection::Text(c) => texts.push(match &rec {
-                    Record::Csv(r) => {
-                        String::from_utf8_lossy(r.get(*c).unwrap_or_default()).into_owned()
-                    }
-                    Record::Json(cells) => match cells.get(*c) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(other) => other.to_string(),
-                        None => String::new(),
-                    },
-                }),
-            }
-            if self.out == Format::Parquet {
-                rows.cells.push(self.kept_cells(rec));
-            } else {
-                self.write_kept(rec, &mut rows.bytes)?;
-            }
-            rows.ends.push(rows.bytes.len());
-            if rows.ends.len() == 1 {
-                // Room for the job at the first row's size (capped): growing by
-                // doubling copied each job's bytes about twice over.
-                let room = rows.bytes.len().saturating_mul(self.rows_per_job - 1);
-                rows.bytes.reserve(room.min(8 << 20));
-                rows.ends.reserve(self.rows_per_job.min(1 << 16));
-                values.reserve((values.len() * self.rows_per_job).min(2 << 20));
-            }
+            self.take_row(rec, *row_no, &mut rows, &mut values, &mut texts)?;
         }
         if rows.is_empty() {
             return Ok(None);
@@ -238,6 +249,66 @@ impl Encoder {
             payload: rows,
             bytes,
         }))
+    }
+
+    /// Takes one row read the general way: its selected cells into `values` (or its
+    /// text into `texts`; a bad cell fails the row), its kept columns into `rows`.
+    fn take_row(
+        &self,
+        rec: &Record,
+        row_no: usize,
+        rows: &mut RowBytes,
+        values: &mut Vec<f32>,
+        texts: &mut Vec<String>,
+    ) -> Result<(), ClientError> {
+        match &self.selection {
+            Selection::Features { cols, .. } => {
+                let row_start = values.len();
+                for &c in cols {
+                    match self.number(rec, c) {
+                        Some(x) => values.push(x),
+                        None => {
+                            let v = self.value(rec, c);
+                            let why = self.table.cell_error(&self.selection, row_no, c, &v);
+                            values.truncate(row_start);
+                            values.resize(row_start + cols.len(), 0.0);
+                            rows.bad.push((rows.len(), invalid_input(&why)));
+                            break;
+                        }
+                    }
+                }
+            }
+            Selection::Text(c) => texts.push(match rec {
+                Record::Csv(r) => {
+                    String::from_utf8_lossy(r.get(*c).unwrap_or_default()).into_owned()
+                }
+                Record::Json(cells) => match cells.get(*c) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                },
+            }),
+        }
+        if self.out == Format::Parquet {
+            rows.cells.push(self.kept_cells(rec));
+        } else {
+            self.write_kept(rec, &mut rows.bytes)?;
+        }
+        self.row_done(rows, values);
+        Ok(())
+    }
+
+    /// Ends the row whose kept bytes were just written.
+    fn row_done(&self, rows: &mut RowBytes, values: &mut Vec<f32>) {
+        rows.ends.push(rows.bytes.len());
+        if rows.ends.len() == 1 {
+            // Room for the job at the first row's size (capped): growing by
+            // doubling copied each job's bytes about twice over.
+            let room = rows.bytes.len().saturating_mul(self.rows_per_job - 1);
+            rows.bytes.reserve(room.min(8 << 20));
+            rows.ends.reserve(self.rows_per_job.min(1 << 16));
+            values.reserve((values.len() * self.rows_per_job).min(2 << 20));
+        }
     }
 
     /// The next job on the columnar path: up to `rows_per_job` rows cut from the
@@ -431,10 +502,180 @@ impl Encoder {
     }
 }
 
+/// Marks a field that is not sent in [`Encoder::plain_slots`].
+const NOT_SENT: u32 = u32::MAX;
+
+/// Reads the sent cells of a plain line straight from the reader's buffer: each
+/// field found by a word-at-a-time scan for its comma, and when `slots` sends it
+/// (`slots[field]` is its place in `out`), read as a short decimal
+/// ([`padded_decimal`]). False when a sent cell is anything else, or the line does not
+/// have as many fields as the first record (or that count is not known yet): the
+/// caller then reads the line the general way, which also words the errors.
+fn parse_plain(line: &PlainLine<'_>, slots: &[u32], out: &mut [f32]) -> bool {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const COMMAS: u64 = 0x2c2c_2c2c_2c2c_2c2c;
+    let Some(fields) = line.fields else {
+        return false;
+    };
+    let (bytes, len) = (line.padded, line.len);
+    let (mut pos, mut field) = (0, 0);
+    loop {
+        let rest = len - pos;
+        let Some(at) = bytes.get(pos..) else {
+            return false;
+        };
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&at[..8]);
+        let x = u64::from_le_bytes(word) ^ COMMAS;
+        // The top bit of each byte that is a comma (exact: no carries), or past the
+        // line's end.
+        let mut ends = !(((x & LOW7) + LOW7) | x | LOW7);
+        if rest < 8 {
+            ends |= HIGH << (8 * rest);
+        }
+        let n = if ends != 0 {
+            (ends.trailing_zeros() / 8) as usize
+        } else {
+            memchr::memchr(b',', &at[8..rest]).map_or(rest, |i| i + 8)
+        };
+        if let Some(&slot) = slots.get(field) {
+            if slot != NOT_SENT {
+                match (padded_decimal(at, n), out.get_mut(slot as usize)) {
+                    (Some(v), Some(o)) => *o = v,
+                    _ => return false,
+                }
+            }
+        }
+        field += 1;
+        if n >= rest {
+            return field == fields;
+        }
+        pos += n + 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use surge_protocol::Inputs;
+    use tokio::sync::mpsc;
+
+    use super::Encoder;
+    use crate::stream::open;
     use crate::stream::tests::run;
-    use crate::table::Format;
+    use crate::table::{Format, ReadOptions};
+
+    /// What an encoder made of `input` (every job's rows as bits, its bad rows and
+    /// kept bytes, or the error it stopped at), reading plain lines straight from the
+    /// reader's buffer or not.
+    fn encoded(input: &[u8], direct: bool) -> Vec<String> {
+        let opened = open(
+            Box::new(std::io::Cursor::new(input.to_vec())),
+            Format::Csv,
+            ReadOptions::default(),
+            1,
+        );
+        let Ok((mut table, src)) = opened else {
+            return vec!["unreadable header".into()];
+        };
+        let names: Vec<String> = table.columns.iter().skip(1).cloned().collect();
+        let Ok(sel) = table.select(&names, None) else {
+            return vec!["no selection".into()];
+        };
+        table.adopt_names(&sel);
+        let keep = (0..table.columns.len()).collect();
+        let mut enc = Encoder::new(table, sel, keep, Format::Csv, 3);
+        assert!(enc.plain_slots.is_some(), "the fast path applies");
+        if !direct {
+            enc.plain_slots = None;
+        }
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        enc.run(src, tx);
+        let mut out = Vec::new();
+        while let Ok(job) = rx.try_recv() {
+            out.push(match job {
+                Ok(job) => {
+                    let Inputs::Rows(rows) = &job.inputs else {
+                        panic!("features are sent as rows");
+                    };
+                    let bits: Vec<u32> = rows.values().iter().map(|x| x.to_bits()).collect();
+                    format!(
+                        "{bits:?} {:?} {:?} {:?}",
+                        job.payload.bad,
+                        job.payload.ends,
+                        String::from_utf8_lossy(&job.payload.bytes)
+                    )
+                }
+                Err(e) => format!("error: {e}"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lines_read_in_place_give_the_jobs_and_errors_the_general_way_gives() {
+        const CELLS: [&str; 18] = [
+            "1",
+            "-2.5",
+            "+0.07871",
+            ".5",
+            "5.",
+            "12345678",
+            "16777217",
+            "123456789",
+            "1e3",
+            "",
+            " 7",
+            "x",
+            "1.2.3",
+            "-",
+            "0.000001",
+            "99999.99",
+            "NaN",
+            "-.",
+        ];
+        let mut seed = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut compared = 0;
+        for case in 0..3_000 {
+            let width = 1 + next() % 5;
+            let mut input = String::from("id");
+            for j in 0..width {
+                input.push_str(&format!(",c{j}"));
+            }
+            input.push('\n');
+            for row in 0..next() % 12 {
+                // Now and then a row one field short or long, a blank line, or a
+                // quoted cell (read whole by csv_core).
+                let fields = match next() % 40 {
+                    0 => width - 1,
+                    1 => width + 1,
+                    _ => width,
+                };
+                input.push_str(&format!("r{row}"));
+                for _ in 0..fields {
+                    input.push(',');
+                    match next() % 30 {
+                        0 => input.push_str("\"3.5\""),
+                        _ => input.push_str(CELLS[(next() % CELLS.len() as u64) as usize]),
+                    }
+                }
+                input.push_str(if next() % 9 == 0 { "\n\n" } else { "\n" });
+            }
+            let (direct, general) = (
+                encoded(input.as_bytes(), true),
+                encoded(input.as_bytes(), false),
+            );
+            assert_eq!(direct, general, "case {case}: {input:?}");
+            compared += direct.len();
+        }
+        assert!(compared > 1_000, "{compared}");
+    }
 
     #[test]
     fn a_bad_cell_past_the_rows_read_ahead_fails_its_row_only() {

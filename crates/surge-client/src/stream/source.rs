@@ -13,7 +13,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 use serde_json::Value;
 
-use super::csv_reader::{CsvError, CsvReader, CsvRecord};
+use super::csv_reader::{CsvError, CsvReader, CsvRecord, Next};
 use crate::parquet_io::{self, ParquetRows};
 use crate::table::{Format, JsonShape, ReadOptions, Table};
 use crate::ClientError;
@@ -234,6 +234,46 @@ impl RowSource {
             }
             None => Ok(false),
         }
+    }
+
+    /// True when the next row comes straight from a CSV reader (no row read ahead is
+    /// left): [`next_csv`](Self::next_csv) may be used.
+    pub(super) fn reads_csv_directly(&self) -> bool {
+        self.ahead.is_empty() && matches!(self.inner, Inner::Csv(_))
+    }
+
+    /// The next CSV row, for a caller that reads plain lines itself (see
+    /// [`CsvReader::read_next`]); the field count of a plain line is the caller's to
+    /// check ([`check_csv_fields`](Self::check_csv_fields)). Only once
+    /// [`reads_csv_directly`](Self::reads_csv_directly).
+    pub(super) fn next_csv<'a>(&'a mut self, rec: &mut CsvRecord) -> Result<Next<'a>, ClientError> {
+        let Inner::Csv(rdr) = &mut self.inner else {
+            return Err(ClientError::Input("not a CSV input".into()));
+        };
+        if self.exhausted {
+            return Ok(Next::End);
+        }
+        match rdr.read_next(rec) {
+            Ok(Next::End) => {
+                self.exhausted = true;
+                Ok(Next::End)
+            }
+            Ok(next) => {
+                self.rows_read += 1;
+                Ok(next)
+            }
+            Err(e) => Err(csv_error(self.rows_read, &e)),
+        }
+    }
+
+    /// Checks the field count (`found`) of the plain line on `line` that
+    /// [`next_csv`](Self::next_csv) just gave, as a record read whole is checked.
+    pub(super) fn check_csv_fields(&mut self, found: usize, line: u64) -> Result<(), ClientError> {
+        let Inner::Csv(rdr) = &mut self.inner else {
+            return Ok(());
+        };
+        rdr.check_fields(found, line)
+            .map_err(|e| csv_error(self.rows_read.saturating_sub(1), &e))
     }
 
     fn read(&mut self) -> Result<Option<Record>, ClientError> {
