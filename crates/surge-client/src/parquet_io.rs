@@ -427,12 +427,15 @@ fn embedding_builder(dim: usize) -> FixedSizeListBuilder<Float32Builder> {
 impl<W: Write + Send> ParquetOut<W> {
     /// A writer of the kept columns (`kept`, typed `kept_types`), then `names` (one
     /// Float32 column each) or, when none, an `embedding` of `dim` floats, then `error`.
+    /// The kept columns marked in `unique` (values seen all distinct) are written
+    /// without a dictionary.
     pub(crate) fn new(
         out: W,
         kept: &[String],
         kept_types: Vec<DataType>,
         names: Vec<String>,
         dim: usize,
+        unique: &[bool],
     ) -> Result<Self, ClientError> {
         let dim = dim.max(1);
         let mut fields: Vec<Field> = kept
@@ -464,11 +467,17 @@ impl<W: Write + Send> ParquetOut<W> {
         let leaves = ArrowSchemaConverter::new()
             .convert(&schema)
             .map_err(out_err)?;
+        let unique_name = |parts: &[String]| {
+            kept.iter()
+                .zip(unique)
+                .any(|(name, &u)| u && parts.len() == 1 && parts[0] == *name)
+        };
         for col in leaves.columns() {
             if matches!(
                 col.physical_type(),
                 PhysicalType::FLOAT | PhysicalType::DOUBLE
-            ) {
+            ) || unique_name(col.path().parts())
+            {
                 props = props.set_column_dictionary_enabled(col.path().clone(), false);
             }
         }

@@ -203,6 +203,10 @@ mod tests {
                     (0..n).map(|i| format!("n{i}")),
                 )),
             ),
+            (
+                "group",
+                Arc::new(Int32Array::from_iter_values((0..n as i32).map(|i| i % 7))),
+            ),
         ])
         .unwrap();
         let file = std::fs::File::create(path).unwrap();
@@ -318,8 +322,34 @@ mod tests {
                 "f1:Float32",
                 "f2:Float64",
                 "name:Utf8",
+                "group:Int64",
                 "p:Float32",
                 "error:Utf8"
+            ]
+        );
+        // Columns whose values all differ (in the first job) are written plain, the
+        // others with a dictionary, as usual.
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let meta = SerializedFileReader::new(std::fs::File::open(&written).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        let dictionary: Vec<(String, bool)> = meta
+            .row_group(0)
+            .columns()
+            .iter()
+            .map(|c| {
+                let name = c.column_path().string();
+                (name, c.dictionary_page_offset().is_some())
+            })
+            .filter(|(name, _)| ["id", "name", "group"].contains(&name.as_str()))
+            .collect();
+        assert_eq!(
+            dictionary,
+            [
+                ("id".to_string(), false),
+                ("name".to_string(), false),
+                ("group".to_string(), true)
             ]
         );
     }
