@@ -107,27 +107,36 @@ impl RunCtx<'_> {
         let probe_every = (self.cfg.idle_hint_after / 4)
             .clamp(Duration::from_millis(250), Duration::from_secs(2));
         let mut last_probe: Option<Instant> = None;
+        // Jobs read and not yet published: they go together, `batch` at a time, while
+        // the workers still have at least twice that many published jobs to work on.
+        // A quorum queue fed one job per result it answered spent ~20% more broker
+        // CPU per job than one fed in runs of jobs.
+        let batch = (self.cfg.max_in_flight / 16).clamp(1, 64);
+        let mut gathered: Vec<usize> = Vec::new();
         while !run.is_complete() {
             let room = run.has_room(self.cfg);
             tokio::select! {
                 item = run.source.recv(), if room => {
-                    let mut fresh = Vec::new();
                     match item {
-                        Some(Ok(job)) => fresh.push(run.push(job)),
+                        Some(Ok(job)) => gathered.push(run.push(job)),
                         Some(Err(e)) => return Err(e),
                         None => run.source_done = true,
                     }
                     // Whatever else is ready goes in the same publish window.
                     while run.has_room(self.cfg) {
                         match run.source.try_recv() {
-                            Ok(Ok(job)) => fresh.push(run.push(job)),
+                            Ok(Ok(job)) => gathered.push(run.push(job)),
                             Ok(Err(e)) => return Err(e),
                             Err(mpsc::error::TryRecvError::Empty) => break,
                             Err(mpsc::error::TryRecvError::Disconnected) => run.source_done = true,
                         }
                     }
-                    if !fresh.is_empty() {
-                        self.publish(ch, run, fresh, &mut confirms).await?;
+                    let published = run.window.len().saturating_sub(gathered.len());
+                    if !gathered.is_empty()
+                        && (gathered.len() >= batch || published < 2 * batch || run.source_done)
+                    {
+                        self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
+                            .await?;
                     }
                     if run.source_done {
                         self.bar.set_length(run.window.pushed_rows() as u64);
@@ -147,6 +156,12 @@ impl RunCtx<'_> {
                         if run.window.record(*r) == Recorded::New {
                             self.bar.set_position(run.window.rows_done() as u64);
                             run.hand_on().await?;
+                            // The workers are running short: what is gathered goes.
+                            let published = run.window.len().saturating_sub(gathered.len());
+                            if !gathered.is_empty() && published < 2 * batch {
+                                self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
+                                    .await?;
+                            }
                         }
                         if let Some(said) = said {
                             self.bar.suspend(|| warn!(model = %self.cfg.model, "{said}"));
@@ -171,6 +186,8 @@ impl RunCtx<'_> {
                         run.window.republished += overdue.len() as u64;
                         self.publish(ch, run, overdue, &mut confirms).await?;
                     }
+                    // Jobs still gathered go now too, with any whose publish was lost.
+                    gathered.clear();
                     let unpublished = run.window.unpublished();
                     if !unpublished.is_empty() {
                         self.publish(ch, run, unpublished, &mut confirms).await?;
