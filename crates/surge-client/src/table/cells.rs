@@ -119,21 +119,8 @@ pub(crate) fn padded_decimal(at: &[u8], len: usize) -> Option<f32> {
     if v > 1 << 24 {
         return None;
     }
-    let x = exact_f32(v as u32) / POW10[fraction];
+    let x = v as f32 / POW10[fraction];
     Some(if negative { -x } else { x })
-}
-
-/// `v` (at most 2^24) as an f32, exactly. Below 2^23 its bits are put under the
-/// exponent of 2^23 and 2^23 taken away: `v as f32` compiles to `cvtsi2ss`, which
-/// keeps the upper part of its destination register and so waited, cell after cell,
-/// for the previous cell's division (a quarter of the reading thread's time).
-#[inline(always)]
-fn exact_f32(v: u32) -> f32 {
-    if v < 1 << 23 {
-        f32::from_bits(0x4b00_0000 | v) - 8_388_608.0
-    } else {
-        v as f32
-    }
 }
 
 /// Powers of ten that are exact f32s.
