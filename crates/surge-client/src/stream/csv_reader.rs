@@ -486,16 +486,10 @@ mod tests {
             b" ",
             "é".as_bytes(),
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::stream::tests::xorshift(0x9e37_79b9_7f4a_7c15u64);
         for case in 0..20_000 {
             let mut input = Vec::new();
-            if next() % 8 == 0 {
+            if next().is_multiple_of(8) {
                 input.extend_from_slice(b"\xef\xbb\xbf");
             }
             for _ in 0..next() % 40 {

@@ -634,13 +634,7 @@ mod tests {
             "NaN",
             "-.",
         ];
-        let mut seed = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::stream::tests::xorshift(0x853c_49e6_748f_ea9bu64);
         let mut compared = 0;
         for case in 0..3_000 {
             let width = 1 + next() % 5;
@@ -665,7 +659,11 @@ mod tests {
                         _ => input.push_str(CELLS[(next() % CELLS.len() as u64) as usize]),
                     }
                 }
-                input.push_str(if next() % 9 == 0 { "\n\n" } else { "\n" });
+                input.push_str(if next().is_multiple_of(9) {
+                    "\n\n"
+                } else {
+                    "\n"
+                });
             }
             let (direct, general) = (
                 encoded(input.as_bytes(), true),

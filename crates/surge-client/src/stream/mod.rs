@@ -122,6 +122,17 @@ mod tests {
     use crate::tracker::PlannedJob;
     use crate::DoneJob;
 
+    /// A xorshift generator from `seed` (not zero): the random inputs of this
+    /// module's tests, the same on every run.
+    pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// Runs the CSV `input` through [`open`], an [`Encoder`] sending column `b` and
     /// keeping `keep`, and an [`OutputWriter`] of `out`: every job scores but the
     /// second, which fails.

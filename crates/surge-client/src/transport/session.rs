@@ -16,7 +16,7 @@ use super::hints::Watches;
 use super::publish::Confirms;
 use super::replies::{self, Incoming, Replies};
 use super::RunCtx;
-use crate::run::Run;
+use crate::run::{publish_run_len, Run};
 use crate::tracker::Recorded;
 use crate::ClientError;
 
@@ -107,12 +107,9 @@ impl RunCtx<'_> {
         let probe_every = (self.cfg.idle_hint_after / 4)
             .clamp(Duration::from_millis(250), Duration::from_secs(2));
         let mut last_probe: Option<Instant> = None;
-        // Jobs read and not yet published: they go together, `batch` at a time (a
-        // quarter of the window, at most 64), while the workers still have at least
-        // twice that many published jobs to work on. A quorum queue fed one job per
-        // answered result cost the broker ~15% more CPU per job than one fed in runs
-        // of 64 (2M-row CSV at the default window of 256).
-        let batch = (self.cfg.max_in_flight / 4).clamp(1, 64);
+        // Jobs read and not yet published: they go together, a run at a time, while
+        // the workers still have enough published jobs to work on.
+        let run_len = publish_run_len(self.cfg);
         let mut gathered: Vec<usize> = Vec::new();
         while !run.is_complete() {
             let room = run.has_room(self.cfg);
@@ -132,10 +129,7 @@ impl RunCtx<'_> {
                             Err(mpsc::error::TryRecvError::Disconnected) => run.source_done = true,
                         }
                     }
-                    let published = run.window.len().saturating_sub(gathered.len());
-                    if !gathered.is_empty()
-                        && (gathered.len() >= batch || published < 2 * batch || run.source_done)
-                    {
+                    if run.publish_gathered_now(gathered.len(), run_len) {
                         self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
                             .await?;
                     }
@@ -157,9 +151,8 @@ impl RunCtx<'_> {
                         if run.window.record(*r) == Recorded::New {
                             self.bar.set_position(run.window.rows_done() as u64);
                             run.hand_on().await?;
-                            // The workers are running short: what is gathered goes.
-                            let published = run.window.len().saturating_sub(gathered.len());
-                            if !gathered.is_empty() && published < 2 * batch {
+                            // The workers may be running short.
+                            if run.publish_gathered_now(gathered.len(), run_len) {
                                 self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
                                     .await?;
                             }
