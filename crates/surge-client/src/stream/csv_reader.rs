@@ -23,8 +23,9 @@ use crate::table::{padded_decimal, DECIMAL_PAD};
 const BLOCK: usize = 256 << 10;
 
 /// Bytes kept readable past the end of what the buffer holds, so that any field of
-/// a [`PlainLine`] can be loaded as one word ([`PlainLine::padded`]).
-pub(crate) const LINE_PAD: usize = 16;
+/// a [`PlainLine`] can be read as [`padded_decimal`] reads a [`CsvRecord`]'s
+/// ([`PlainLine::padded`]).
+pub(crate) const LINE_PAD: usize = DECIMAL_PAD;
 
 /// What [`CsvReader::read_next`] found.
 pub(crate) enum Next<'a> {

@@ -193,42 +193,21 @@ impl Encoder {
         let mut values = Vec::new();
         let mut texts = Vec::new();
         while rows.len() < self.rows_per_job {
-            if let (Some(slots), true) = (&self.plain_slots, src.reads_csv_directly()) {
-                if !matches!(rec, Record::Csv(_)) {
-                    *rec = Record::Csv(CsvRecord::default());
+            let read = match &self.plain_slots {
+                Some(slots) if src.reads_csv_directly() => {
+                    self.read_direct(src, rec, slots, &mut rows, &mut values)?
                 }
-                let Record::Csv(csv) = &mut *rec else {
-                    continue;
-                };
-                let row_start = values.len();
-                let line = match src.next_csv(csv)? {
-                    Next::End => break,
-                    Next::Record => None,
-                    Next::Plain(p) => {
-                        values.resize(row_start + self.width(), 0.0);
-                        if parse_plain(&p, slots, &mut values[row_start..]) {
-                            // Sent as parsed, and kept as it is: the whole line.
-                            *row_no += 1;
-                            rows.bytes.extend_from_slice(p.bytes());
-                            self.row_done(&mut rows, &mut values);
-                            continue;
-                        }
-                        // Anything else (a long or odd cell, a wrong field count)
-                        // takes the general way, which also words the errors.
-                        values.truncate(row_start);
-                        let line = p.line;
-                        csv.set_line(p.bytes());
-                        Some(line)
-                    }
-                };
-                if let Some(line) = line {
-                    src.check_csv_fields(csv.len(), line)?;
+                _ if src.next_into(rec)? => Direct::General,
+                _ => Direct::End,
+            };
+            match read {
+                Direct::End => break,
+                Direct::Taken => *row_no += 1,
+                Direct::General => {
+                    *row_no += 1;
+                    self.take_row(rec, *row_no, &mut rows, &mut values, &mut texts)?;
                 }
-            } else if !src.next_into(rec)? {
-                break;
             }
-            *row_no += 1;
-            self.take_row(rec, *row_no, &mut rows, &mut values, &mut texts)?;
         }
         if rows.is_empty() {
             return Ok(None);
@@ -249,6 +228,46 @@ impl Encoder {
             payload: rows,
             bytes,
         }))
+    }
+
+    /// Reads the next CSV row straight from the reader: a plain line whose sent cells
+    /// all parse is taken into `rows` and `values` here ([`parse_plain`]); any other
+    /// row is left in `rec` for [`take_row`](Self::take_row), its field count checked.
+    fn read_direct(
+        &self,
+        src: &mut RowSource,
+        rec: &mut Record,
+        slots: &[u32],
+        rows: &mut RowBytes,
+        values: &mut Vec<f32>,
+    ) -> Result<Direct, ClientError> {
+        if !matches!(rec, Record::Csv(_)) {
+            *rec = Record::Csv(CsvRecord::default());
+        }
+        let Record::Csv(csv) = rec else {
+            return Ok(Direct::General);
+        };
+        let row_start = values.len();
+        let plain_line = match src.next_csv(csv)? {
+            Next::End => return Ok(Direct::End),
+            Next::Record => return Ok(Direct::General),
+            Next::Plain(p) => {
+                values.resize(row_start + self.width(), 0.0);
+                if parse_plain(&p, slots, &mut values[row_start..]) {
+                    // Sent as parsed, and kept as it is: the whole line.
+                    rows.bytes.extend_from_slice(p.bytes());
+                    self.row_done(rows, values);
+                    return Ok(Direct::Taken);
+                }
+                // Anything else (a long or odd cell, a wrong field count) takes the
+                // general way, which also words the errors.
+                values.truncate(row_start);
+                csv.set_line(p.bytes());
+                p.line
+            }
+        };
+        src.check_csv_fields(csv.len(), plain_line)?;
+        Ok(Direct::General)
     }
 
     /// Takes one row read the general way: its selected cells into `values` (or its
@@ -500,6 +519,16 @@ impl Encoder {
         }
         Ok(())
     }
+}
+
+/// What [`Encoder::read_direct`] did with the next row.
+enum Direct {
+    /// The input is over.
+    End,
+    /// The row is taken.
+    Taken,
+    /// The row is in the record slot, for the general way.
+    General,
 }
 
 /// Marks a field that is not sent in [`Encoder::plain_slots`].
