@@ -372,23 +372,71 @@ fn distinct_kept(payload: &RowBytes, kept: usize) -> Vec<bool> {
 }
 
 /// Writes `v` as `Display` does (the shortest digits that read back as `v`, never an
-/// exponent), through `ryu` where it writes no exponent: std's formatting was ~5% of
-/// score-batch's CPU on a CSV of scores. Ryu writes `1.0` for `1` (trimmed here), and
-/// an exponent for very small or large values (left to std). Where two digit strings
-/// are equally short and equally near `v`, ryu may take the other one: both read
-/// back as `v`. Such ties are rare below 1 (64 of the ~10^9 floats in (0, 1)) and
-/// common above 2^20, where a float's last digits can fall on a half.
+/// exponent), through `ryu`: std's formatting was ~5% of score-batch's CPU on a CSV
+/// of scores. Ryu writes `1.0` for `1` (trimmed here), and an exponent for very small
+/// or large values (`3.2e-9`, written out here as `Display` does: a model's
+/// probabilities near 0 are common). Where two digit strings are equally short and
+/// equally near `v`, ryu may take the other one: both read back as `v`. Such ties
+/// are rare below 1 (64 of the ~10^9 floats in (0, 1)) and common above 2^20, where
+/// a float's last digits can fall on a half.
 fn push_f32(line: &mut Vec<u8>, v: f32) {
-    if v.is_finite() {
-        let mut buf = ryu::Buffer::new();
-        let s = buf.format_finite(v);
-        if !s.as_bytes().contains(&b'e') {
-            let s = s.strip_suffix(".0").unwrap_or(s);
-            line.extend_from_slice(s.as_bytes());
-            return;
+    if !v.is_finite() {
+        let _ = write!(line, "{v}");
+        return;
+    }
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(v).as_bytes();
+    let Some(e) = s.iter().position(|&b| b == b'e') else {
+        line.extend_from_slice(s.strip_suffix(b".0").unwrap_or(s));
+        return;
+    };
+    // `[-]d[.ddd]e[-]x`: the digits, and the power of ten of the first one.
+    let (mantissa, exp) = (&s[..e], &s[e + 1..]);
+    let (negative, mantissa) = match mantissa.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, mantissa),
+    };
+    let Some(exp) = std::str::from_utf8(exp)
+        .ok()
+        .and_then(|x| x.parse::<i32>().ok())
+    else {
+        let _ = write!(line, "{v}");
+        return;
+    };
+    if negative {
+        line.push(b'-');
+    }
+    // At most 9 significant digits for an f32.
+    let mut held = [0u8; 16];
+    let mut n = 0;
+    for &b in mantissa.iter().filter(|&&b| b != b'.') {
+        if let Some(d) = held.get_mut(n) {
+            *d = b;
+            n += 1;
         }
     }
-    let _ = write!(line, "{v}");
+    let digits = &held[..n];
+    if exp < 0 {
+        line.extend_from_slice(b"0.");
+        line.extend(std::iter::repeat_n(b'0', exp.unsigned_abs() as usize - 1));
+        line.extend_from_slice(digits);
+    } else {
+        let whole = exp as usize + 1;
+        match digits.split_at_checked(whole) {
+            Some((int, frac)) if !frac.is_empty() => {
+                line.extend_from_slice(int);
+                line.push(b'.');
+                line.extend_from_slice(frac);
+            }
+            _ => {
+                line.extend_from_slice(digits);
+                line.extend(std::iter::repeat_n(
+                    b'0',
+                    whole.saturating_sub(digits.len()),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
