@@ -46,8 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_ref()
         .map(|t| keep.iter().map(|&k| t[k].clone()).collect());
     table.records = Vec::new();
-    let encoder =
-        Encoder::new(table, selection, keep, out_fmt, per).with_input_types(types.as_deref());
+    let encoder = Encoder::new(table, selection, keep, out_fmt, per)
+        .with_input_types(types.as_deref())
+        .in_bursts(4);
     let keep_jobs = std::env::var("KEEP").is_ok();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let t0 = Instant::now();

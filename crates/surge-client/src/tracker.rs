@@ -452,6 +452,16 @@ impl<T> Window<T> {
         Recorded::New
     }
 
+    /// True when the first `k` jobs of the window are all answered.
+    pub fn done_at_front(&self, k: usize) -> bool {
+        self.slots.len() >= k
+            && self
+                .slots
+                .iter()
+                .take(k)
+                .all(|s| matches!(s.state, JobState::Done(_)))
+    }
+
     /// Takes out the first job of the window once it is answered: jobs leave in
     /// order, so the output can be written as soon as its prefix is complete.
     pub fn pop_done(&mut self) -> Option<(PlannedJob, T, JobResult)> {

@@ -348,7 +348,8 @@ async fn run(cli: Cli) -> Result<i32> {
         selection,
         keep,
         (kept, kept_types, types),
-        source,
+        // CSV read from a file: its reading thread is the busiest of the run's.
+        (source, cli.input != "-" && in_format == Format::Csv),
         total_rows,
         columns,
         out,
@@ -414,6 +415,12 @@ async fn run(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// Jobs the reading thread hands to the run at a time when it reads a CSV file
+/// ([`Encoder::in_bursts`]). Stdin goes job by job, as its rows come; so does
+/// Parquet, whose reading thread is light (in bursts, a 2M-row Parquet run took 5-7%
+/// longer in 14 alternating rounds, for reasons not found).
+const READ_BURST: usize = 4;
+
 /// Reading, scoring and writing, overlapped: a thread reads rows into jobs, the run
 /// publishes them and collects results (a bounded window in flight), and a thread
 /// writes answered jobs in input order.
@@ -424,7 +431,7 @@ async fn pipeline(
     selection: Selection,
     keep: Vec<usize>,
     (kept, kept_types, types): (Vec<String>, Option<Vec<DataType>>, Option<Vec<DataType>>),
-    source: surge_client::stream::RowSource,
+    (source, read_in_bursts): (surge_client::stream::RowSource, bool),
     total_rows: Option<usize>,
     columns: Option<Vec<String>>,
     out: Box<dyn Write + Send>,
@@ -435,6 +442,7 @@ async fn pipeline(
     let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
     let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
         .with_input_types(types.as_deref())
+        .in_bursts(if read_in_bursts { READ_BURST } else { 1 })
         .skipping(from.as_ref().map_or(0, |f| f.rows));
     // Named threads, so that a profile tells reading from writing.
     let thread = |name: &str| std::thread::Builder::new().name(name.to_string());

@@ -47,6 +47,8 @@ pub struct Encoder {
     /// straight from the reader's buffer ([`parse_plain`]); `None` reads every row the
     /// general way.
     plain_slots: Option<Vec<u32>>,
+    /// Jobs handed to the run together ([`Encoder::in_bursts`]).
+    burst: usize,
 }
 
 impl Encoder {
@@ -96,6 +98,7 @@ impl Encoder {
             json_keys,
             skip: 0,
             columnar: false,
+            burst: 1,
         }
     }
 
@@ -133,6 +136,17 @@ impl Encoder {
         self
     }
 
+    /// Hands jobs to the run `n` at a time (the last ones when the input ends): the
+    /// run's loop, parked between jobs, is then woken once per `n` jobs instead of
+    /// once per job, and on a KVM host each wake-up cost ~15 µs of the reading thread
+    /// (2M-row CSV read alone, 8 alternating runs: 392 -> 360 ns a row at 4). For a
+    /// file, whose next rows are always there: a job read from a pipe that pauses
+    /// would wait for the rows of `n - 1` more.
+    pub fn in_bursts(mut self, n: usize) -> Self {
+        self.burst = n.max(1);
+        self
+    }
+
     /// Reads every row of `src`, sends one job per `rows_per_job` rows to `tx`, and
     /// stops at the first unreadable row (sending its error) or when `tx` is closed. A
     /// row with a bad cell goes out as zeros, its error kept for the writer. Blocks:
@@ -162,6 +176,10 @@ impl Encoder {
         }
         // One record read into again and again: no allocation per CSV row.
         let mut rec = Record::Csv(CsvRecord::default());
+        let mut ready = Vec::with_capacity(self.burst);
+        let send_all = |ready: &mut Vec<SourceJob<RowBytes>>| {
+            ready.drain(..).all(|job| tx.blocking_send(Ok(job)).is_ok())
+        };
         loop {
             let job = if columnar {
                 self.columnar_job(&mut src, &mut row_no)
@@ -170,13 +188,19 @@ impl Encoder {
             };
             match job {
                 Ok(Some(job)) => {
-                    if tx.blocking_send(Ok(job)).is_err() {
+                    ready.push(job);
+                    if ready.len() >= self.burst && !send_all(&mut ready) {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    send_all(&mut ready);
+                    return;
+                }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                    if send_all(&mut ready) {
+                        let _ = tx.blocking_send(Err(e));
+                    }
                     return;
                 }
             }
@@ -613,7 +637,10 @@ mod tests {
         };
         table.adopt_names(&sel);
         let keep = (0..table.columns.len()).collect();
-        let mut enc = Encoder::new(table, sel, keep, Format::Csv, 3);
+        // The direct way also hands jobs on in bursts: the same jobs, in the same
+        // order, an error after the jobs before it.
+        let mut enc =
+            Encoder::new(table, sel, keep, Format::Csv, 3).in_bursts(if direct { 4 } else { 1 });
         assert!(enc.plain_slots.is_some(), "the fast path applies");
         if !direct {
             enc.plain_slots = None;

@@ -112,7 +112,7 @@ impl RunCtx<'_> {
         let run_len = publish_run_len(self.cfg);
         let mut gathered: Vec<usize> = Vec::new();
         while !run.is_complete() {
-            let room = run.has_room(self.cfg);
+            let room = run.has_room_for_burst(self.cfg);
             tokio::select! {
                 item = run.source.recv(), if room => {
                     match item {
@@ -135,6 +135,8 @@ impl RunCtx<'_> {
                     }
                     if run.source_done {
                         self.bar.set_length(run.window.pushed_rows() as u64);
+                        // What was held back for a burst goes now.
+                        run.hand_on(true).await?;
                     }
                 }
                 Some((i, id, said)) = confirms.next(), if !confirms.is_empty() => {
@@ -150,7 +152,7 @@ impl RunCtx<'_> {
                         };
                         if run.window.record(*r) == Recorded::New {
                             self.bar.set_position(run.window.rows_done() as u64);
-                            run.hand_on().await?;
+                            run.hand_on(false).await?;
                             // The workers may be running short.
                             if run.publish_gathered_now(gathered.len(), run_len) {
                                 self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
@@ -165,6 +167,7 @@ impl RunCtx<'_> {
                     None => return Err(BrokerError::ConsumerEnded { queue: self.reply_queue.to_string() }.into()),
                 },
                 _ = tick.tick() => {
+                    run.hand_on(true).await?;
                     self.check_timeout(run, watch)?;
                     if last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
                         last_probe = Some(Instant::now());
