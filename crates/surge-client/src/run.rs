@@ -262,6 +262,15 @@ mod tests {
         assert!(!Run::new(&cfg, "r", rx, sink).collect_first);
     }
 
+    /// A one-text job of one byte.
+    fn job() -> SourceJob<()> {
+        SourceJob {
+            inputs: Inputs::Texts(vec!["x".into()]),
+            payload: (),
+            bytes: 1,
+        }
+    }
+
     #[tokio::test]
     async fn answered_jobs_go_to_the_writer_in_bursts_unless_the_run_needs_them_now() {
         use surge_protocol::ErrorKind;
@@ -271,21 +280,12 @@ mod tests {
         let (sink, mut written) = mpsc::channel(64);
         let mut run = Run::new(&cfg, "r", rx, sink);
         for _ in 0..7 {
-            run.push(SourceJob {
-                inputs: Inputs::Texts(vec!["x".into()]),
-                payload: (),
-                bytes: 1,
-            });
+            run.push(job());
         }
         let answer = |run: &mut Run<()>, i: usize| {
             let id = format!("r-{i}");
             run.window
                 .record(JobResult::failure(&id, "m", ErrorKind::Internal, "x", "w"))
-        };
-        let job = || SourceJob {
-            inputs: Inputs::Texts(vec!["x".into()]),
-            payload: (),
-            bytes: 1,
         };
         let ids = |rx: &mut mpsc::Receiver<DoneJob<()>>| {
             std::iter::from_fn(|| rx.try_recv().ok())
@@ -353,11 +353,6 @@ mod tests {
         let (_tx, rx) = mpsc::channel::<Result<SourceJob<()>, ClientError>>(1);
         let (sink, _srx) = mpsc::channel(1);
         let mut run = Run::new(&cfg, "r", rx, sink);
-        let job = || SourceJob {
-            inputs: Inputs::Texts(vec!["x".into()]),
-            payload: (),
-            bytes: 1,
-        };
         // Nothing gathered: nothing to publish.
         assert!(!run.publish_gathered_now(0, 64));
         // 10 read, none published: the workers have nothing, so they go.

@@ -274,29 +274,8 @@ impl CsvReader {
                 rec.clear();
                 return Ok(Next::End);
             }
-            // Most lines: the first `\n`, `"` or `\r` buffered is the line's end (`\n`
-            // or `\r\n`), so the line is plain, found in one pass instead of two.
-            let unread = &self.buf[self.pos..self.end];
-            if let Some(i) = memchr::memchr3(b'\n', b'"', b'\r', unread) {
-                let next = match (unread[i], unread.get(i + 1)) {
-                    (b'\n', _) => Some(i + 1),
-                    (b'\r', Some(b'\n')) => Some(i + 2),
-                    _ => None,
-                };
-                if let (Some(next), true) = (next, i > 0) {
-                    let (start, line) = (self.pos, self.line);
-                    self.pos += next;
-                    self.line += 1;
-                    return Ok(Next::Plain(PlainLine {
-                        padded: &self.buf[start..start + i + LINE_PAD],
-                        len: i,
-                        line,
-                        fields: self.fields,
-                    }));
-                }
-            }
             let line_start = self.line;
-            let Some((start, stop, next)) = self.next_line()? else {
+            let Some((start, stop, next, plain)) = self.next_line()? else {
                 self.done = true;
                 continue;
             };
@@ -307,7 +286,7 @@ impl CsvReader {
                 self.line += 1;
                 continue;
             }
-            if memchr::memchr2(b'"', b'\r', line).is_none() {
+            if plain {
                 self.pos = next;
                 self.line += 1;
                 return Ok(Next::Plain(PlainLine {
@@ -338,22 +317,34 @@ impl CsvReader {
         Ok(())
     }
 
-    /// The next line in the buffer (reading more as needed): `(start, stop, next)`,
-    /// where `buf[start..stop]` is the line without its `\n` and without one `\r`
-    /// before it, and `next` is where the following line starts. `None` at the end of
-    /// the input.
-    fn next_line(&mut self) -> Result<Option<(usize, usize, usize)>, CsvError> {
-        let mut scanned = 0;
+    /// The next line in the buffer (reading more as needed): `(start, stop, next,
+    /// plain)`, where `buf[start..stop]` is the line without its `\n` and without one
+    /// `\r` before it, `next` is where the following line starts, and `plain` says
+    /// the line holds no `"` and no other `\r`. One pass finds both, for the lines most
+    /// files are made of. `None` at the end of the input.
+    fn next_line(&mut self) -> Result<Option<(usize, usize, usize, bool)>, CsvError> {
+        let (mut scanned, mut plain) = (0, true);
         loop {
             let unread = &self.buf[self.pos + scanned..self.end];
-            if let Some(i) = memchr::memchr(b'\n', unread) {
-                let nl = self.pos + scanned + i;
-                let stop = if nl > self.pos && self.buf[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                return Ok(Some((self.pos, stop, nl + 1)));
+            let hit = if plain {
+                memchr::memchr3(b'\n', b'"', b'\r', unread)
+            } else {
+                memchr::memchr(b'\n', unread)
+            };
+            if let Some(at) = hit.map(|i| self.pos + scanned + i) {
+                if self.buf[at] == b'\n' {
+                    let stop = if at > self.pos && self.buf[at - 1] == b'\r' {
+                        at - 1
+                    } else {
+                        at
+                    };
+                    return Ok(Some((self.pos, stop, at + 1, plain)));
+                }
+                // A quote, or a `\r`: the line is plain only if that is the `\r` of
+                // its `\r\n` (one at the end of the buffer is taken as not).
+                plain = self.buf[at] == b'\r' && self.buf[at + 1..self.end].first() == Some(&b'\n');
+                scanned = at + 1 - self.pos;
+                continue;
             }
             scanned = self.end - self.pos;
             if !self.fill()? {
@@ -366,7 +357,7 @@ impl CsvReader {
                 } else {
                     self.end
                 };
-                return Ok(Some((self.pos, stop, self.end)));
+                return Ok(Some((self.pos, stop, self.end, plain)));
             }
         }
     }

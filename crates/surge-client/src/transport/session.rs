@@ -129,10 +129,8 @@ impl RunCtx<'_> {
                             Err(mpsc::error::TryRecvError::Disconnected) => run.source_done = true,
                         }
                     }
-                    if run.publish_gathered_now(gathered.len(), run_len) {
-                        self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
-                            .await?;
-                    }
+                    self.publish_gathered(ch, run, &mut gathered, run_len, &mut confirms)
+                        .await?;
                     if run.source_done {
                         self.bar.set_length(run.window.pushed_rows() as u64);
                         // What was held back for a burst goes now.
@@ -154,10 +152,8 @@ impl RunCtx<'_> {
                             self.bar.set_position(run.window.rows_done() as u64);
                             run.hand_on(false).await?;
                             // The workers may be running short.
-                            if run.publish_gathered_now(gathered.len(), run_len) {
-                                self.publish(ch, run, std::mem::take(&mut gathered), &mut confirms)
-                                    .await?;
-                            }
+                            self.publish_gathered(ch, run, &mut gathered, run_len, &mut confirms)
+                                .await?;
                         }
                         if let Some(said) = said {
                             self.bar.suspend(|| warn!(model = %self.cfg.model, "{said}"));
@@ -191,6 +187,23 @@ impl RunCtx<'_> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Publishes the `gathered` jobs (read, not yet published) when they are due
+    /// ([`Run::publish_gathered_now`]).
+    async fn publish_gathered<T>(
+        &self,
+        ch: &lapin::Channel,
+        run: &mut Run<T>,
+        gathered: &mut Vec<usize>,
+        run_len: usize,
+        confirms: &mut Confirms,
+    ) -> Result<(), ClientError> {
+        if run.publish_gathered_now(gathered.len(), run_len) {
+            self.publish(ch, run, std::mem::take(gathered), confirms)
+                .await?;
         }
         Ok(())
     }
