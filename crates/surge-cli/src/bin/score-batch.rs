@@ -11,7 +11,7 @@ use surge_cli::{init_logging, LogFormat};
 use surge_client::parquet_io::is_numeric;
 use surge_client::resume::{fingerprint, state_path, RunState};
 use surge_client::stream::{
-    open, open_parquet, Checkpoint, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS,
+    open, open_parquet, Background, Checkpoint, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS,
 };
 use surge_client::table::{Format, ReadOptions, Selection, Table};
 use surge_client::DataType;
@@ -99,10 +99,10 @@ struct Cli {
     rows_per_job: usize,
     /// Jobs read and not yet written out, at most: what bounds memory (with
     /// --max-in-flight-mb). Enough to keep the workers busy; more only costs memory.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
     /// Megabytes those jobs hold (their rows as read), at most.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     max_in_flight_mb: usize,
     /// Seconds after which a job with no result is published again.
     #[arg(long, default_value_t = 60)]
@@ -124,6 +124,13 @@ struct Cli {
     /// come, alongside reading and collecting: publishing pauses only at this many.
     #[arg(long, default_value_t = 1000)]
     publish_window: usize,
+    /// Run the threads that read the input and write the output at normal priority.
+    /// By default (on Linux) they are in the idle scheduling class: they yield the CPU
+    /// to the broker and workers on the same machine, which made a 10M-row CSV run on
+    /// 2 cores ~15-25% faster. A thread starved of CPU while the run waits on it (a
+    /// machine busy with other work) goes back to normal priority by itself.
+    #[arg(long)]
+    foreground_io: bool,
     /// No progress bar and no summary.
     #[arg(long, short)]
     quiet: bool,
@@ -349,7 +356,11 @@ async fn run(cli: Cli) -> Result<i32> {
         keep,
         (kept, kept_types, types),
         // CSV read from a file: its reading thread is the busiest of the run's.
-        (source, cli.input != "-" && in_format == Format::Csv),
+        (
+            source,
+            cli.input != "-" && in_format == Format::Csv,
+            !cli.foreground_io,
+        ),
         total_rows,
         columns,
         out,
@@ -431,7 +442,7 @@ async fn pipeline(
     selection: Selection,
     keep: Vec<usize>,
     (kept, kept_types, types): (Vec<String>, Option<Vec<DataType>>, Option<Vec<DataType>>),
-    (source, read_in_bursts): (surge_client::stream::RowSource, bool),
+    (source, read_in_bursts, background): (surge_client::stream::RowSource, bool, bool),
     total_rows: Option<usize>,
     columns: Option<Vec<String>>,
     out: Box<dyn Write + Send>,
@@ -443,6 +454,7 @@ async fn pipeline(
     let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
         .with_input_types(types.as_deref())
         .in_bursts(if read_in_bursts { READ_BURST } else { 1 })
+        .in_background(background)
         .skipping(from.as_ref().map_or(0, |f| f.rows));
     // Named threads, so that a profile tells reading from writing.
     let thread = |name: &str| std::thread::Builder::new().name(name.to_string());
@@ -458,7 +470,13 @@ async fn pipeline(
             None => OutputWriter::new(out, out_format, kept).with_input_types(kept_types),
         };
         let mut saved = Instant::now();
+        let mut bg = if background {
+            Background::enter()
+        } else {
+            Background::off()
+        };
         while let Some(done) = sink_rx.blocking_recv() {
+            bg.start();
             w.write(done)?;
             // The state follows the output at most 200 ms behind, always after a
             // flush: it never counts bytes that are not in the file.
@@ -477,6 +495,8 @@ async fn pipeline(
                     }
                 }
             }
+            // Answered jobs waiting to be written: the run's window fills behind them.
+            bg.end(!sink_rx.is_empty());
         }
         let bad_rows = w.bad_rows();
         w.finish()?;

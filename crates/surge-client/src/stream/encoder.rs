@@ -9,6 +9,7 @@ use serde_json::Value;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
+use super::background::Background;
 use super::csv_reader::{CsvRecord, Next, PlainLine};
 use super::source::{Record, RowSource};
 use super::{csv_field, RowBytes, INVALID_INPUT};
@@ -49,6 +50,8 @@ pub struct Encoder {
     plain_slots: Option<Vec<u32>>,
     /// Jobs handed to the run together ([`Encoder::in_bursts`]).
     burst: usize,
+    /// The reading thread in the idle scheduling class ([`Encoder::in_background`]).
+    background: bool,
 }
 
 impl Encoder {
@@ -99,6 +102,7 @@ impl Encoder {
             skip: 0,
             columnar: false,
             burst: 1,
+            background: false,
         }
     }
 
@@ -147,6 +151,14 @@ impl Encoder {
         self
     }
 
+    /// [`run`](Self::run) puts its thread in the idle scheduling class
+    /// ([`Background`]): reading yields the CPU to the broker and workers on the same
+    /// machine, and goes back to normal priority if starved while the run waits.
+    pub fn in_background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
     /// Reads every row of `src`, sends one job per `rows_per_job` rows to `tx`, and
     /// stops at the first unreadable row (sending its error) or when `tx` is closed. A
     /// row with a bad cell goes out as zeros, its error kept for the writer. Blocks:
@@ -177,8 +189,17 @@ impl Encoder {
         // One record read into again and again: no allocation per CSV row.
         let mut rec = Record::Csv(CsvRecord::default());
         let mut ready = Vec::with_capacity(self.burst);
-        let send_all = |ready: &mut Vec<SourceJob<RowBytes>>| {
-            ready.drain(..).all(|job| tx.blocking_send(Ok(job)).is_ok())
+        let mut bg = if self.background {
+            Background::enter()
+        } else {
+            Background::off()
+        };
+        let mut send_all = |ready: &mut Vec<SourceJob<RowBytes>>| {
+            // The run waits on this thread when the channel is empty.
+            bg.end(tx.capacity() == tx.max_capacity());
+            let sent = ready.drain(..).all(|job| tx.blocking_send(Ok(job)).is_ok());
+            bg.start();
+            sent
         };
         loop {
             let job = if columnar {

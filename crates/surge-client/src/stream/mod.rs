@@ -11,6 +11,7 @@
 //! that is not a number fails its row (written with an [`INVALID_INPUT`] error naming
 //! its row and column), not the run.
 
+mod background;
 mod csv_reader;
 mod encoder;
 mod source;
@@ -19,6 +20,7 @@ mod writer;
 use arrow_array::ArrayRef;
 use serde_json::Value;
 
+pub use background::Background;
 pub use encoder::Encoder;
 pub use source::{open, open_parquet, RowSource, SAMPLE_ROWS};
 pub use writer::{Checkpoint, OutputWriter};
