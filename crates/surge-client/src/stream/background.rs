@@ -3,10 +3,12 @@
 //!
 //! On Linux those two threads go into the idle scheduling class (`SCHED_IDLE`): they
 //! run whenever nothing else wants a CPU, and give it up at once when the broker or a
-//! worker wakes. A file run spends as much CPU on parsing and writing as the run loop
-//! spends on the broker, and at normal priority that work delayed the broker and the
-//! worker each time they woke (a 10M-row CSV on 2 cores: a fifth of the machine's time
-//! idle, against a tenth with the two threads in the idle class; see BENCHMARKS.md).
+//! worker wakes. A file run spends about as much CPU again as the run loop on parsing
+//! and writing, and at normal priority that work could hold the CPU when the broker or
+//! the worker woke. What it buys depends on how busy the host is: of 8 paired 10M-row
+//! CSV rounds on 2 cores, 5 were shorter (by 1-24%, most when the host was slow) and 3
+//! longer (by 4-10%, two of them in its fastest phase); 6% less time in all
+//! (BENCHMARKS.md, seventh session).
 //!
 //! The idle class is a hazard on a machine busy with something else: a thread in it
 //! may get almost no CPU. So each thread watches itself: a stretch of its work that
@@ -14,8 +16,8 @@
 //! stretch ([`starved`] is the rule), and after the first one both threads go back to
 //! normal priority for the rest of the process: the one that saw it at once, the other
 //! at its next stretch. With two busy loops on a 2-core machine, a 500k-row CSV took
-//! 4.5-8.2 s when each thread needed three starved stretches in a row of its own, and
-//! 2.4-3.0 s at normal priority.
+//! 2.5-3.6 s this way (the switch 215-300 ms in) and 2.4-3.8 s at normal priority;
+//! when each thread needed three starved stretches in a row of its own, 4.5-8.2 s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
