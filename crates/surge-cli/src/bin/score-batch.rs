@@ -126,8 +126,8 @@ struct Cli {
     publish_window: usize,
     /// Run the threads that read the input and write the output at normal priority.
     /// By default (on Linux) they are in the idle scheduling class: they yield the CPU
-    /// to a broker and workers on the same machine (8 paired 10M-row CSV runs on 2
-    /// cores: 5 shorter by 1-24%, 3 longer by 4-10%). A thread starved of CPU
+    /// to a broker and workers on the same machine (11 paired 10M-row CSV runs on 2
+    /// cores: 7 shorter by 1-24%, 4 longer by 4-10%). A thread starved of CPU
     /// while the run waits on it (a machine busy with other work) goes back to normal
     /// priority by itself.
     #[arg(long)]

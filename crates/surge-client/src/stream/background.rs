@@ -5,10 +5,9 @@
 //! run whenever nothing else wants a CPU, and give it up at once when the broker or a
 //! worker wakes. A file run spends about as much CPU again as the run loop on parsing
 //! and writing, and at normal priority that work could hold the CPU when the broker or
-//! the worker woke. What it buys depends on how busy the host is: of 8 paired 10M-row
-//! CSV rounds on 2 cores, 5 were shorter (by 1-24%, most when the host was slow) and 3
-//! longer (by 4-10%, two of them in its fastest phase); 6% less time in all
-//! (BENCHMARKS.md, seventh session).
+//! the worker woke. What it buys depends on how busy the host is: of 11 paired 10M-row
+//! CSV rounds on 2 cores, 7 were shorter (by 1-24%, most when the host was slow) and 4
+//! longer (by 4-10%); 7% less time in all (BENCHMARKS.md, seventh session).
 //!
 //! The idle class is a hazard on a machine busy with something else: a thread in it
 //! may get almost no CPU. So each thread watches itself: a stretch of its work that
