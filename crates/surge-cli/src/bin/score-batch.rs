@@ -471,11 +471,7 @@ async fn pipeline(
             None => OutputWriter::new(out, out_format, kept).with_input_types(kept_types),
         };
         let mut saved = Instant::now();
-        let mut bg = if background {
-            Background::enter()
-        } else {
-            Background::off()
-        };
+        let mut bg = Background::new(background);
         while let Some(done) = sink_rx.blocking_recv() {
             bg.start();
             w.write(done)?;

@@ -47,9 +47,12 @@ impl Background {
         bg
     }
 
-    /// A thread left at normal priority: [`start`](Self::start) and
-    /// [`end`](Self::end) do nothing.
-    pub fn off() -> Self {
+    /// [`enter`](Self::enter) when `on`; otherwise the thread is left at normal
+    /// priority, and [`start`](Self::start) and [`end`](Self::end) do nothing.
+    pub fn new(on: bool) -> Self {
+        if on {
+            return Self::enter();
+        }
         Self {
             idle: false,
             started: None,
@@ -72,8 +75,8 @@ impl Background {
     }
 
     /// Ends the stretch begun by [`start`](Self::start). `run_waiting`: the run was
-    /// waiting on this thread when it ended (the reader's channel empty, the writer's
-    /// full).
+    /// waiting on this thread when it ended (the reader's channel empty, answered jobs
+    /// queued for the writer).
     pub fn end(&mut self, run_waiting: bool) {
         let Some((at, cpu0)) = self.started.take() else {
             return;

@@ -189,11 +189,7 @@ impl Encoder {
         // One record read into again and again: no allocation per CSV row.
         let mut rec = Record::Csv(CsvRecord::default());
         let mut ready = Vec::with_capacity(self.burst);
-        let mut bg = if self.background {
-            Background::enter()
-        } else {
-            Background::off()
-        };
+        let mut bg = Background::new(self.background);
         let mut send_all = |ready: &mut Vec<SourceJob<RowBytes>>| {
             // The run waits on this thread when the channel is empty.
             bg.end(tx.capacity() == tx.max_capacity());
