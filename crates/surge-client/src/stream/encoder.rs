@@ -10,11 +10,12 @@ use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
 use super::background::Background;
-use super::csv_reader::{CsvRecord, Next, PlainLine};
+use super::csv_reader::{CsvRecord, Next};
+use super::plain::{PlainSlots, NOT_SENT};
 use super::source::{Record, RowSource};
 use super::{csv_field, RowBytes, INVALID_INPUT};
 use crate::parquet_io;
-use crate::table::{cell_from_csv, csv_cell, padded_decimal, Cell, Format, Selection, Table};
+use crate::table::{cell_from_csv, csv_cell, Cell, Format, Selection, Table};
 use crate::{ClientError, SourceJob};
 
 /// The `error` written for a row with a bad cell: the kind, as a worker would name it,
@@ -44,10 +45,9 @@ pub struct Encoder {
     /// column by column, and no cell becomes a value ([`Encoder::with_input_types`]).
     columnar: bool,
     /// CSV in and out, every column kept, features sent: the place of each field's
-    /// value in a sent row ([`NOT_SENT`] for the others), for reading plain lines
-    /// straight from the reader's buffer ([`parse_plain`]); `None` reads every row the
-    /// general way.
-    plain_slots: Option<Vec<u32>>,
+    /// value in a sent row, for reading plain lines straight from the reader's buffer
+    /// ([`PlainSlots::parse`]); `None` reads every row the general way.
+    plain_slots: Option<PlainSlots>,
     /// Jobs handed to the run together ([`Encoder::in_bursts`]).
     burst: usize,
     /// The reading thread in the idle scheduling class ([`Encoder::in_background`]).
@@ -86,7 +86,7 @@ impl Encoder {
                         _ => distinct = false,
                     }
                 }
-                distinct.then_some(slots)
+                distinct.then(|| PlainSlots::new(slots))
             }
             _ => None,
         };
@@ -278,7 +278,7 @@ impl Encoder {
         &self,
         src: &mut RowSource,
         rec: &mut Record,
-        slots: &[u32],
+        slots: &PlainSlots,
         rows: &mut RowBytes,
         values: &mut Vec<f32>,
     ) -> Result<Direct, ClientError> {
@@ -294,7 +294,7 @@ impl Encoder {
             Next::Record => return Ok(Direct::General),
             Next::Plain(p) => {
                 values.resize(row_start + self.width(), 0.0);
-                if parse_plain(&p, slots, &mut values[row_start..]) {
+                if slots.parse(&p, &mut values[row_start..]) {
                     // Sent as parsed, and kept as it is: the whole line.
                     rows.bytes.extend_from_slice(p.bytes());
                     self.row_done(rows, values);
@@ -570,59 +570,6 @@ enum Direct {
     Taken,
     /// The row is in the record slot, for the general way.
     General,
-}
-
-/// Marks a field that is not sent in [`Encoder::plain_slots`].
-const NOT_SENT: u32 = u32::MAX;
-
-/// Reads the sent cells of a plain line straight from the reader's buffer: each
-/// field found by a word-at-a-time scan for its comma, and when `slots` sends it
-/// (`slots[field]` is its place in `out`), read as a short decimal
-/// ([`padded_decimal`]). False when a sent cell is anything else, or the line does not
-/// have as many fields as the first record (or that count is not known yet): the
-/// caller then reads the line the general way, which also words the errors.
-fn parse_plain(line: &PlainLine<'_>, slots: &[u32], out: &mut [f32]) -> bool {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const COMMAS: u64 = 0x2c2c_2c2c_2c2c_2c2c;
-    let Some(fields) = line.fields else {
-        return false;
-    };
-    let (bytes, len) = (line.padded, line.len);
-    let (mut pos, mut field) = (0, 0);
-    loop {
-        let rest = len - pos;
-        let Some(at) = bytes.get(pos..) else {
-            return false;
-        };
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&at[..8]);
-        let x = u64::from_le_bytes(word) ^ COMMAS;
-        // The top bit of each byte that is a comma (exact: no carries), or past the
-        // line's end.
-        let mut ends = !(((x & LOW7) + LOW7) | x | LOW7);
-        if rest < 8 {
-            ends |= HIGH << (8 * rest);
-        }
-        let n = if ends != 0 {
-            (ends.trailing_zeros() / 8) as usize
-        } else {
-            memchr::memchr(b',', &at[8..rest]).map_or(rest, |i| i + 8)
-        };
-        if let Some(&slot) = slots.get(field) {
-            if slot != NOT_SENT {
-                match (padded_decimal(at, n), out.get_mut(slot as usize)) {
-                    (Some(v), Some(o)) => *o = v,
-                    _ => return false,
-                }
-            }
-        }
-        field += 1;
-        if n >= rest {
-            return field == fields;
-        }
-        pos += n + 1;
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 mod background;
 mod csv_reader;
 mod encoder;
+mod plain;
 mod source;
 mod writer;
 
