@@ -272,7 +272,7 @@ impl Encoder {
     }
 
     /// Reads the next CSV row straight from the reader: a plain line whose sent cells
-    /// all parse is taken into `rows` and `values` here ([`parse_plain`]); any other
+    /// all parse is taken into `rows` and `values` here ([`PlainSlots::parse`]); any other
     /// row is left in `rec` for [`take_row`](Self::take_row), its field count checked.
     fn read_direct(
         &self,
