@@ -579,7 +579,7 @@ mod tests {
 
     use super::Encoder;
     use crate::stream::open;
-    use crate::stream::tests::run;
+    use crate::stream::tests::{run, CELLS};
     use crate::table::{Format, ReadOptions};
 
     /// What an encoder made of `input` (every job's rows as bits, its bad rows and
@@ -634,26 +634,6 @@ mod tests {
 
     #[test]
     fn lines_read_in_place_give_the_jobs_and_errors_the_general_way_gives() {
-        const CELLS: [&str; 18] = [
-            "1",
-            "-2.5",
-            "+0.07871",
-            ".5",
-            "5.",
-            "12345678",
-            "16777217",
-            "123456789",
-            "1e3",
-            "",
-            " 7",
-            "x",
-            "1.2.3",
-            "-",
-            "0.000001",
-            "99999.99",
-            "NaN",
-            "-.",
-        ];
         let mut next = crate::stream::tests::xorshift(0x853c_49e6_748f_ea9bu64);
         let mut compared = 0;
         for case in 0..3_000 {

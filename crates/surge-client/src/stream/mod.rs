@@ -125,6 +125,43 @@ mod tests {
     use crate::tracker::PlannedJob;
     use crate::DoneJob;
 
+    /// Cells of every kind the CSV fast paths tell apart: short decimals with and
+    /// without signs and points, too long, too large, empty, two points, letters,
+    /// exponents, NaN.
+    pub(super) const CELLS: [&str; 31] = [
+        "1",
+        "-2.5",
+        "+0.07871",
+        ".5",
+        "5.",
+        "12345678",
+        "16777216",
+        "16777217",
+        "99999999",
+        "123456789",
+        "1e3",
+        "",
+        " 7",
+        "x",
+        "1.2.3",
+        "-",
+        "+",
+        ".",
+        "-.",
+        "0.000001",
+        "99999.99",
+        "-0",
+        "-0.0",
+        "0.1234567",
+        "1234.5678",
+        "7:",
+        "/1",
+        "+-1",
+        "00000000",
+        "-8",
+        "NaN",
+    ];
+
     /// A xorshift generator from `seed` (not zero): the random inputs of this
     /// module's tests, the same on every run.
     pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {

@@ -381,41 +381,7 @@ mod wide {
 mod tests {
     use super::{PlainSlots, NOT_SENT};
     use crate::stream::csv_reader::{PlainLine, LINE_PAD};
-
-    /// Cells of every kind the parser tells apart: short decimals with and without
-    /// signs and points, too long, too large, empty, two points, letters, exponents.
-    const CELLS: [&str; 30] = [
-        "1",
-        "-2.5",
-        "+0.07871",
-        ".5",
-        "5.",
-        "12345678",
-        "16777216",
-        "16777217",
-        "99999999",
-        "123456789",
-        "1e3",
-        "",
-        " 7",
-        "x",
-        "1.2.3",
-        "-",
-        "+",
-        ".",
-        "-.",
-        "0.000001",
-        "99999.99",
-        "-0",
-        "-0.0",
-        "0.1234567",
-        "1234.5678",
-        "7:",
-        "/1",
-        "+-1",
-        "00000000",
-        "-8",
-    ];
+    use crate::stream::tests::CELLS;
 
     #[test]
     fn four_cells_at_a_time_read_what_one_at_a_time_reads() {
