@@ -224,7 +224,6 @@ mod wide {
         count: usize,
         out: &mut [f32],
     ) -> bool {
-        let mut at = [0usize; 4];
         let mut words = [[0i64; 4]; 2];
         let mut lens = [0i64; 4];
         for (k, &(field, _)) in cells.iter().enumerate() {
@@ -232,11 +231,11 @@ mod wide {
             let (Some(&s), Some(&next)) = (starts.get(f), starts.get(f + 1)) else {
                 return false;
             };
-            at[k] = s as usize;
+            let at = s as usize;
             lens[k] = i64::from(next) - 1 - i64::from(s);
             // The cell's first 9 bytes: the reader keeps that much readable past
             // every field's start.
-            let Some(head) = bytes.get(at[k]..at[k] + 9) else {
+            let Some(head) = bytes.get(at..at + 9) else {
                 return false;
             };
             let mut word = [0u8; 8];
