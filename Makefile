@@ -16,7 +16,7 @@ help:
 	@echo "make check  - cargo fmt --check, clippy -D warnings, then make test"
 	@echo "make train  - retrain models/breast-cancer bit for bit"
 	@echo "make bench  - throughput/latency benchmarks into BENCHMARKS.md"
-	@echo "make bench-batch - score-batch peak RSS and wall rows/s, CSV and Parquet, 10M rows (SURGE_BATCH_ROWS)"
+	@echo "make bench-batch - score-batch peak RSS and wall rows/s, CSV and Parquet, 10M rows (SURGE_BATCH_ROWS), each against the in-memory runs on either side"
 	@echo "make bench-elastic - cold start, burst, replicas and worker-seconds into BENCHMARKS.md"
 	@echo "make test-faults - the fault and security suite at full size (100,000 rows, 10,000 hostile messages)"
 	@echo "make soak   - 10 minutes at half capacity: no errors, flat worker RSS; into BENCHMARKS.md"
