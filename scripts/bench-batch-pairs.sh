@@ -6,8 +6,8 @@
 # `surge-bench throughput` on the same rows; one release worker serves all. Each line
 # gives the wall, the CPU seconds of the broker, the worker and score-batch
 # (user/system, peak RSS), and the machine's idle and iowait seconds, read from /proc
-# around the run. The in-memory line's ratio
-# base is its own `secs` (the bench's clock, as `make bench-batch` uses it).
+# around the run. The in-memory line's ratio base is its own `secs` (the bench's
+# clock, as `make bench-batch` uses it).
 # Output files are checked (`surge-bench check-scores`) and removed. Rows per job:
 # SURGE_PAIRS_ROWS_PER_JOB (default 256, as `make bench-batch`).
 set -euo pipefail
@@ -34,6 +34,8 @@ sleep 2
 BEAM=$(pgrep -f beam.smp | head -1)
 cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
 stat_cpu() { awk '/^cpu /{print ($5+$6)/100, $6/100}' /proc/stat; }
+# Where a run's clock stops: the wall and the CPU counters it is measured by.
+stop_clock() { t1=$(date +%s.%N); b1=$(cpu "$BEAM"); w1=$(cpu "$WPID"); read -r i1 io1 < <(stat_cpu); }
 for r in $(seq 1 "$ROUNDS"); do
   for sb in "${SBS[@]}" in-memory; do
     # The input back in the page cache (DAMON pages out what sat unused; see
@@ -43,18 +45,16 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ "$sb" = in-memory ]; then
       client=$(RUST_LOG=warn "$BIN/surge-bench" --prefix "$PREFIX" throughput --rows "$ROWS" \
         --rows-per-job "$PER_JOB" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("cpu %.2f secs %.2f" % (d["client_cpu_s"], d["secs"]))')
+      stop_clock
     else
       /usr/bin/time -f '%U %S %M' -o "$OUTF.time" env RUST_LOG=warn "$sb" --model breast-cancer \
         --prefix "$PREFIX" --rows-per-job "$PER_JOB" --quiet --input "$IN" --output "$OUTF"
       # The clock stops here: checking the output is not part of the run.
-      t1=$(date +%s.%N); b1=$(cpu "$BEAM"); w1=$(cpu "$WPID"); read -r i1 io1 < <(stat_cpu)
+      stop_clock
       read -r u s m <"$OUTF.time"
       "$BIN/surge-bench" check-scores --rows "$ROWS" --file "$OUTF" >/dev/null
       client="cpu u$u/s$s rss $((m / 1024)) MB"
       rm -f "$OUTF.time"
-    fi
-    if [ "$sb" = in-memory ]; then
-      t1=$(date +%s.%N); b1=$(cpu "$BEAM"); w1=$(cpu "$WPID"); read -r i1 io1 < <(stat_cpu)
     fi
     python3 -c 'import sys; r,n,t0,t1,b0,b1,w0,w1,i0,i1,io0,io1,c=sys.argv[1:]; f=float
 print(f"round {r} {n}: wall {f(t1)-f(t0):.2f} s, broker {f(b1)-f(b0):.2f}, worker {f(w1)-f(w0):.2f}, client {c}, idle {f(i1)-f(i0):.2f} (iowait {f(io1)-f(io0):.2f}) CPU-s")' \

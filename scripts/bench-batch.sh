@@ -65,8 +65,8 @@ run_batch() { # run_batch FORMAT: one file->file run; prints its JSON line, keep
   t1=$(date +%s.%N)
   # A figure counts only if the output holds every row once, in order, scored.
   "$BIN/surge-bench" check-scores --rows "$ROWS" --file "$out" >/dev/null
-  file_rate=$(python3 -c 'import json,sys; f,rows,mb,kb,t0,t1,raw=sys.argv[1:]; s=float(t1)-float(t0); d={"bench":"score_batch","format":f,"rows":int(rows),"rows_per_job":256,"input_mb":int(mb),"peak_rss_mb":round(int(kb)/1024,1),"wall_s":round(s,2),"wall_rows_per_s":round(int(rows)/s)}; open(raw,"a").write(json.dumps(d)+"\n"); print(json.dumps(d), file=sys.stderr); print(d["wall_rows_per_s"])' \
-    "$fmt" "$ROWS" "$size_mb" "$kb" "$t0" "$t1" "$RAW")
+  file_rate=$(python3 -c 'import json,sys; f,rows,per_job,mb,kb,t0,t1,raw=sys.argv[1:]; s=float(t1)-float(t0); d={"bench":"score_batch","format":f,"rows":int(rows),"rows_per_job":int(per_job),"input_mb":int(mb),"peak_rss_mb":round(int(kb)/1024,1),"wall_s":round(s,2),"wall_rows_per_s":round(int(rows)/s)}; open(raw,"a").write(json.dumps(d)+"\n"); print(json.dumps(d), file=sys.stderr); print(d["wall_rows_per_s"])' \
+    "$fmt" "$ROWS" "$PER_JOB" "$size_mb" "$kb" "$t0" "$t1" "$RAW")
   rm -f "$in" "$out"
 }
 
