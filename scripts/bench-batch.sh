@@ -8,7 +8,7 @@
 # compared with their mean (a `ratio` line per file run): these hosts' speed drifts by
 # tens of percent over minutes, and a baseline measured two runs away (as this bench
 # did before) moved the ratio by as much as the code did.
-# Peak RSS is score-batch's VmHWM, polled from /proc/<pid>/status while it runs.
+# Peak RSS is score-batch's, from the kernel when it exits (ru_maxrss; `timed`).
 # Each output is checked (`surge-bench check-scores`: every row once, in order,
 # scored) before its figure is printed.
 # Release binaries come from ${CARGO_TARGET_DIR:-target}/release (bench-lib.sh).
@@ -27,19 +27,18 @@ RUST_LOG=warn "$BIN/surge" worker --prefix "$PREFIX" --model breast-cancer --met
 pids+=($!)
 sleep 2
 
-peak_kb() { # peak_kb PID: polls VmHWM while PID runs (a zombie has none), prints the last
-  # Read with bash builtins: an awk started ten times a second took CPU from the run.
-  local pid=$1 kb=0 key v rest found
-  while :; do
-    found=
-    while read -r key v rest; do
-      if [ "$key" = VmHWM: ]; then found=$v; break; fi
-    done 2>/dev/null <"/proc/$pid/status" || true
-    [ -n "$found" ] || break
-    kb=$found
-    sleep 0.1
-  done
-  echo "$kb"
+# timed CMD...: runs CMD (its stdout to stderr) and prints its wall seconds and peak RSS
+# in kB. The peak is the kernel's (wait4's ru_maxrss for the one child), not a poll of
+# /proc: polling VmHWM printed 0.5 MB once for a Parquet run whose neighbours peaked at
+# ~105 MB (most likely read while the child was still being exec'd, its loop then
+# ended), and a poll misses what happens between two reads.
+timed() {
+  python3 -c 'import resource, subprocess, sys, time
+t0 = time.monotonic()
+rc = subprocess.call(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stderr)
+t1 = time.monotonic()
+print(t1 - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(rc)' "$@"
 }
 
 gen_input() { # gen_input FORMAT: the round's input, at rest before any clock starts
@@ -49,24 +48,20 @@ gen_input() { # gen_input FORMAT: the round's input, at rest before any clock st
 run_batch() { # run_batch FORMAT: one file->file run; prints its JSON line, keeps its rows/s
   local fmt=$1 in="$TMP/rows.$1" out="$TMP/scores.$1"
   local size_mb=$(( $(stat -c %s "$in") / 1048576 ))
-  local t0 t1 kb
+  local timing secs kb
   # The input back in the page cache, as gen_input left it: on these hosts DAMON pages
   # out file pages unused for a minute or so, and a CSV input that sat through two
   # in-memory runs was read partly from disk (649 MB of 2 GB: 282k rows/s against
   # 322k-329k with all of it cached). This bench measures the client's work, not the
   # disk.
   cat "$in" >/dev/null
-  t0=$(date +%s.%N)
-  RUST_LOG=warn "$BIN/score-batch" --model breast-cancer --prefix "$PREFIX" \
-    --rows-per-job "$PER_JOB" --quiet --input "$in" --output "$out" &
-  local pid=$!
-  kb=$(peak_kb "$pid")
-  wait "$pid"
-  t1=$(date +%s.%N)
+  timing=$(RUST_LOG=warn timed "$BIN/score-batch" --model breast-cancer --prefix "$PREFIX" \
+    --rows-per-job "$PER_JOB" --quiet --input "$in" --output "$out")
+  read -r secs kb <<<"$timing"
   # A figure counts only if the output holds every row once, in order, scored.
   "$BIN/surge-bench" check-scores --rows "$ROWS" --file "$out" >/dev/null
-  file_rate=$(python3 -c 'import json,sys; f,rows,per_job,mb,kb,t0,t1,raw=sys.argv[1:]; s=float(t1)-float(t0); d={"bench":"score_batch","format":f,"rows":int(rows),"rows_per_job":int(per_job),"input_mb":int(mb),"peak_rss_mb":round(int(kb)/1024,1),"wall_s":round(s,2),"wall_rows_per_s":round(int(rows)/s)}; open(raw,"a").write(json.dumps(d)+"\n"); print(json.dumps(d), file=sys.stderr); print(d["wall_rows_per_s"])' \
-    "$fmt" "$ROWS" "$PER_JOB" "$size_mb" "$kb" "$t0" "$t1" "$RAW")
+  file_rate=$(python3 -c 'import json,sys; f,rows,per_job,mb,kb,s,raw=sys.argv[1:]; s=float(s); d={"bench":"score_batch","format":f,"rows":int(rows),"rows_per_job":int(per_job),"input_mb":int(mb),"peak_rss_mb":round(int(kb)/1024,1),"wall_s":round(s,2),"wall_rows_per_s":round(int(rows)/s)}; open(raw,"a").write(json.dumps(d)+"\n"); print(json.dumps(d), file=sys.stderr); print(d["wall_rows_per_s"])' \
+    "$fmt" "$ROWS" "$PER_JOB" "$size_mb" "$kb" "$secs" "$RAW")
   rm -f "$in" "$out"
 }
 

@@ -113,6 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ),
                 job,
                 payload: j.payload,
+                bytes: j.bytes,
             }
         })
         .collect();

@@ -67,6 +67,9 @@ pub struct DoneJob<T> {
     pub payload: T,
     /// Its (first) result.
     pub result: JobResult,
+    /// What it held, as its [`SourceJob::bytes`] said: what a writer gives back to a
+    /// [`ByteBudget`](crate::stream::ByteBudget) once the job is written.
+    pub bytes: usize,
 }
 
 /// How the rows of one answered job came out: the outputs of each row, or the one
@@ -210,6 +213,7 @@ impl<T> Run<T> {
                     job,
                     payload,
                     result,
+                    bytes,
                 })
                 .await
                 .map_err(|_| ClientError::Output("the output writer stopped".into()))?;

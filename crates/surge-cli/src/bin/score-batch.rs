@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +12,8 @@ use surge_cli::{init_logging, LogFormat};
 use surge_client::parquet_io::is_numeric;
 use surge_client::resume::{fingerprint, state_path, RunState};
 use surge_client::stream::{
-    open, open_parquet, Background, Checkpoint, Encoder, OutputWriter, RowBytes, SAMPLE_ROWS,
+    open, open_parquet, Background, ByteBudget, Checkpoint, Encoder, OutputWriter, RowBytes,
+    SAMPLE_ROWS,
 };
 use surge_client::table::{Format, ReadOptions, Selection, Table};
 use surge_client::DataType;
@@ -101,7 +103,8 @@ struct Cli {
     /// --max-in-flight-mb). Enough to keep the workers busy; more only costs memory.
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
-    /// Megabytes those jobs hold (their rows as read), at most.
+    /// Megabytes those jobs hold (their rows as read and the values sent), at most,
+    /// counted from reading a job to writing it out.
     #[arg(long, default_value_t = 64)]
     max_in_flight_mb: usize,
     /// Seconds after which a job with no result is published again.
@@ -452,7 +455,11 @@ async fn pipeline(
 ) -> Result<Summary, ClientError> {
     let (src_tx, src_rx) = mpsc::channel::<Result<SourceJob<RowBytes>, ClientError>>(16);
     let (sink_tx, mut sink_rx) = mpsc::channel::<DoneJob<RowBytes>>(64);
+    // Every job read and not yet written counts against --max-in-flight-mb, in the
+    // channels on either side of the run as well as in its window.
+    let budget = Arc::new(ByteBudget::new(cfg.max_in_flight_bytes));
     let encoder = Encoder::new(table, selection, keep, out_format, cfg.rows_per_job)
+        .within(Arc::clone(&budget))
         .with_input_types(types.as_deref())
         .in_bursts(if read_in_bursts { READ_BURST } else { 1 })
         .in_background(background)
@@ -474,7 +481,9 @@ async fn pipeline(
         let mut bg = Background::new(background);
         while let Some(done) = sink_rx.blocking_recv() {
             bg.start();
+            let bytes = done.bytes;
             w.write(done)?;
+            budget.give_back(bytes);
             // The state follows the output at most 200 ms behind, always after a
             // flush: it never counts bytes that are not in the file.
             if let Some((path, st)) = &state {

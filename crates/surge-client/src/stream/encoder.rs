@@ -6,10 +6,13 @@
 use arrow_schema::DataType;
 use arrow_select::concat::concat_batches;
 use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
 use surge_protocol::{Inputs, Rows};
 use tokio::sync::mpsc;
 
 use super::background::Background;
+use super::budget::ByteBudget;
 use super::csv_reader::{CsvRecord, Next};
 use super::plain::{PlainSlots, NOT_SENT};
 use super::source::{Record, RowSource};
@@ -17,6 +20,10 @@ use super::{csv_field, RowBytes, INVALID_INPUT};
 use crate::parquet_io;
 use crate::table::{cell_from_csv, csv_cell, Cell, Format, Selection, Table};
 use crate::{ClientError, SourceJob};
+
+/// How long the reading thread waits for room in its budget before it looks whether
+/// the run has stopped.
+const BUDGET_POLL: Duration = Duration::from_millis(100);
 
 /// The `error` written for a row with a bad cell: the kind, as a worker would name it,
 /// then the message that names the row and column.
@@ -52,6 +59,9 @@ pub struct Encoder {
     burst: usize,
     /// The reading thread in the idle scheduling class ([`Encoder::in_background`]).
     background: bool,
+    /// Bytes of jobs read and not yet written, shared with the writer
+    /// ([`Encoder::within`]).
+    budget: Option<Arc<ByteBudget>>,
 }
 
 impl Encoder {
@@ -103,6 +113,7 @@ impl Encoder {
             columnar: false,
             burst: 1,
             background: false,
+            budget: None,
         }
     }
 
@@ -151,6 +162,14 @@ impl Encoder {
         self
     }
 
+    /// [`run`](Self::run) reads a job only while `budget` has room, and counts each
+    /// job it reads in it; the writer gives a job's bytes back once it is written
+    /// ([`ByteBudget::give_back`]). Without one, only the run's window bounds memory.
+    pub fn within(mut self, budget: Arc<ByteBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// [`run`](Self::run) puts its thread in the idle scheduling class
     /// ([`Background`]): reading yields the CPU to the broker and workers on the same
     /// machine, and goes back to normal priority if starved while the run waits.
@@ -190,7 +209,7 @@ impl Encoder {
         let mut rec = Record::Csv(CsvRecord::default());
         let mut ready = Vec::with_capacity(self.burst);
         let mut bg = Background::new(self.background);
-        let mut send_all = |ready: &mut Vec<SourceJob<RowBytes>>| {
+        let send_all = |ready: &mut Vec<SourceJob<RowBytes>>, bg: &mut Background| {
             // The run waits on this thread when the channel is empty.
             bg.end(tx.capacity() == tx.max_capacity());
             let sent = ready.drain(..).all(|job| tx.blocking_send(Ok(job)).is_ok());
@@ -198,6 +217,22 @@ impl Encoder {
             sent
         };
         loop {
+            if let Some(budget) = &self.budget {
+                if !budget.has_room() {
+                    // The jobs read so far go first: the run cannot free the budget
+                    // with jobs it has not been given.
+                    if !send_all(&mut ready, &mut bg) {
+                        return;
+                    }
+                    while !budget.wait_for_room(BUDGET_POLL) {
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                    // The wait was not work: the stretch starts again after it.
+                    bg.start();
+                }
+            }
             let job = if columnar {
                 self.columnar_job(&mut src, &mut row_no)
             } else {
@@ -205,17 +240,20 @@ impl Encoder {
             };
             match job {
                 Ok(Some(job)) => {
+                    if let Some(budget) = &self.budget {
+                        budget.take(job.bytes);
+                    }
                     ready.push(job);
-                    if ready.len() >= self.burst && !send_all(&mut ready) {
+                    if ready.len() >= self.burst && !send_all(&mut ready, &mut bg) {
                         return;
                     }
                 }
                 Ok(None) => {
-                    send_all(&mut ready);
+                    send_all(&mut ready, &mut bg);
                     return;
                 }
                 Err(e) => {
-                    if send_all(&mut ready) {
+                    if send_all(&mut ready, &mut bg) {
                         let _ = tx.blocking_send(Err(e));
                     }
                     return;

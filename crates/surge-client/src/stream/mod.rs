@@ -12,6 +12,7 @@
 //! its row and column), not the run.
 
 mod background;
+mod budget;
 mod csv_reader;
 mod encoder;
 mod plain;
@@ -22,6 +23,7 @@ use arrow_array::ArrayRef;
 use serde_json::Value;
 
 pub use background::Background;
+pub use budget::ByteBudget;
 pub use encoder::Encoder;
 pub use source::{open, open_parquet, RowSource, SAMPLE_ROWS};
 pub use writer::{Checkpoint, OutputWriter};
@@ -216,6 +218,7 @@ mod tests {
                 },
                 payload: job.payload,
                 result,
+                bytes: job.bytes,
             };
             w.write(done).unwrap();
             start += n;
@@ -316,6 +319,7 @@ mod tests {
                 job: job_rows,
                 payload: job.payload,
                 result: r,
+                bytes: job.bytes,
             })
             .unwrap();
             start += n;
