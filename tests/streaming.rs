@@ -157,10 +157,10 @@ async fn a_million_rows_stream_through_in_bounded_memory_and_in_order() {
 }
 
 /// The peak RSS allowed for 500,000 rows at 16,384 a job with `--max-in-flight-mb 16`:
-/// the budget's 16 MB over score-batch's own ~60 MB, with room. Measured on a Zen 4
-/// (release build, exact peak): 79-81 MB; 151-158 MB before the budget covered the
-/// channels.
-const PEAK_LIMIT_MB: u64 = 120;
+/// the budget's 16 MB over score-batch's own ~60 MB, with room. Measured on a Zen 4:
+/// 79-81 MB (release build, exact peak), 84 MB polled here, 95 MB polled while a
+/// clean-clone CI ran beside it; 151-163 MB before the budget covered the channels.
+const PEAK_LIMIT_MB: u64 = 130;
 
 /// Large jobs: `--max-in-flight-mb` bounds every job read and not yet written, in the
 /// channels on either side of the run as well as in its window. Before, a reader

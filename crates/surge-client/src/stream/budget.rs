@@ -55,6 +55,17 @@ impl ByteBudget {
         *held == 0 || *held < self.limit
     }
 
+    /// Blocks until there is room, looking every `poll` whether `stopped()` (the run
+    /// has ended, so no job will be given back again); false if it stopped first.
+    pub fn wait_for_room_unless(&self, poll: Duration, stopped: impl Fn() -> bool) -> bool {
+        while !self.wait_for_room(poll) {
+            if stopped() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Counts a job of `bytes` just read.
     pub fn take(&self, bytes: usize) {
         *self.held() += bytes;
@@ -116,6 +127,21 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert!(writer.join().is_ok(), "the writer panicked");
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn a_reader_stops_waiting_once_the_run_has_stopped() {
+        let b = ByteBudget::new(10);
+        b.take(10);
+        let looked = std::cell::Cell::new(0);
+        let stopped = || {
+            looked.set(looked.get() + 1);
+            looked.get() == 3
+        };
+        assert!(!b.wait_for_room_unless(Duration::from_millis(1), stopped));
+        assert_eq!(looked.get(), 3);
+        b.give_back(10);
+        assert!(b.wait_for_room_unless(Duration::from_millis(1), || true));
     }
 
     #[test]

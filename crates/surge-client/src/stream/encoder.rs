@@ -217,21 +217,16 @@ impl Encoder {
             sent
         };
         loop {
-            if let Some(budget) = &self.budget {
-                if !budget.has_room() {
-                    // The jobs read so far go first: the run cannot free the budget
-                    // with jobs it has not been given.
-                    if !send_all(&mut ready, &mut bg) {
-                        return;
-                    }
-                    while !budget.wait_for_room(BUDGET_POLL) {
-                        if tx.is_closed() {
-                            return;
-                        }
-                    }
-                    // The wait was not work: the stretch starts again after it.
-                    bg.start();
+            if let Some(budget) = self.budget.as_deref().filter(|b| !b.has_room()) {
+                // The jobs read so far go first: the run cannot free the budget with
+                // jobs it has not been given.
+                if !send_all(&mut ready, &mut bg)
+                    || !budget.wait_for_room_unless(BUDGET_POLL, || tx.is_closed())
+                {
+                    return;
                 }
+                // The wait was not work: the stretch starts again after it.
+                bg.start();
             }
             let job = if columnar {
                 self.columnar_job(&mut src, &mut row_no)
