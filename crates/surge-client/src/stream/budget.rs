@@ -37,10 +37,14 @@ impl ByteBudget {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// True when another job may be read: nothing is held, or less than the limit.
+    /// The rule: another job may be read when nothing is held, or less than the limit.
+    fn room(&self, held: usize) -> bool {
+        held == 0 || held < self.limit
+    }
+
+    /// True when another job may be read (nothing is held, or less than the limit).
     pub fn has_room(&self) -> bool {
-        let held = self.held();
-        *held == 0 || *held < self.limit
+        self.room(*self.held())
     }
 
     /// Waits up to `timeout` for room (see [`has_room`](Self::has_room)); true if there
@@ -50,9 +54,9 @@ impl ByteBudget {
         let held = self.held();
         let (held, _) = self
             .freed
-            .wait_timeout_while(held, timeout, |h| *h != 0 && *h >= self.limit)
+            .wait_timeout_while(held, timeout, |h| !self.room(*h))
             .unwrap_or_else(PoisonError::into_inner);
-        *held == 0 || *held < self.limit
+        self.room(*held)
     }
 
     /// Blocks until there is room, looking every `poll` whether `stopped()` (the run
